@@ -1,0 +1,77 @@
+"""Every Redis key celery-pools uses is built here and nowhere else.
+
+All keys share one ``{hash tag}`` (the key prefix), so on Redis Cluster they live on one node and a
+script may touch any of them. Layout, with the default prefix ``celery_pools``::
+
+    {celery_pools}:pools                  SET   names of all pools
+    {celery_pools}:instances              HASH  connector instance -> pool name
+    {celery_pools}:held                   HASH  task id -> pool name it holds a slot of
+    {celery_pools}:pool:<name>            HASH  limit, timeout, uid, created, updated, cleared
+    {celery_pools}:pool:<name>:instances  SET   instances associated with the pool
+    {celery_pools}:pool:<name>:holders    ZSET  task id -> lease expiry (ms, Redis clock)
+    {celery_pools}:pool:<name>:holder     HASH  task id -> JSON (task name, instance, host, since)
+    {celery_pools}:pool:<name>:waiters    ZSET  task id -> deadline (ms, Redis clock)
+    {celery_pools}:pool:<name>:waiter     HASH  task id -> JSON (task name, instance, since)
+
+Pool names cannot contain ``:``, so one pool's keys never collide with another's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["KeySpace", "PoolKeys"]
+
+
+@dataclass(frozen=True)
+class PoolKeys:
+    """The keys of one pool, in the order the Lua scripts expect them after the global keys."""
+
+    config: str
+    instances: str
+    holders: str
+    holder: str
+    waiters: str
+    waiter: str
+
+    def all(self) -> list[str]:
+        """All of the pool's keys, in script order."""
+        return [self.config, self.instances, self.holders, self.holder, self.waiters, self.waiter]
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Builds the key names under one prefix."""
+
+    prefix: str = "celery_pools"
+
+    @property
+    def _root(self) -> str:
+        return "{" + self.prefix + "}"
+
+    @property
+    def pools(self) -> str:
+        """SET of every pool name."""
+        return f"{self._root}:pools"
+
+    @property
+    def instances(self) -> str:
+        """HASH of connector instance -> pool name."""
+        return f"{self._root}:instances"
+
+    @property
+    def held(self) -> str:
+        """HASH of task id -> name of the pool whose slot it holds."""
+        return f"{self._root}:held"
+
+    def pool(self, name: str) -> PoolKeys:
+        """The keys of pool ``name``."""
+        base = f"{self._root}:pool:{name}"
+        return PoolKeys(
+            config=base,
+            instances=f"{base}:instances",
+            holders=f"{base}:holders",
+            holder=f"{base}:holder",
+            waiters=f"{base}:waiters",
+            waiter=f"{base}:waiter",
+        )

@@ -1,0 +1,37 @@
+--[[
+clear.lua: drop every pending request of a pool. Tasks waiting in it end with PoolClearedError at
+their next attempt (they began to wait before the recorded clear time). Holders keep their slots
+unless ARGV[2] is "1".
+
+KEYS[1]  {p}:held                   HASH task id -> pool name
+KEYS[2]  {p}:pool:<name>            HASH ... cleared (ms)
+KEYS[3]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
+KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON
+KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
+KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
+
+ARGV[1]  pool name
+ARGV[2]  "1" to release held slots too
+
+Returns {found, waiters dropped, holders released}; found is 0 when the pool does not exist.
+]]
+
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return {0, 0, 0}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], 'cleared', now)
+local waiters = redis.call('ZCARD', KEYS[5])
+redis.call('DEL', KEYS[5], KEYS[6])
+local released = 0
+if ARGV[2] == '1' then
+  for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if redis.call('HGET', KEYS[1], holder) == ARGV[1] then
+      redis.call('HDEL', KEYS[1], holder)
+    end
+    released = released + 1
+  end
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+return {1, waiters, released}

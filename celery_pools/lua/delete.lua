@@ -1,0 +1,38 @@
+--[[
+delete.lua: delete a pool and every association to it. Running holders keep running (their
+release becomes a no-op); waiters end with PoolDeletedError at their next attempt.
+
+KEYS[1]  {p}:pools                      SET  pool names
+KEYS[2]  {p}:instances                  HASH instance -> pool name
+KEYS[3]  {p}:held                       HASH task id -> pool name
+KEYS[4]  {p}:pool:<name>                HASH definition
+KEYS[5]  {p}:pool:<name>:instances      SET  instances
+KEYS[6]  {p}:pool:<name>:holders        ZSET holders
+KEYS[7]  {p}:pool:<name>:holder         HASH holder JSON
+KEYS[8]  {p}:pool:<name>:waiters        ZSET waiters
+KEYS[9]  {p}:pool:<name>:waiter         HASH waiter JSON
+
+ARGV[1]  pool name
+
+Returns {found, instances unassigned, holders, waiters}; found is 0 when there was no such pool.
+]]
+
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return {0, 0, 0, 0}
+end
+local instances = redis.call('SMEMBERS', KEYS[5])
+for _, instance in ipairs(instances) do
+  if redis.call('HGET', KEYS[2], instance) == ARGV[1] then
+    redis.call('HDEL', KEYS[2], instance)
+  end
+end
+local holders = redis.call('ZRANGE', KEYS[6], 0, -1)
+for _, holder in ipairs(holders) do
+  if redis.call('HGET', KEYS[3], holder) == ARGV[1] then
+    redis.call('HDEL', KEYS[3], holder)
+  end
+end
+local waiters = redis.call('ZCARD', KEYS[8])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+redis.call('SREM', KEYS[1], ARGV[1])
+return {1, #instances, #holders, waiters}

@@ -1,0 +1,131 @@
+"""The ``pools_*`` settings, read once from a Celery app's configuration and validated.
+
+Each setting is documented in the README's "Settings" section.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from .errors import PoolConfigError
+from .models import _Model, check_instance_name, check_limit, check_pool_name, check_timeout
+
+__all__ = ["SETTING_PREFIX", "PoolsSettings"]
+
+logger = logging.getLogger(__name__)
+
+#: Every celery-pools setting in ``app.conf`` starts with this prefix.
+SETTING_PREFIX = "pools_"
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class PoolsSettings(_Model):
+    """celery-pools' settings; build them from an app with :meth:`from_app`."""
+
+    redis_url: str | None = None
+    key_prefix: str = "celery_pools"
+    lease_seconds: float = Field(default=60.0, ge=1.0, le=86_400.0)
+    require_assignment: bool = False
+    retry_backoff_min: float = Field(default=0.25, gt=0.0, le=60.0)
+    retry_backoff_max: float = Field(default=2.0, gt=0.0, le=300.0)
+    redis_socket_timeout: float = Field(default=5.0, gt=0.0, le=60.0)
+    declare: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "{}: \t\n"):
+            raise PoolConfigError.invalid(
+                "pools_key_prefix", value, "a non-empty prefix without '{', '}', ':' or spaces"
+            )
+        return value
+
+    @field_validator("declare")
+    @classmethod
+    def _declare(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, spec in value.items():
+            check_pool_name(name, "pools_declare key")
+            if not isinstance(spec, dict):
+                raise PoolConfigError.invalid(
+                    f"pools_declare[{name!r}]",
+                    spec,
+                    "a mapping with 'limit', 'timeout', 'instances'",
+                )
+            unknown = set(spec) - {"limit", "timeout", "instances"}
+            if unknown:
+                raise PoolConfigError.invalid(
+                    f"pools_declare[{name!r}]",
+                    sorted(unknown),
+                    "the allowed keys are 'limit', 'timeout' and 'instances'",
+                )
+            check_limit(spec.get("limit"), f"pools_declare[{name!r}].limit")
+            if "timeout" in spec:
+                check_timeout(spec["timeout"], f"pools_declare[{name!r}].timeout")
+            for instance in spec.get("instances", ()):
+                check_instance_name(instance, f"pools_declare[{name!r}].instances")
+        return value
+
+    @classmethod
+    def from_app(cls, app: Any) -> PoolsSettings:
+        """Read and validate the ``pools_*`` settings of a Celery app."""
+        conf = app.conf
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            value = conf.get(SETTING_PREFIX + field)
+            if value is not None:
+                values[field] = value
+        known = {SETTING_PREFIX + field for field in cls.model_fields}
+        for key in conf:
+            if isinstance(key, str) and key.startswith(SETTING_PREFIX) and key not in known:
+                logger.warning("celery-pools: unknown setting %r is ignored", key)
+        if values.get("retry_backoff_min", 0.25) > values.get("retry_backoff_max", 2.0):
+            raise PoolConfigError.invalid(
+                "pools_retry_backoff_min",
+                values.get("retry_backoff_min"),
+                "must not be larger than pools_retry_backoff_max",
+            )
+        try:
+            return cls.parse(values)
+        except PoolConfigError as exc:
+            if exc.field and not exc.field.startswith(SETTING_PREFIX):
+                raise PoolConfigError.invalid(
+                    SETTING_PREFIX + exc.field, exc.value, exc.allowed
+                ) from None
+            raise
+
+    def resolve_redis_url(self, app: Any) -> str:
+        """The Redis URL for pool state: ``pools_redis_url``, else a Redis broker's URL.
+
+        Raises :class:`PoolConfigError` naming the setting to set when neither gives a Redis.
+        """
+        if self.redis_url:
+            if not self.redis_url.startswith(_REDIS_SCHEMES):
+                raise PoolConfigError.invalid(
+                    "pools_redis_url", self.redis_url, "a redis://, rediss:// or unix:// URL"
+                )
+            return self.redis_url
+        broker = app.conf.broker_url
+        if isinstance(broker, list | tuple):
+            broker = broker[0] if broker else None
+        if isinstance(broker, str):
+            broker = broker.split(";")[0].strip()
+            if broker.startswith(_REDIS_SCHEMES):
+                return broker
+        raise PoolConfigError(
+            "celery-pools needs a Redis server for pool state: set the pools_redis_url setting "
+            "(for example 'redis://localhost:6379/0'); "
+            f"the broker ({_scheme(broker)}) is not Redis",
+            field="pools_redis_url",
+            value=None,
+            allowed="a redis://, rediss:// or unix:// URL",
+        )
+
+
+def _scheme(url: object) -> str:
+    if isinstance(url, str) and "://" in url:
+        return url.split("://", 1)[0] + "://..."
+    return "not configured" if not url else "unrecognised"

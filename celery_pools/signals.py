@@ -1,0 +1,38 @@
+"""Celery-style signals sent by pooled tasks.
+
+Connect to them like any Celery signal::
+
+    from celery_pools import signals
+
+    @signals.slot_acquired.connect
+    def on_acquired(sender, pool, instance, task_id, waited, **kwargs):
+        metrics.observe(pool, waited)
+
+``sender`` is the task. Every signal carries ``pool``, ``instance`` and ``task_id``; times are in
+seconds. Receivers run in the process where the event happens (usually the worker's child process)
+and their exceptions are logged, never raised into the task.
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+__all__ = ["slot_acquired", "slot_released", "slot_timeout", "slot_waiting"]
+
+#: A slot was taken. ``waited``: seconds since the task first asked for it.
+slot_acquired = Signal(
+    name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited"}
+)
+
+#: The pool was full and the task was sent again with a countdown. ``waited``: seconds so far;
+#: ``countdown``: seconds until the next attempt; ``deadline``: when it gives up (Unix seconds).
+slot_waiting = Signal(
+    name="slot_waiting",
+    providing_args={"pool", "instance", "task_id", "waited", "countdown", "deadline"},
+)
+
+#: The task gave up at its deadline and fails with PoolTimeoutError. ``waited``: seconds waited.
+slot_timeout = Signal(name="slot_timeout", providing_args={"pool", "instance", "task_id", "waited"})
+
+#: A slot was given back. ``held``: seconds it was held (None if unknown).
+slot_released = Signal(name="slot_released", providing_args={"pool", "instance", "task_id", "held"})

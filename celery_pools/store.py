@@ -1,0 +1,559 @@
+"""The Redis store: every read and atomic write of pool state.
+
+Each write is one Lua script (``celery_pools/lua``). Scripts that depend on which pool serves an
+instance take the pool's keys from the caller together with the pool name the caller believes is
+right; the script checks that belief atomically and answers ``MOVED`` when it is stale, so the
+store keeps a small instance -> pool cache that is never trusted, only used as a first guess.
+Redis errors are raised as :class:`~celery_pools.errors.PoolBackendError` with the cause chained.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+from redis.commands.core import Script
+
+from .errors import PoolBackendError, PoolNotFoundError
+from .keys import KeySpace, PoolKeys
+from .models import Holder, Pool, PoolStatus, Waiter
+from .scripts import SCRIPT_NAMES, script_source
+
+__all__ = [
+    "AcquireStatus",
+    "Acquisition",
+    "ClearResult",
+    "DeleteResult",
+    "Reclaimed",
+    "RedisPoolStore",
+    "Release",
+]
+
+T = TypeVar("T")
+
+# A MOVED answer can only repeat while associations change under us; a few rounds always settle.
+_MAX_MOVED_ROUNDS = 5
+
+
+class AcquireStatus(str, enum.Enum):
+    """What an acquisition attempt found."""
+
+    OK = "OK"
+    FULL = "FULL"
+    TIMEOUT = "TIMEOUT"
+    CLEARED = "CLEARED"
+    UNASSIGNED = "UNASSIGNED"
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """A slot taken back from a holder whose lease lapsed (its process died or hung)."""
+
+    task_id: str
+    task_name: str
+    instance: str
+    hostname: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The answer to one acquisition attempt. Times are seconds on the Redis server's clock."""
+
+    status: AcquireStatus
+    now: float
+    pool: str = ""
+    first: float = 0.0
+    limit: int = 0
+    in_use: int = 0
+    timeout: float = 0.0
+    uid: str = ""
+    reentrant: bool = False
+    reclaimed: tuple[Reclaimed, ...] = ()
+
+    @property
+    def waited(self) -> float:
+        """Seconds since the task first asked for a slot."""
+        return max(0.0, self.now - self.first)
+
+    @property
+    def deadline(self) -> float:
+        """When the task gives up waiting."""
+        return self.first + self.timeout
+
+
+@dataclass(frozen=True)
+class Release:
+    """The answer to a release: whether a slot was given back and how long it was held."""
+
+    released: bool
+    pool: str
+    held: float | None = None
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    """What a clear did."""
+
+    pool: str
+    waiters_dropped: int
+    holders_released: int
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What a delete removed."""
+
+    pool: str
+    instances: int
+    holders: int
+    waiters: int
+
+
+@dataclass
+class _Clock:
+    """The last known offset between the Redis server's clock and this process's clock."""
+
+    offset: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, redis_now: float) -> None:
+        with self.lock:
+            self.offset = redis_now - time.time()
+
+    def estimate(self) -> float:
+        """The Redis clock now, estimated from the last observation (local time if none)."""
+        return time.time() + (self.offset or 0.0)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class RedisPoolStore:
+    """Atomic operations on pool state in one Redis database.
+
+    Thread-safe; share one store per process. ``client`` must decode responses (use
+    :meth:`from_url`).
+    """
+
+    def __init__(self, client: redis.Redis, keys: KeySpace | None = None) -> None:
+        self.client = client
+        self.keys = keys or KeySpace()
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
+        }
+        self._pool_of: dict[str, str] = {}
+        self.clock = _Clock()
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, key_prefix: str = "celery_pools", socket_timeout: float = 5.0
+    ) -> RedisPoolStore:
+        """A store on the Redis at ``url``, with keys under ``key_prefix``."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+            health_check_interval=30,
+        )
+        return cls(client, KeySpace(key_prefix))
+
+    @property
+    def url(self) -> str:
+        """Where the store's Redis is, without credentials."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}"
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise PoolBackendError(f"Redis at {self.url} could not run {name}.lua: {exc}") from exc
+
+    @contextmanager
+    def _backend(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise PoolBackendError(f"Redis at {self.url} could not {what}: {exc}") from exc
+
+    def _moved(self, instance: str, attempt: Callable[[str], T | None]) -> T:
+        """Call ``attempt(believed_pool)`` until the script agrees with the belief."""
+        believed = self._pool_of.get(instance)
+        if believed is None:
+            believed = self.pool_of(instance) or ""
+        for _ in range(_MAX_MOVED_ROUNDS):
+            result = attempt(believed)
+            if result is not None:
+                self._pool_of[instance] = believed
+                return result
+            believed = self._pool_of.get(instance, "")
+        raise PoolBackendError(
+            f"the pool of instance {instance!r} kept changing during the operation; try again"
+        )
+
+    def _pool_keys(self, pool: str) -> PoolKeys:
+        # An instance with no pool still needs well-formed keys in the same hash slot.
+        return self.keys.pool(pool or "-")
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def create_pool(self, pool: Pool) -> bool:
+        """Create ``pool``; return False (and change nothing) if one of its name exists."""
+        keys = self.keys.pool(pool.name)
+        created = self._run(
+            "create",
+            [self.keys.pools, keys.config],
+            [pool.name, pool.limit, _ms(pool.timeout), uuid.uuid4().hex],
+        )
+        return bool(created)
+
+    def update_pool(
+        self, name: str, *, limit: int | None = None, timeout: float | None = None
+    ) -> bool:
+        """Change a pool's limit and/or timeout; return False if there is no such pool."""
+        updated = self._run(
+            "update",
+            [self.keys.pool(name).config],
+            ["" if limit is None else limit, "" if timeout is None else _ms(timeout)],
+        )
+        return bool(updated)
+
+    def get_pool(self, name: str) -> Pool | None:
+        """The pool's definition, or None."""
+        with self._backend(f"read pool {name!r}"):
+            limit, timeout = self.client.hmget(self.keys.pool(name).config, ["limit", "timeout"])
+        if limit is None:
+            return None
+        return Pool(name=name, limit=int(limit), timeout=int(str(timeout)) / 1000)
+
+    def pool_uid(self, name: str) -> str | None:
+        """The random id of the pool now called ``name`` (a recreated pool has a new one)."""
+        with self._backend(f"read pool {name!r}"):
+            uid = self.client.hget(self.keys.pool(name).config, "uid")
+        return str(uid) if uid is not None else None
+
+    def pool_names(self) -> list[str]:
+        """Every pool's name, sorted."""
+        with self._backend("list pools"):
+            return sorted(str(name) for name in self.client.smembers(self.keys.pools))
+
+    def list_pools(self) -> list[Pool]:
+        """Every pool's definition, sorted by name."""
+        names = self.pool_names()
+        with self._backend("list pools"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(self.keys.pool(name).config, ["limit", "timeout"])
+            rows = pipe.execute()
+        return [
+            Pool(name=name, limit=int(limit), timeout=int(timeout) / 1000)
+            for name, (limit, timeout) in zip(names, rows, strict=True)
+            if limit is not None
+        ]
+
+    def delete_pool(self, name: str) -> DeleteResult | None:
+        """Delete a pool and its associations; None if there was no such pool."""
+        keys = self.keys.pool(name)
+        found, instances, holders, waiters = self._run(
+            "delete", [self.keys.pools, self.keys.instances, self.keys.held, *keys.all()], [name]
+        )
+        self._pool_of.clear()
+        if not found:
+            return None
+        return DeleteResult(pool=name, instances=instances, holders=holders, waiters=waiters)
+
+    def clear_pool(self, name: str, *, release_held: bool = False) -> ClearResult | None:
+        """Drop every waiter of a pool (and its holders' slots if asked); None if no such pool."""
+        keys = self.keys.pool(name)
+        found, waiters, released = self._run(
+            "clear",
+            [self.keys.held, keys.config, keys.holders, keys.holder, keys.waiters, keys.waiter],
+            [name, "1" if release_held else "0"],
+        )
+        if not found:
+            return None
+        return ClearResult(pool=name, waiters_dropped=waiters, holders_released=released)
+
+    # -- associations -----------------------------------------------------------------------
+
+    def pool_of(self, instance: str) -> str | None:
+        """The pool serving ``instance``, read from Redis (the cache is refreshed)."""
+        with self._backend(f"read the pool of instance {instance!r}"):
+            pool = self.client.hget(self.keys.instances, instance)
+        self._pool_of[instance] = str(pool or "")
+        return str(pool) if pool else None
+
+    def associations(self) -> dict[str, str]:
+        """Every instance -> pool association."""
+        with self._backend("read associations"):
+            return {str(k): str(v) for k, v in self.client.hgetall(self.keys.instances).items()}
+
+    def assign(self, instance: str, pool: str, *, if_unassigned: bool = False) -> str | None:
+        """Associate ``instance`` with ``pool``.
+
+        Returns the pool the instance had before (None if none). With ``if_unassigned`` an
+        instance that already has a pool keeps it. Raises :class:`PoolNotFoundError` if ``pool``
+        does not exist.
+        """
+        new = self.keys.pool(pool)
+
+        def attempt(believed: str) -> tuple[str, str] | None:
+            reply = self._run(
+                "assign",
+                [
+                    self.keys.instances,
+                    new.config,
+                    new.instances,
+                    self._pool_keys(believed).instances,
+                ],
+                [instance, pool, believed, "1" if if_unassigned else "0"],
+            )
+            if reply[0] == "MOVED":
+                self._pool_of[instance] = reply[1]
+                return None
+            return reply[0], believed
+
+        status, before = self._moved(instance, attempt)
+        if status == "NOPOOL":
+            raise PoolNotFoundError(
+                f"cannot assign instance {instance!r}: no pool named {pool!r} exists "
+                "(create it first)",
+                pool=pool,
+            )
+        if status == "OK":
+            self._pool_of[instance] = pool
+        return before or None
+
+    def unassign(self, instance: str) -> str | None:
+        """Remove the instance's association; return the pool it had (None if none)."""
+
+        def attempt(believed: str) -> tuple[str, str] | None:
+            reply = self._run(
+                "unassign",
+                [self.keys.instances, self._pool_keys(believed).instances],
+                [instance, believed],
+            )
+            if reply[0] == "MOVED":
+                self._pool_of[instance] = reply[1]
+                return None
+            return reply[0], reply[1] if len(reply) > 1 else ""
+
+        status, old = self._moved(instance, attempt)
+        self._pool_of[instance] = ""
+        return old if status == "OK" else None
+
+    # -- slots ------------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        instance: str,
+        token: str,
+        *,
+        lease: float,
+        first: float | None = None,
+        waited_uid: str = "",
+        info: dict[str, Any] | None = None,
+    ) -> Acquisition:
+        """Take a slot of the pool serving ``instance`` for ``token``, or register as a waiter.
+
+        ``first`` is when the task first asked (Redis clock, seconds; None on its first attempt)
+        and ``waited_uid`` the uid of the pool it last waited in; together they let a clear end
+        the wait. One script run, one round trip, unless the instance's pool changed.
+        """
+        payload = json.dumps(info or {}, separators=(",", ":"))
+        first_arg = "" if first is None else _ms(first)
+
+        def attempt(believed: str) -> Acquisition | None:
+            keys = self._pool_keys(believed)
+            reply = self._run(
+                "acquire",
+                [self.keys.instances, self.keys.held, *keys.all()],
+                [instance, believed, token, _ms(lease), first_arg, waited_uid, payload],
+            )
+            status, now = reply[0], reply[1] / 1000
+            self.clock.observe(now)
+            if status == "MOVED":
+                self._pool_of[instance] = reply[2]
+                return None
+            if status == "UNASSIGNED":
+                return Acquisition(AcquireStatus.UNASSIGNED, now)
+            if status == "CLEARED":
+                return Acquisition(AcquireStatus.CLEARED, now, pool=believed, first=reply[2] / 1000)
+            return Acquisition(
+                AcquireStatus(status),
+                now,
+                pool=believed,
+                first=reply[2] / 1000,
+                limit=int(reply[3]),
+                in_use=int(reply[4]),
+                timeout=reply[5] / 1000,
+                uid=str(reply[6]),
+                reentrant=bool(reply[7]),
+                reclaimed=tuple(_reclaimed(json.loads(raw)) for raw in reply[8:]),
+            )
+
+        return self._moved(instance, attempt)
+
+    def release(self, token: str, pool: str) -> Release:
+        """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent."""
+        keys = self.keys.pool(pool)
+        released, now, info = self._run(
+            "release",
+            [self.keys.held, keys.holders, keys.holder, keys.waiters, keys.waiter],
+            [token, pool],
+        )
+        held = None
+        if info:
+            since = json.loads(info).get("since")
+            if isinstance(since, int | float):
+                held = max(0.0, (now - since) / 1000)
+        return Release(released=bool(released), pool=pool, held=held)
+
+    def held_pools(self, tokens: Sequence[str]) -> dict[str, str]:
+        """Which of ``tokens`` hold a slot, and of which pool."""
+        if not tokens:
+            return {}
+        with self._backend("read held slots"):
+            pools = self.client.hmget(self.keys.held, list(tokens))
+        return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
+
+    def release_token(self, token: str) -> Release | None:
+        """Release whatever slot ``token`` holds, wherever it is; None if it holds none."""
+        pool = self.held_pools([token]).get(token)
+        return self.release(token, pool) if pool else None
+
+    def renew(self, held: dict[str, str], *, lease: float) -> int:
+        """Extend the leases of ``held`` (token -> pool); return how many were still held."""
+        if not held:
+            return 0
+        tokens = list(held)
+        keys = [self.keys.pool(held[token]).holders for token in tokens]
+        return int(self._run("renew", keys, [_ms(lease), *tokens]))
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def status(self, name: str) -> PoolStatus:
+        """A consistent snapshot of one pool. Raises :class:`PoolNotFoundError`."""
+        statuses = self.statuses([name])
+        if not statuses:
+            raise PoolNotFoundError(f"no pool named {name!r}", pool=name)
+        return statuses[0]
+
+    def statuses(self, names: Iterable[str] | None = None) -> list[PoolStatus]:
+        """Snapshots of the named pools (all pools by default), read in one transaction."""
+        names = self.pool_names() if names is None else list(names)
+        with self._backend("read pool status"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            for name in names:
+                keys = self.keys.pool(name)
+                pipe.hgetall(keys.config)
+                pipe.smembers(keys.instances)
+                pipe.zrange(keys.holders, 0, -1, withscores=True)
+                pipe.hgetall(keys.holder)
+                pipe.zrange(keys.waiters, 0, -1, withscores=True)
+                pipe.hgetall(keys.waiter)
+            reply = pipe.execute()
+        seconds, micros = reply[0]
+        now = seconds + micros / 1e6
+        self.clock.observe(now)
+        result = []
+        for index, name in enumerate(names):
+            rows = reply[1 + 6 * index : 7 + 6 * index]
+            if rows[0]:
+                result.append(_status(name, now, rows))
+        return result
+
+    def ping(self) -> float:
+        """The Redis server's clock (Unix seconds); raises PoolBackendError if unreachable."""
+        with self._backend("answer"):
+            seconds, micros = self.client.time()
+        now = float(seconds) + micros / 1e6
+        self.clock.observe(now)
+        return now
+
+    def maxmemory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy``, or None when CONFIG is not allowed."""
+        try:
+            return str(self.client.config_get("maxmemory-policy").get("maxmemory-policy"))
+        except redis.ResponseError:
+            return None
+        except redis.RedisError as exc:
+            raise PoolBackendError(f"Redis at {self.url} could not answer: {exc}") from exc
+
+
+def _reclaimed(entry: dict[str, Any]) -> Reclaimed:
+    info = json.loads(entry["info"]) if entry.get("info") else {}
+    return Reclaimed(
+        task_id=entry["token"],
+        task_name=info.get("task_name", ""),
+        instance=info.get("instance", ""),
+        hostname=info.get("hostname", ""),
+        pid=info.get("pid"),
+    )
+
+
+def _status(name: str, now: float, rows: list[Any]) -> PoolStatus:
+    """Build a status from the six replies read for one pool (see ``statuses``)."""
+    config, instances, holders, holder_info, waiters, waiter_info = rows
+    limit = int(config["limit"])
+    live_holders = []
+    for token, expiry in holders:
+        if expiry / 1000 <= now:
+            continue  # lapsed: reclaimed at the next acquisition
+        info = json.loads(holder_info.get(token) or "{}")
+        live_holders.append(
+            Holder(
+                task_id=token,
+                task_name=info.get("task_name", ""),
+                instance=info.get("instance", ""),
+                hostname=info.get("hostname", ""),
+                pid=info.get("pid"),
+                since=info.get("since", 0) / 1000,
+                lease_expires=expiry / 1000,
+            )
+        )
+    live_holders.sort(key=lambda h: h.since)
+    live_waiters = []
+    for token, deadline in waiters:
+        if deadline / 1000 <= now:
+            continue
+        info = json.loads(waiter_info.get(token) or "{}")
+        live_waiters.append(
+            Waiter(
+                task_id=token,
+                task_name=info.get("task_name", ""),
+                instance=info.get("instance", ""),
+                since=info.get("since", 0) / 1000,
+                deadline=deadline / 1000,
+            )
+        )
+    live_waiters.sort(key=lambda w: w.since)
+    return PoolStatus(
+        name=name,
+        limit=limit,
+        timeout=int(config["timeout"]) / 1000,
+        in_use=len(live_holders),
+        free=max(0, limit - len(live_holders)),
+        waiting=len(live_waiters),
+        instances=sorted(instances),
+        holders=live_holders,
+        waiters=live_waiters,
+        oldest_wait=(now - live_waiters[0].since) if live_waiters else None,
+        now=now,
+    )

@@ -1,0 +1,75 @@
+"""How a task waits for a slot: its wait state (carried in a message header) and the backoff.
+
+A task that finds its pool full is sent again with a countdown. What it needs to know on its next
+attempt travels in the ``celery_pools`` header of the new message: when it first asked (Redis
+clock), which pool it waited in, that pool's uid and timeout, and how many attempts it made.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["HEADER", "WaitState", "next_countdown"]
+
+#: The message header carrying a waiting task's :class:`WaitState`.
+HEADER = "celery_pools"
+
+
+@dataclass(frozen=True)
+class WaitState:
+    """What a waiting task remembers between attempts. Times are Unix seconds, Redis clock."""
+
+    first: float | None = None
+    pool: str = ""
+    uid: str = ""
+    timeout: float | None = None
+    attempts: int = 0
+
+    @classmethod
+    def from_headers(cls, headers: Any) -> WaitState:
+        """Read the state from a request's headers; missing or malformed means a fresh start."""
+        raw = headers.get(HEADER) if isinstance(headers, dict) else None
+        if not isinstance(raw, dict):
+            return cls()
+        try:
+            first = raw.get("first")
+            timeout = raw.get("timeout")
+            return cls(
+                first=float(first) if first is not None else None,
+                pool=str(raw.get("pool") or ""),
+                uid=str(raw.get("uid") or ""),
+                timeout=float(timeout) if timeout is not None else None,
+                attempts=int(raw.get("attempts") or 0),
+            )
+        except (TypeError, ValueError):
+            return cls()
+
+    def to_header(self) -> dict[str, Any]:
+        """The header value (JSON-, msgpack- and AMQP-table-safe)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def next_attempt(self, **changes: Any) -> WaitState:
+        """The state for the next attempt: one more attempt, with ``changes`` applied."""
+        return replace(self, attempts=self.attempts + 1, **changes)
+
+
+def next_countdown(
+    attempt: int,
+    remaining: float,
+    *,
+    minimum: float,
+    maximum: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds until the next attempt: exponential backoff with jitter, never past the deadline.
+
+    The cap doubles from ``minimum`` with each ``attempt`` up to ``maximum``; the countdown is drawn
+    uniformly from the upper half of the cap ("equal jitter"), so waiters spread out without ever
+    retrying in a tight loop. It never exceeds ``remaining`` (the time left before the deadline),
+    so the last attempt lands on the deadline.
+    """
+    cap = min(maximum, minimum * (2 ** min(attempt, 32)))
+    draw = (rng or random).uniform(cap / 2, cap)
+    return max(0.0, min(draw, remaining))

@@ -1,0 +1,170 @@
+"""What celery-pools runs in a worker's main process.
+
+- :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
+  warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
+  missing, and renews the leases of the slots held by the worker's running tasks.
+- Signal handlers that release the slot of a task that ended where its own process could not
+  release it: a hard time limit, ``revoke(terminate=True)``, a child process killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import bootsteps
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.signals import task_failure, task_revoked
+from celery.worker import state as worker_state
+
+from .errors import PoolBackendError
+from .extension import get_extension
+from .models import DEFAULT_TIMEOUT, Pool
+
+__all__ = ["LeaseKeeper", "PoolsWorkerStep", "connect_worker_signals"]
+
+logger = logging.getLogger(__name__)
+
+# Slots of tasks that end in the main process, without their own code running to the end.
+_MAIN_PROCESS_ENDINGS = (TimeLimitExceeded, WorkerLostError)
+
+
+def _is_pooled(task: Any) -> bool:
+    from .task import PooledTask
+
+    return isinstance(task, PooledTask)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews, every third of the lease, the leases of slots held by this worker's running tasks.
+
+    A thread rather than a timer on the worker's event loop, so a slow Redis never stalls it.
+    """
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(name="celery-pools-leases", daemon=True)
+        self.app = app
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        ext = get_extension(self.app)
+        interval = ext.settings.lease_seconds / 3
+        while not self._stopped.wait(interval):
+            try:
+                self.renew_once()
+            except PoolBackendError as exc:
+                logger.warning("celery-pools: could not renew slot leases: %s", exc)
+            except Exception:
+                logger.exception("celery-pools: lease renewal failed")
+
+    def renew_once(self) -> int:
+        """Renew the leases of the running pooled tasks now; return how many were renewed."""
+        ext = get_extension(self.app)
+        tokens = [req.id for req in list(worker_state.active_requests) if _is_pooled(req.task)]
+        held = ext.store.held_pools(tokens)
+        return ext.store.renew(held, lease=ext.settings.lease_seconds)
+
+    def stop(self) -> None:
+        """Stop renewing (the thread ends at its next wake-up)."""
+        self._stopped.set()
+
+
+class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The worker bootstep celery-pools adds to every worker of an app that uses it."""
+
+    label = "celery-pools"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        # Raises PoolConfigError, naming the setting to set, when no Redis is configured: the
+        # worker must not start and run pooled tasks unthrottled.
+        self.redis_url = get_extension(worker.app).redis_url
+        self.keeper: LeaseKeeper | None = None
+
+    def start(self, worker: Any) -> None:
+        """Check Redis, create declared pools, start renewing leases."""
+        ext = get_extension(worker.app)
+        try:
+            policy = ext.store.maxmemory_policy()
+            if policy and policy.startswith("allkeys"):
+                logger.warning(
+                    "celery-pools: Redis at %s has maxmemory-policy %r and may evict pool state "
+                    "(slots, associations); use 'noeviction' or a volatile-* policy",
+                    ext.store.url,
+                    policy,
+                )
+            declare_pools(worker.app)
+        except PoolBackendError as exc:
+            logger.warning(
+                "celery-pools: Redis for pool state is unreachable at start-up (%s); pooled "
+                "tasks wait until it is back",
+                exc,
+            )
+        self.keeper = LeaseKeeper(worker.app)
+        self.keeper.start()
+
+    def stop(self, worker: Any) -> None:
+        """Stop renewing leases."""
+        if self.keeper is not None:
+            self.keeper.stop()
+
+    shutdown = stop
+
+
+def declare_pools(app: Any) -> list[str]:
+    """Create the pools of ``pools_declare`` that do not exist and assign their unassigned
+    instances. Existing pools and associations are never changed. Returns the pools created."""
+    ext = get_extension(app)
+    store = ext.store
+    created = []
+    for name, spec in ext.settings.declare.items():
+        pool = Pool.parse(
+            {"name": name, "limit": spec["limit"], "timeout": spec.get("timeout", DEFAULT_TIMEOUT)}
+        )
+        if store.create_pool(pool):
+            created.append(name)
+            logger.info("celery-pools: created declared pool %r (limit %d)", name, pool.limit)
+        for instance in spec.get("instances", ()):
+            store.assign(instance, name, if_unassigned=True)
+    return created
+
+
+def connect_worker_signals(app: Any) -> None:
+    """Release slots of pooled tasks of ``app`` that end in the worker's main process."""
+
+    def release(task_id: str | None, task: Any, why: str) -> None:
+        if not task_id or getattr(task, "app", None) is not app or not _is_pooled(task):
+            return
+        try:
+            released = get_extension(app).store.release_token(task_id)
+        except PoolBackendError as exc:
+            logger.warning(
+                "celery-pools: could not release the slot of %s[%s] after %s (%s); it is "
+                "reclaimed when its lease lapses",
+                task.name,
+                task_id,
+                why,
+                exc,
+            )
+            return
+        if released is not None and released.released:
+            logger.info(
+                "celery-pools: released the slot of %s[%s] in pool %r after %s",
+                task.name,
+                task_id,
+                released.pool,
+                why,
+            )
+
+    def on_failure(
+        sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        if isinstance(exception, _MAIN_PROCESS_ENDINGS):
+            release(task_id, sender, type(exception).__name__)
+
+    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        release(getattr(request, "id", None), sender, "revoke")
+
+    task_failure.connect(on_failure, weak=False, dispatch_uid=f"celery_pools.failure.{id(app)}")
+    task_revoked.connect(on_revoked, weak=False, dispatch_uid=f"celery_pools.revoked.{id(app)}")

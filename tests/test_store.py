@@ -1,0 +1,154 @@
+"""The Redis store and PoolManager against a real Redis: atomic operations and their edges."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_pools import PoolConfigError, PoolExistsError, PoolManager, PoolNotFoundError
+from celery_pools.store import AcquireStatus
+
+
+@pytest.fixture
+def pools(env) -> PoolManager:
+    return env.manager()
+
+
+def _snapshot(pools: PoolManager) -> dict[str, str]:
+    client = pools.store.client
+    return {key: client.type(key) for key in client.scan_iter(f"{{{pools.store.keys.prefix}}}:*")}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: p.create("api", limit=0), "invalid limit 0"),
+        (lambda p: p.create("api", limit=1, timeout=301), "invalid timeout 301"),
+        (lambda p: p.create("", limit=1), "invalid name ''"),
+        (lambda p: p.update("api", limit=0), "invalid limit 0"),
+        (lambda p: p.assign("", "api"), "invalid instance ''"),
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(pools, call, message):
+    before = _snapshot(pools)
+    with pytest.raises(PoolConfigError, match=message):
+        call(pools)
+    assert _snapshot(pools) == before
+
+
+def test_assigning_to_a_missing_pool_is_refused_and_writes_nothing(pools):
+    with pytest.raises(PoolNotFoundError, match="no pool named 'ghost' exists"):
+        pools.assign("inst", "ghost")
+    assert pools.associations() == {}
+
+
+def test_create_update_get_list(pools):
+    pools.create("api", limit=3, timeout=10)
+    with pytest.raises(PoolExistsError):
+        pools.create("api", limit=5)
+    assert pools.ensure("api", limit=99) is False
+    assert pools.get("api").limit == 3
+    assert pools.update("api", limit=4).limit == 4
+    assert pools.update("api", timeout=12.5).timeout == 12.5
+    assert [p.name for p in pools.list()] == ["api"]
+    with pytest.raises(PoolNotFoundError):
+        pools.update("nope", limit=1)
+
+
+def test_an_instance_has_one_pool_and_a_pool_many_instances(pools):
+    pools.create("a", limit=1)
+    pools.create("b", limit=1)
+    pools.assign("x", "a")
+    pools.assign("y", "a")
+    assert pools.status("a").instances == ["x", "y"]
+    assert pools.assign("x", "b") == "a"
+    assert pools.status("a").instances == ["y"]
+    assert pools.status("b").instances == ["x"]
+    assert pools.unassign("x") == "b"
+    assert pools.unassign("x") is None
+    assert pools.associations() == {"y": "a"}
+
+
+def test_delete_removes_the_pool_and_its_associations(pools):
+    pools.create("a", limit=1)
+    pools.assign("x", "a")
+    pools.store.acquire("x", "t1", lease=30)
+    result = pools.delete("a")
+    assert (result.instances, result.holders) == (1, 1)
+    assert pools.associations() == {}
+    assert pools.store.held_pools(["t1"]) == {}
+    assert _snapshot(pools).keys() <= {pools.store.keys.held, pools.store.keys.instances}
+
+
+def test_acquire_is_reentrant_for_the_same_token_and_release_is_idempotent(pools):
+    pools.create("a", limit=2)
+    pools.assign("x", "a")
+    store = pools.store
+    first = store.acquire("x", "tok", lease=30)
+    again = store.acquire("x", "tok", lease=30)
+    assert (first.status, first.in_use, first.reentrant) == (AcquireStatus.OK, 1, False)
+    assert (again.status, again.in_use, again.reentrant) == (AcquireStatus.OK, 1, True)
+    assert store.release("tok", "a").released is True
+    assert store.release("tok", "a").released is False
+    assert pools.status("a").in_use == 0
+
+
+def test_release_only_frees_the_callers_own_slot(pools):
+    pools.create("a", limit=1)
+    pools.assign("x", "a")
+    pools.store.acquire("x", "mine", lease=30)
+    assert pools.store.release("someone-else", "a").released is False
+    assert [h.task_id for h in pools.status("a").holders] == ["mine"]
+
+
+def test_full_pool_registers_waiter_and_times_out_on_the_redis_clock(pools):
+    pools.create("a", limit=1, timeout=0)
+    pools.assign("x", "a")
+    store = pools.store
+    store.acquire("x", "holder", lease=30)
+    now = store.ping()
+    timed_out = store.acquire("x", "late", lease=30, first=now - 1)
+    assert timed_out.status is AcquireStatus.TIMEOUT
+    pools.update("a", timeout=60)
+    full = store.acquire("x", "late", lease=30, first=now)
+    assert full.status is AcquireStatus.FULL
+    assert full.deadline == pytest.approx(now + 60, abs=0.01)
+    assert [w.task_id for w in pools.status("a").waiters] == ["late"]
+
+
+def test_lapsed_lease_is_reclaimed_and_reported(pools):
+    pools.create("a", limit=1)
+    pools.assign("x", "a")
+    store = pools.store
+    store.acquire("x", "dead", lease=0.05, info={"task_name": "t", "hostname": "h", "pid": 7})
+    # Wait on the Redis clock, not ours: poll until the lease has lapsed there.
+    deadline = store.ping() + 0.05
+    while store.ping() <= deadline:
+        pass
+    taken = store.acquire("x", "alive", lease=30)
+    assert taken.status is AcquireStatus.OK
+    assert [(r.task_id, r.task_name, r.hostname, r.pid) for r in taken.reclaimed] == [
+        ("dead", "t", "h", 7)
+    ]
+    assert store.held_pools(["dead", "alive"]) == {"alive": "a"}
+
+
+def test_renew_extends_only_slots_still_held(pools):
+    pools.create("a", limit=2)
+    pools.assign("x", "a")
+    store = pools.store
+    store.acquire("x", "held", lease=1)
+    before = pools.status("a").holders[0].lease_expires
+    assert store.renew({"held": "a", "gone": "a"}, lease=60) == 1
+    assert pools.status("a").holders[0].lease_expires > before + 50
+    assert pools.status("a").in_use == 1
+
+
+def test_a_stale_instance_cache_is_corrected_by_the_script(env):
+    writer, reader = env.manager(), env.manager()
+    writer.create("a", limit=1)
+    writer.create("b", limit=1)
+    writer.assign("x", "a")
+    assert reader.store.acquire("x", "t1", lease=30).pool == "a"
+    writer.assign("x", "b")
+    # reader still believes x -> a; the script answers MOVED and the acquire lands in b.
+    assert reader.store.acquire("x", "t2", lease=30).pool == "b"

@@ -1,0 +1,175 @@
+"""Limits, crashes, kills and time limits with real ``celery worker`` subprocesses (prefork)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from celery.exceptions import TimeLimitExceeded
+
+from tests.support.polling import wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.worker_process import WorkerProcess
+from tests.workerapp import INSTANCE
+
+pytestmark = pytest.mark.slow
+
+
+def _pool(env, limit, timeout=30.0):
+    manager = env.manager()
+    manager.create("api", limit=limit, timeout=timeout)
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+def _started(env, label):
+    return label in {name for name, _ in env.probe().starts()}
+
+
+def test_three_prefork_workers_never_exceed_the_limit(env):
+    _pool(env, limit=3)
+    for _ in range(3):
+        env.worker(concurrency=4)
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"t{i}", 0.2) for i in range(60)]
+    assert [r.get(timeout=180) for r in results] == [f"t{i}" for i in range(60)]
+    probe = env.probe()
+    assert probe.count() == 60
+    assert probe.max_concurrency() == 3
+
+
+def test_sigkill_of_the_holder_frees_its_slot_after_the_lease(env):
+    env.lease_seconds = 2.0
+    manager = _pool(env, limit=1)
+    app = env.app()
+    # Separate queues, so the busy doomed worker cannot prefetch the waiter's message.
+    doomed = env.worker(concurrency=1, queues=f"{env.queue}-doomed")
+    app.tasks["t.hold"].apply_async(("doomed", 60), queue=f"{env.queue}-doomed")
+    wait_until(lambda: _started(env, "doomed"), 30, message="doomed task never started")
+    survivor = env.worker(concurrency=2)
+    waiter = app.tasks["t.hold"].delay("waiter", 0)
+    wait_until(lambda: waiter.state == "RETRY", 30, message="waiter never waited")
+    assert len(manager.status("api").holders) == 1
+    killed_at = time.monotonic()
+    doomed.kill()
+    assert waiter.get(timeout=30) == "waiter"
+    freed_after = time.monotonic() - killed_at
+    # Lease 2 s; the waiter retries at most every 0.5 s; allow for scheduling.
+    assert freed_after <= 2.0 + 0.5 + 2.5, freed_after
+    survivor.wait_for_log(r"reclaimed a slot of pool 'api' from task t\.hold", timeout=10)
+
+
+def test_a_long_task_keeps_its_slot_past_the_lease(env):
+    env.lease_seconds = 1.0
+    manager = _pool(env, limit=1)
+    app = env.app()
+    env.worker(concurrency=2)
+    long_task = app.tasks["t.hold"].delay("long", 4.0)
+    wait_until(lambda: _started(env, "long"), 30, message="long task never started")
+    other = app.tasks["t.hold"].delay("other", 0)
+    assert long_task.get(timeout=30) == "long"
+    assert other.get(timeout=30) == "other"
+    events = env.probe().events()
+    assert max(n for kind, _, _, n in events if kind == "start") == 1
+    assert manager.status("api").in_use == 0
+
+
+def test_hard_time_limit_releases_the_slot(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    env.worker(concurrency=2)
+    stuck = app.tasks["t.sleep_hard_limit"].apply_async(("stuck", 30), time_limit=1)
+    with pytest.raises(TimeLimitExceeded):
+        stuck.get(timeout=30)
+    # The lease is 60 s: only the main process's release explains a free slot now.
+    wait_until(lambda: manager.status("api").in_use == 0, 5, message="slot not released")
+    assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
+
+
+def test_revoke_with_terminate_releases_the_slot(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    env.worker(concurrency=2)
+    victim = app.tasks["t.hold"].delay("victim", 30)
+    wait_until(lambda: _started(env, "victim"), 30, message="victim never started")
+    assert manager.status("api").in_use == 1
+    app.control.revoke(victim.id, terminate=True, signal="SIGKILL")
+    wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot not released")
+    assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
+
+
+def test_killed_child_process_releases_the_slot(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    worker = env.worker(concurrency=1)
+    app.tasks["t.hold"].delay("victim", 30)
+    wait_until(lambda: _started(env, "victim"), 30, message="victim never started")
+    (child,) = worker.child_pids()
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot not released")
+
+
+def test_warm_shutdown_lets_the_task_finish_and_release(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    worker = env.worker(concurrency=1)
+    task = app.tasks["t.hold"].delay("finishing", 1.5)
+    wait_until(lambda: _started(env, "finishing"), 30, message="task never started")
+    worker.stop(timeout=30)
+    assert task.get(timeout=10) == "finishing"
+    assert manager.status("api").in_use == 0
+
+
+def test_solo_workers_share_one_limit(env):
+    _pool(env, limit=1)
+    for _ in range(2):
+        env.worker(concurrency=1, pool="solo")
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"s{i}", 0.2) for i in range(6)]
+    assert [r.get(timeout=60) for r in results] == [f"s{i}" for i in range(6)]
+    assert env.probe().max_concurrency() == 1
+
+
+def test_redis_down_while_tasks_wait_runs_nothing_unthrottled(redis_server, private_env):
+    env = private_env
+    # A pools Redis that, like a production one, keeps its data across a crash.
+    pools_redis = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    pools_redis.start()
+    try:
+        env.pools_url = pools_redis.url(3)
+        manager = _pool(env, limit=1, timeout=120)
+        app = env.app()
+        env.worker(concurrency=4)
+        blocker = app.tasks["t.hold"].delay("blocker", 2.0)
+        wait_until(lambda: _started(env, "blocker"), 30, message="blocker never started")
+        waiters = [app.tasks["t.hold"].delay(f"w{i}", 0.2) for i in range(3)]
+        wait_until(lambda: manager.status("api").waiting == 3, 30, message="never waited")
+        pools_redis.kill()
+        # The blocker ends while Redis is down (its release fails); nobody else may start.
+        assert blocker.get(timeout=30) == "blocker"
+        down_since = time.monotonic()
+        while time.monotonic() - down_since < 3:
+            assert env.probe().count() == 1, "a task ran while the pools' Redis was down"
+            time.sleep(0.2)
+        pools_redis.restart()
+        for waiter in waiters:
+            assert waiter.get(timeout=90).startswith("w")
+        assert env.probe().max_concurrency() == 1
+    finally:
+        pools_redis.cleanup()
+
+
+def test_worker_refuses_to_start_without_a_redis_for_pools(env):
+    worker = WorkerProcess(
+        "tests.workerapp",
+        env={**env.worker_env(), "CP_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+        | {"CP_POOLS_URL": ""},
+        concurrency=1,
+        queues=env.queue,
+    )
+    worker.spawn()
+    code = worker.wait_exit(timeout=60)
+    assert code != 0
+    assert "pools_redis_url" in worker.log_text()

@@ -1,0 +1,149 @@
+"""The Celery app the tests run, in-process and as real ``celery worker`` subprocesses.
+
+Subprocess workers build it from environment variables (``CP_*``); in-process tests call
+:func:`create_app`. Every task reports what it does through an independent
+:class:`~tests.support.probe.ConcurrencyProbe` (plain Redis counters, no pool code), so the tests
+can count concurrency and body runs without trusting celery-pools.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celery_pools import PooledTask
+from tests.support.probe import ConcurrencyProbe
+
+INSTANCE = "inst-a"
+
+
+def create_app(
+    *,
+    broker: str,
+    backend: str,
+    pools_url: str,
+    prefix: str,
+    queue: str,
+    probe_url: str,
+    probe_name: str,
+    lease_seconds: float = 60.0,
+    **conf: Any,
+) -> Celery:
+    """An app with all the test tasks, isolated by ``prefix`` (pool keys) and ``queue``."""
+    app = Celery("cp_tests", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        pools_redis_url=pools_url,
+        pools_key_prefix=prefix,
+        pools_lease_seconds=lease_seconds,
+        pools_retry_backoff_min=0.05,
+        pools_retry_backoff_max=0.5,
+        task_default_queue=queue,
+        task_track_started=True,
+        result_extended=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        **conf,
+    )
+    probe_client = redis.Redis.from_url(probe_url, decode_responses=True)
+
+    def probe() -> ConcurrencyProbe:
+        return ConcurrencyProbe(probe_client, probe_name)
+
+    app.probe = probe  # type: ignore[attr-defined]
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.hold", shared=False)
+    def hold(self: Any, label: str, seconds: float = 0.0) -> str:
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
+    @app.task(
+        base=PooledTask,
+        connector_instance=lambda args, kwargs: kwargs["instance"],
+        name="t.hold_on",
+        shared=False,
+    )
+    def hold_on(label: str, seconds: float = 0.0, *, instance: str) -> str:
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
+    @app.task(
+        base=PooledTask,
+        connector_instance=INSTANCE,
+        max_retries=0,
+        name="t.no_retries",
+        shared=False,
+    )
+    def no_retries(label: str) -> str:
+        with probe().track(label):
+            pass
+        return label
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name="t.add", shared=False)
+    def add(x: int, y: int) -> int:
+        with probe().track(f"add:{x}+{y}"):
+            time.sleep(0.05)
+        return x + y
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name="t.total", shared=False)
+    def total(values: list[int]) -> int:
+        with probe().track("total"):
+            pass
+        return sum(values)
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name="t.boom", shared=False)
+    def boom(label: str) -> None:
+        with probe().track(label):
+            pass
+        raise RuntimeError(f"boom {label}")
+
+    @app.task(
+        base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.self_retry", shared=False
+    )
+    def self_retry(self: Any, label: str) -> str:
+        with probe().track(label):
+            pass
+        if self.request.retries < 1:
+            raise self.retry(countdown=0.1, max_retries=1)
+        return label
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name="t.sleep_hard_limit", shared=False)
+    def sleep_hard_limit(label: str, seconds: float) -> str:
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
+    @app.task(name="t.record_error", shared=False)
+    def record_error(request: Any, exc: BaseException, traceback: str) -> None:
+        probe_client.rpush(
+            f"probe:{probe_name}:errbacks", f"{request.id}|{type(exc).__name__}|{exc}"
+        )
+
+    return app
+
+
+def _from_env() -> Celery:
+    env = os.environ
+    if "CP_POOLS_URL" not in env:
+        # Imported without a test harness (by pytest collection, for instance): a placeholder
+        # app that is never started.
+        return Celery("cp_tests", set_as_current=False)
+    return create_app(
+        broker=env["CP_BROKER_URL"],
+        backend=env["CP_BACKEND_URL"],
+        pools_url=env["CP_POOLS_URL"],
+        prefix=env["CP_KEY_PREFIX"],
+        queue=env["CP_QUEUE"],
+        probe_url=env["CP_PROBE_URL"],
+        probe_name=env["CP_PROBE_NAME"],
+        lease_seconds=float(env.get("CP_LEASE_SECONDS", "60")),
+    )
+
+
+app = _from_env()
