@@ -12,6 +12,7 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:holder     HASH  task id -> JSON (task name, instance, host, since)
     {celery_pools}:pool:<name>:waiters    ZSET  task id -> deadline (ms, Redis clock)
     {celery_pools}:pool:<name>:waiter     HASH  task id -> JSON (task name, instance, since)
+    {celery_pools}:pool:<name>:stats      HASH  counters and histogram buckets (see metrics.py)
 
 Pool names cannot contain ``:``, so one pool's keys never collide with another's.
 """
@@ -33,10 +34,19 @@ class PoolKeys:
     holder: str
     waiters: str
     waiter: str
+    stats: str
 
     def all(self) -> list[str]:
         """All of the pool's keys, in script order."""
-        return [self.config, self.instances, self.holders, self.holder, self.waiters, self.waiter]
+        return [
+            self.config,
+            self.instances,
+            self.holders,
+            self.holder,
+            self.waiters,
+            self.waiter,
+            self.stats,
+        ]
 
 
 @dataclass(frozen=True)
@@ -74,4 +84,5 @@ class KeySpace:
             holder=f"{base}:holder",
             waiters=f"{base}:waiters",
             waiter=f"{base}:waiter",
+            stats=f"{base}:stats",
         )

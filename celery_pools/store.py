@@ -24,6 +24,7 @@ from redis.commands.core import Script
 
 from .errors import PoolBackendError, PoolNotFoundError
 from .keys import KeySpace, PoolKeys
+from .metrics import BUCKET_BOUNDS_ARG, PoolMetrics, parse_stats
 from .models import Holder, Pool, PoolStatus, Waiter
 from .scripts import SCRIPT_NAMES, script_source
 
@@ -282,7 +283,15 @@ class RedisPoolStore:
         keys = self.keys.pool(name)
         found, waiters, released = self._run(
             "clear",
-            [self.keys.held, keys.config, keys.holders, keys.holder, keys.waiters, keys.waiter],
+            [
+                self.keys.held,
+                keys.config,
+                keys.holders,
+                keys.holder,
+                keys.waiters,
+                keys.waiter,
+                keys.stats,
+            ],
             [name, "1" if release_held else "0"],
         )
         if not found:
@@ -383,7 +392,16 @@ class RedisPoolStore:
             reply = self._run(
                 "acquire",
                 [self.keys.instances, self.keys.held, *keys.all()],
-                [instance, believed, token, _ms(lease), first_arg, waited_uid, payload],
+                [
+                    instance,
+                    believed,
+                    token,
+                    _ms(lease),
+                    first_arg,
+                    waited_uid,
+                    payload,
+                    BUCKET_BOUNDS_ARG,
+                ],
             )
             status, now = reply[0], reply[1] / 1000
             self.clock.observe(now)
@@ -414,8 +432,8 @@ class RedisPoolStore:
         keys = self.keys.pool(pool)
         released, now, info = self._run(
             "release",
-            [self.keys.held, keys.holders, keys.holder, keys.waiters, keys.waiter],
-            [token, pool],
+            [self.keys.held, keys.holders, keys.holder, keys.waiters, keys.waiter, keys.stats],
+            [token, pool, BUCKET_BOUNDS_ARG],
         )
         held = None
         if info:
@@ -478,6 +496,21 @@ class RedisPoolStore:
             if rows[0]:
                 result.append(_status(name, now, rows))
         return result
+
+    def metrics(self, names: Iterable[str] | None = None) -> list[PoolMetrics]:
+        """Counters and histograms of the named pools (all by default), with their status."""
+        statuses = self.statuses(names)
+        with self._backend("read pool metrics"):
+            pipe = self.client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.hgetall(self.keys.pool(status.name).stats)
+            rows = pipe.execute()
+        return [parse_stats(status, stats) for status, stats in zip(statuses, rows, strict=True)]
+
+    def reset_metrics(self, name: str) -> None:
+        """Forget a pool's counters and histograms (they start again from zero)."""
+        with self._backend(f"reset the metrics of pool {name!r}"):
+            self.client.delete(self.keys.pool(name).stats)
 
     def ping(self) -> float:
         """The Redis server's clock (Unix seconds); raises PoolBackendError if unreachable."""

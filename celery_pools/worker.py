@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import bootsteps
@@ -46,6 +47,7 @@ class LeaseKeeper(threading.Thread):
         super().__init__(name="celery-pools-leases", daemon=True)
         self.app = app
         self._stopped = threading.Event()
+        self._reported: set[str] = set()
 
     def run(self) -> None:
         ext = get_extension(self.app)
@@ -59,11 +61,39 @@ class LeaseKeeper(threading.Thread):
                 logger.exception("celery-pools: lease renewal failed")
 
     def renew_once(self) -> int:
-        """Renew the leases of the running pooled tasks now; return how many were renewed."""
+        """Renew the leases of the running pooled tasks now; return how many were renewed.
+
+        Also reports, once per task, a holder running longer than ``pools_suspicious_hold_seconds``
+        (a likely hang or leak); it keeps its slot.
+        """
         ext = get_extension(self.app)
-        tokens = [req.id for req in list(worker_state.active_requests) if _is_pooled(req.task)]
-        held = ext.store.held_pools(tokens)
-        return ext.store.renew(held, lease=ext.settings.lease_seconds)
+        requests = {
+            req.id: req for req in list(worker_state.active_requests) if _is_pooled(req.task)
+        }
+        held = ext.store.held_pools(list(requests))
+        renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
+        self._report_suspicious(requests, held, ext.settings.suspicious_hold_seconds)
+        return renewed
+
+    def _report_suspicious(
+        self, requests: dict[str, Any], held: dict[str, str], limit: float
+    ) -> None:
+        now = time.time()
+        for task_id, pool in held.items():
+            started = getattr(requests[task_id], "time_start", None)
+            if task_id in self._reported or not started or now - started <= limit:
+                continue
+            self._reported.add(task_id)
+            logger.warning(
+                "celery-pools: suspicious holder: task %s[%s] has held a slot of pool %r for "
+                "%.0f s (over pools_suspicious_hold_seconds = %g); it keeps the slot",
+                requests[task_id].task_name,
+                task_id,
+                pool,
+                now - started,
+                limit,
+            )
+        self._reported &= set(requests)
 
     def stop(self) -> None:
         """Stop renewing (the thread ends at its next wake-up)."""

@@ -52,6 +52,7 @@ class Env:
     name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     lease_seconds: float = 60.0
     workers: list[WorkerProcess] = field(default_factory=list)
+    extra_worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -99,6 +100,7 @@ class Env:
             "CP_PROBE_URL": self.probe_url,
             "CP_PROBE_NAME": self.name,
             "CP_LEASE_SECONDS": str(self.lease_seconds),
+            **self.extra_worker_env,
         }
 
     def worker(

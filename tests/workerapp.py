@@ -143,6 +143,7 @@ def _from_env() -> Celery:
         probe_url=env["CP_PROBE_URL"],
         probe_name=env["CP_PROBE_NAME"],
         lease_seconds=float(env.get("CP_LEASE_SECONDS", "60")),
+        pools_suspicious_hold_seconds=float(env.get("CP_SUSPICIOUS_HOLD_SECONDS", "900")),
     )
 
 

@@ -9,6 +9,7 @@ KEYS[5]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
 KEYS[6]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[7]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[8]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
+KEYS[9]  {p}:pool:<name>:stats      HASH counters and histogram buckets
 
 ARGV[1]  connector instance
 ARGV[2]  pool name the caller believes serves the instance ("" for none); KEYS[3..8] are its keys
@@ -17,6 +18,11 @@ ARGV[4]  lease (ms)
 ARGV[5]  when the task first asked for a slot (ms, Redis clock), "" on its first attempt
 ARGV[6]  uid of the pool the task last waited in, "" if it has not waited
 ARGV[7]  JSON object describing the task (task_name, instance, hostname, pid); "since" is added
+ARGV[8]  histogram bucket upper bounds (ms, ascending, comma-separated)
+
+Stats fields touched: acquired_immediate, acquired_waited, timeouts, reclaimed, "acquired:<instance>",
+and the wait-time histogram "wait:<bucket index>" (index #bounds is +Inf), "wait:sum" (ms),
+"wait:count"; "started" is set (ms) on the first event.
 
 The Redis server's clock decides every lease and deadline. Holders whose lease has lapsed are
 reclaimed first. A token that already holds a slot keeps it (a redelivered message takes no second).
@@ -60,6 +66,18 @@ if cleared and ARGV[6] == uid and first <= cleared then
 end
 
 -- Reclaim lapsed leases (bounded per call; every acquisition continues the sweep).
+local function observe(field, ms)
+  local index = 0
+  for bound in string.gmatch(ARGV[8], '[^,]+') do
+    if ms <= tonumber(bound) then break end
+    index = index + 1
+  end
+  redis.call('HINCRBY', KEYS[9], field .. ':' .. index, 1)
+  redis.call('HINCRBY', KEYS[9], field .. ':sum', ms)
+  redis.call('HINCRBY', KEYS[9], field .. ':count', 1)
+end
+redis.call('HSETNX', KEYS[9], 'started', now)
+
 local reclaimed = {}
 local lapsed = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
 for _, holder in ipairs(lapsed) do
@@ -70,6 +88,9 @@ for _, holder in ipairs(lapsed) do
     redis.call('HDEL', KEYS[2], holder)
   end
   reclaimed[#reclaimed + 1] = cjson.encode({token = holder, info = info or ''})
+end
+if #reclaimed > 0 then
+  redis.call('HINCRBY', KEYS[9], 'reclaimed', #reclaimed)
 end
 -- Forget waiters a minute past their deadline: their task is gone (revoked, purged, lost).
 local stale = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now - 60000, 'LIMIT', 0, 100)
@@ -98,6 +119,9 @@ if in_use < limit then
   redis.call('HSET', KEYS[2], token, actual)
   redis.call('ZREM', KEYS[7], token)
   redis.call('HDEL', KEYS[8], token)
+  redis.call('HINCRBY', KEYS[9], ARGV[5] == '' and 'acquired_immediate' or 'acquired_waited', 1)
+  redis.call('HINCRBY', KEYS[9], 'acquired:' .. ARGV[1], 1)
+  observe('wait', now - first)
   return reply('OK', in_use + 1, 0)
 end
 
@@ -105,6 +129,7 @@ local deadline = first + timeout
 if now >= deadline then
   redis.call('ZREM', KEYS[7], token)
   redis.call('HDEL', KEYS[8], token)
+  redis.call('HINCRBY', KEYS[9], 'timeouts', 1)
   return reply('TIMEOUT', in_use, 0)
 end
 

@@ -9,6 +9,7 @@ KEYS[3]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
 KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
+KEYS[7]  {p}:pool:<name>:stats      HASH counters: clears, cleared_waiters, cleared_holders
 
 ARGV[1]  pool name
 ARGV[2]  "1" to release held slots too
@@ -34,4 +35,7 @@ if ARGV[2] == '1' then
   end
   redis.call('DEL', KEYS[3], KEYS[4])
 end
+redis.call('HINCRBY', KEYS[7], 'clears', 1)
+redis.call('HINCRBY', KEYS[7], 'cleared_waiters', waiters)
+redis.call('HINCRBY', KEYS[7], 'cleared_holders', released)
 return {1, waiters, released}

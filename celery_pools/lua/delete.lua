@@ -11,6 +11,7 @@ KEYS[6]  {p}:pool:<name>:holders        ZSET holders
 KEYS[7]  {p}:pool:<name>:holder         HASH holder JSON
 KEYS[8]  {p}:pool:<name>:waiters        ZSET waiters
 KEYS[9]  {p}:pool:<name>:waiter         HASH waiter JSON
+KEYS[10] {p}:pool:<name>:stats          HASH counters and histograms
 
 ARGV[1]  pool name
 
@@ -33,6 +34,6 @@ for _, holder in ipairs(holders) do
   end
 end
 local waiters = redis.call('ZCARD', KEYS[8])
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
 redis.call('SREM', KEYS[1], ARGV[1])
 return {1, #instances, #holders, waiters}
