@@ -13,6 +13,7 @@ Cap how many tasks talk to one external system at once, across every worker, pro
 
 from __future__ import annotations
 
+from . import control as _control  # noqa: F401  (registers `celery inspect pools`)
 from . import signals
 from .errors import (
     PoolBackendError,
@@ -25,11 +26,13 @@ from .errors import (
     PoolFullError,
     PoolNotFoundError,
     PoolTimeoutError,
+    RateLimitTimeoutError,
     UnassignedInstanceError,
 )
 from .extension import get_extension, install
 from .manager import PoolManager
 from .models import DEFAULT_TIMEOUT, MAX_TIMEOUT, Holder, Pool, PoolStatus, Waiter
+from .ratelimit import InstanceRate, RateLimit
 from .settings import PoolsSettings
 from .task import PooledTask
 
@@ -39,6 +42,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_TIMEOUT",
     "Holder",
+    "InstanceRate",
     "Pool",
     "PoolBackendError",
     "PoolBackendTimeoutError",
@@ -54,6 +58,8 @@ __all__ = [
     "PoolTimeoutError",
     "PooledTask",
     "PoolsSettings",
+    "RateLimit",
+    "RateLimitTimeoutError",
     "UnassignedInstanceError",
     "Waiter",
     "__version__",

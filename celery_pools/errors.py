@@ -12,6 +12,7 @@ anything this package raises on purpose::
     ├── PoolBackendError           Redis could not be reached or failed; the cause is chained
     ├── PoolFullError              no free slot: the reason stored while a task waits (state RETRY)
     ├── PoolTimeoutError           no slot became free before the pool's timeout
+    │   ├── RateLimitTimeoutError      ... because the instance's rate limit (or a pause) held it
     │   └── PoolBackendTimeoutError    ... because Redis could not be reached
     └── PoolClearedError           the pool was cleared while the task waited
         └── PoolDeletedError       the pool was deleted while the task waited
@@ -35,6 +36,7 @@ __all__ = [
     "PoolFullError",
     "PoolNotFoundError",
     "PoolTimeoutError",
+    "RateLimitTimeoutError",
     "UnassignedInstanceError",
 ]
 
@@ -120,6 +122,10 @@ class PoolTimeoutError(PoolError):
         self.limit = limit
         self.waited = waited
         self.timeout = timeout
+
+
+class RateLimitTimeoutError(PoolTimeoutError):
+    """The deadline passed while the instance's rate limit (or a pause) held the task back."""
 
 
 class PoolBackendTimeoutError(PoolTimeoutError):

@@ -93,18 +93,22 @@ def get_extension(app: Any) -> PoolsExtension:
 
 
 def install(app: Any) -> PoolsExtension:
-    """Install celery-pools on ``app``: the worker bootstep and the release handlers. Idempotent.
+    """Install celery-pools on ``app``: the worker bootstep, the release handlers, the
+    management tasks (``celery_pools.*``) and the ``inspect pools`` remote command. Idempotent.
 
-    Called automatically when a PooledTask is bound to the app.
+    Called automatically when a PooledTask is bound to the app (during its finalization).
     """
     ext = get_extension(app)
     if ext.installed:
         return ext
     with _lock:
         if not ext.installed:
+            from . import control  # noqa: F401  (registers `celery inspect pools`)
+            from .management import register_management_tasks
             from .worker import PoolsWorkerStep, connect_worker_signals
 
             app.steps["worker"].add(PoolsWorkerStep)
             connect_worker_signals(app)
+            register_management_tasks(app)
             ext.installed = True
     return ext

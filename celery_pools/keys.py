@@ -6,6 +6,9 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pools                  SET   names of all pools
     {celery_pools}:instances              HASH  connector instance -> pool name
     {celery_pools}:held                   HASH  task id -> pool name it holds a slot of
+    {celery_pools}:rates                  HASH  instance -> rate limit (see ratelimit.py)
+    {celery_pools}:paused                 HASH  instance -> paused until (ms, Redis clock)
+    {celery_pools}:rate:<instance>        STRING GCRA theoretical arrival time (ms)
     {celery_pools}:pool:<name>            HASH  limit, timeout, uid, created, updated, cleared
     {celery_pools}:pool:<name>:instances  SET   instances associated with the pool
     {celery_pools}:pool:<name>:holders    ZSET  task id -> lease expiry (ms, Redis clock)
@@ -13,6 +16,10 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:waiters    ZSET  task id -> deadline (ms, Redis clock)
     {celery_pools}:pool:<name>:waiter     HASH  task id -> JSON (task name, instance, since)
     {celery_pools}:pool:<name>:stats      HASH  counters and histogram buckets (see metrics.py)
+    {celery_pools}:pool:<name>:queue      ZSET  parked task id -> first request (ms): hand-off FIFO
+    {celery_pools}:pool:<name>:parked     HASH  parked task id -> entry JSON (info, message)
+    {celery_pools}:pool:<name>:handing    HASH  task id handed a slot, not started -> entry JSON
+    {celery_pools}:expired                LIST  parked entries to publish so their task fails
 
 Pool names cannot contain ``:``, so one pool's keys never collide with another's.
 """
@@ -35,6 +42,9 @@ class PoolKeys:
     waiters: str
     waiter: str
     stats: str
+    queue: str
+    parked: str
+    handing: str
 
     def all(self) -> list[str]:
         """All of the pool's keys, in script order."""
@@ -46,6 +56,9 @@ class PoolKeys:
             self.waiters,
             self.waiter,
             self.stats,
+            self.queue,
+            self.parked,
+            self.handing,
         ]
 
 
@@ -74,6 +87,25 @@ class KeySpace:
         """HASH of task id -> name of the pool whose slot it holds."""
         return f"{self._root}:held"
 
+    @property
+    def expired(self) -> str:
+        """LIST of parked entries whose task must be published to fail (timeout, clear, delete)."""
+        return f"{self._root}:expired"
+
+    @property
+    def rates(self) -> str:
+        """HASH of connector instance -> encoded rate limit."""
+        return f"{self._root}:rates"
+
+    @property
+    def paused(self) -> str:
+        """HASH of connector instance -> paused until (ms)."""
+        return f"{self._root}:paused"
+
+    def rate_state(self, instance: str) -> str:
+        """STRING holding the instance's GCRA state (theoretical arrival time, ms)."""
+        return f"{self._root}:rate:{instance}"
+
     def pool(self, name: str) -> PoolKeys:
         """The keys of pool ``name``."""
         base = f"{self._root}:pool:{name}"
@@ -85,4 +117,7 @@ class KeySpace:
             waiters=f"{base}:waiters",
             waiter=f"{base}:waiter",
             stats=f"{base}:stats",
+            queue=f"{base}:queue",
+            parked=f"{base}:parked",
+            handing=f"{base}:handing",
         )

@@ -27,7 +27,9 @@ from .models import (
     check_limit,
     check_pool_name,
     check_timeout,
+    check_wait,
 )
+from .ratelimit import InstanceRate, RateLimit, parse_rate
 from .store import ClearResult, DeleteResult, RedisPoolStore
 
 __all__ = ["PoolManager"]
@@ -43,6 +45,7 @@ class PoolManager:
                 raise TypeError("PoolManager needs a Celery app or a store")
             store = get_extension(app).store
         self.store = store
+        self.app = app
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "celery_pools") -> PoolManager:
@@ -51,37 +54,76 @@ class PoolManager:
 
     # -- pools ------------------------------------------------------------------------------
 
-    def create(self, name: str, *, limit: int, timeout: float = DEFAULT_TIMEOUT) -> Pool:
-        """Create a pool. Raises :class:`PoolExistsError` if one of that name exists."""
-        pool = Pool.parse({"name": name, "limit": limit, "timeout": timeout})
+    def create(
+        self, name: str, *, limit: int, timeout: float = DEFAULT_TIMEOUT, wait: str = "countdown"
+    ) -> Pool:
+        """Create a pool. Raises :class:`PoolExistsError` if one of that name exists.
+
+        ``wait`` is how its tasks wait for a slot: ``"countdown"`` (sent again with a countdown)
+        or ``"handoff"`` (parked in Redis and handed the next free slot, oldest first).
+        """
+        pool = Pool.parse({"name": name, "limit": limit, "timeout": timeout, "wait": wait})
         if not self.store.create_pool(pool):
             raise PoolExistsError(
                 f"a pool named {name!r} already exists; use update() to change it", pool=name
             )
         return pool
 
-    def ensure(self, name: str, *, limit: int, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    def ensure(
+        self, name: str, *, limit: int, timeout: float = DEFAULT_TIMEOUT, wait: str = "countdown"
+    ) -> bool:
         """Create the pool only if it is missing; an existing pool is left as it is.
 
         Returns True when it was created.
         """
-        pool = Pool.parse({"name": name, "limit": limit, "timeout": timeout})
+        pool = Pool.parse({"name": name, "limit": limit, "timeout": timeout, "wait": wait})
         return self.store.create_pool(pool)
 
-    def update(self, name: str, *, limit: int | None = None, timeout: float | None = None) -> Pool:
-        """Change a pool's limit and/or timeout; running tasks are never interrupted."""
+    def update(
+        self,
+        name: str,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        wait: str | None = None,
+    ) -> Pool:
+        """Change a pool's limit, timeout and/or waiting mode; running tasks are never
+        interrupted. A larger limit admits waiting tasks at once."""
         check_pool_name(name)
-        if limit is None and timeout is None:
+        if limit is None and timeout is None and wait is None:
             raise PoolConfigError.invalid(
-                "limit/timeout", None, "give a new limit, timeout or both"
+                "limit/timeout/wait", None, "give a new limit, timeout, waiting mode or several"
             )
         if limit is not None:
             check_limit(limit)
         if timeout is not None:
             timeout = check_timeout(timeout)
-        if not self.store.update_pool(name, limit=limit, timeout=timeout):
+        if wait is not None:
+            check_wait(wait)
+        if not self.store.update_pool(name, limit=limit, timeout=timeout, wait=wait):
             raise _not_found(name)
+        self._hand_off(name)
         return self.get(name)
+
+    def _hand_off(self, name: str) -> None:
+        """Give slots freed by this change to parked tasks now (with no app to publish with,
+        the workers' reapers do it within their interval)."""
+        if self.app is None:
+            return
+        from .handoff import publish_handoffs
+
+        ext = get_extension(self.app)
+        handoffs, _ = self.store.handoff(name, lease=ext.settings.handoff_lease_seconds)
+        publish_handoffs(self.app, handoffs)
+
+    def _end_parked(self) -> None:
+        """Publish parked tasks that must now fail (cleared, deleted pools) at once, when this
+        manager has an app; otherwise the workers' reapers do it within their interval."""
+        if self.app is None:
+            return
+        from .handoff import publish_expired
+
+        publish_expired(self.app, self.store.pop_expired())
 
     def get(self, name: str) -> Pool:
         """A pool's definition."""
@@ -105,6 +147,7 @@ class PoolManager:
         result = self.store.delete_pool(name)
         if result is None:
             raise _not_found(name)
+        self._end_parked()
         return result
 
     def clear(self, name: str, *, release_held: bool = False) -> ClearResult:
@@ -118,6 +161,9 @@ class PoolManager:
         result = self.store.clear_pool(name, release_held=release_held)
         if result is None:
             raise _not_found(name)
+        if release_held:
+            self._hand_off(name)
+        self._end_parked()
         return result
 
     def status(self, name: str) -> PoolStatus:
@@ -150,6 +196,45 @@ class PoolManager:
     def associations(self) -> dict[str, str]:
         """Every instance -> pool association."""
         return self.store.associations()
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    def set_rate_limit(self, instance: str, rate: str | RateLimit, *, burst: int = 0) -> RateLimit:
+        """Limit an instance to ``rate`` calls (``"60/m"``, ``"10/s"``, ``"1000/h"``), shared by
+        every worker, with up to ``burst`` extra calls at once. Obeyed by the next acquisition."""
+        check_instance_name(instance, "instance")
+        limit = parse_rate(rate, burst) if isinstance(rate, str) else rate
+        self.store.set_rate_limit(instance, limit)
+        return limit
+
+    def remove_rate_limit(self, instance: str) -> bool:
+        """Remove an instance's rate limit; returns whether it had one."""
+        check_instance_name(instance, "instance")
+        return self.store.remove_rate_limit(instance)
+
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """Every instance's rate limit."""
+        return self.store.rate_limits()
+
+    def pause(self, instance: str, seconds: float) -> float:
+        """Pause an instance for every worker (e.g. after HTTP 429 ``Retry-After``); no task of
+        it starts until the pause ends. Returns when it ends (Unix seconds, Redis clock)."""
+        check_instance_name(instance, "instance")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise PoolConfigError.invalid("pause seconds", seconds, "a number of seconds >= 0")
+        return self.store.pause(instance, seconds)
+
+    def resume(self, instance: str) -> None:
+        """Lift an instance's pause."""
+        check_instance_name(instance, "instance")
+        self.store.pause(instance, 0)
+
+    def rates(self, instances: builtins.list[str]) -> builtins.list[InstanceRate]:
+        """Each instance's rate limit and how close it is to it (calls available, next call in,
+        paused for), read atomically."""
+        for instance in instances:
+            check_instance_name(instance, "instance")
+        return self.store.instance_rates(instances)
 
 
 def _not_found(name: str) -> PoolNotFoundError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,6 +19,7 @@ __all__ = [
     "INSTANCE_NAME_PATTERN",
     "MAX_TIMEOUT",
     "POOL_NAME_PATTERN",
+    "WAIT_MODES",
     "Holder",
     "Pool",
     "PoolStatus",
@@ -37,6 +38,10 @@ MAX_TIMEOUT = 300.0
 POOL_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 #: Connector instance names: as pool names, also ``:``, ``@`` and ``/``; 1 to 200 characters.
 INSTANCE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}"
+
+#: How a pool's tasks wait for a slot: re-sent with a countdown, or parked for a hand-off.
+WAIT_MODES = ("countdown", "handoff")
+WaitMode = Literal["countdown", "handoff"]
 
 _POOL_NAME_RE = re.compile(POOL_NAME_PATTERN)
 _INSTANCE_NAME_RE = re.compile(INSTANCE_NAME_PATTERN)
@@ -87,6 +92,13 @@ def check_timeout(value: object, field: str = "timeout") -> float:
     return float(value)
 
 
+def check_wait(value: object, field: str = "wait") -> WaitMode:
+    """Return ``value`` if it is a waiting mode ("countdown" or "handoff"), else raise."""
+    if value not in WAIT_MODES:
+        raise PoolConfigError.invalid(field, value, "the waiting mode is 'countdown' or 'handoff'")
+    return value  # type: ignore[return-value]
+
+
 def _config_error(exc: ValidationError) -> PoolConfigError:
     """Turn pydantic's error into ours: the first problem, with its field and value."""
     first = exc.errors()[0]
@@ -118,6 +130,12 @@ class Pool(_Model):
     name: str
     limit: int
     timeout: float = DEFAULT_TIMEOUT
+    wait: WaitMode = "countdown"
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait(cls, value: object) -> WaitMode:
+        return check_wait(value)
 
     @field_validator("name", mode="before")
     @classmethod

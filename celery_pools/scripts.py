@@ -18,6 +18,9 @@ SCRIPT_NAMES = (
     "unassign",
     "clear",
     "delete",
+    "pause",
+    "park",
+    "handoff",
 )
 
 

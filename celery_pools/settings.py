@@ -34,6 +34,8 @@ class PoolsSettings(_Model):
     retry_backoff_max: float = Field(default=2.0, gt=0.0, le=300.0)
     redis_socket_timeout: float = Field(default=5.0, gt=0.0, le=60.0)
     suspicious_hold_seconds: float = Field(default=900.0, gt=0.0)
+    handoff_lease_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    reaper_interval: float = Field(default=0.25, gt=0.0, le=60.0)
     declare: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("key_prefix")

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from celery.utils.dispatch import Signal
 
-__all__ = ["slot_acquired", "slot_released", "slot_timeout", "slot_waiting"]
+__all__ = ["slot_acquired", "slot_handoff", "slot_released", "slot_timeout", "slot_waiting"]
 
 #: A slot was taken. ``waited``: seconds since the task first asked for it.
 slot_acquired = Signal(
     name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited"}
 )
 
-#: The pool was full and the task was sent again with a countdown. ``waited``: seconds so far;
-#: ``countdown``: seconds until the next attempt; ``deadline``: when it gives up (Unix seconds).
+#: The pool was full and the task waits: sent again after ``countdown`` seconds, or parked for a
+#: hand-off (``countdown`` None). ``waited``: seconds so far; ``deadline``: when it gives up.
 slot_waiting = Signal(
     name="slot_waiting",
     providing_args={"pool", "instance", "task_id", "waited", "countdown", "deadline"},
@@ -33,6 +33,10 @@ slot_waiting = Signal(
 
 #: The task gave up at its deadline and fails with PoolTimeoutError. ``waited``: seconds waited.
 slot_timeout = Signal(name="slot_timeout", providing_args={"pool", "instance", "task_id", "waited"})
+
+#: A freed slot was handed to a parked task, whose message is about to be published (hand-off
+#: mode). ``sender`` is the app; ``handoff_id`` identifies this hand-off.
+slot_handoff = Signal(name="slot_handoff", providing_args={"pool", "task_id", "handoff_id"})
 
 #: A slot was given back. ``held``: seconds it was held (None if unknown).
 slot_released = Signal(name="slot_released", providing_args={"pool", "instance", "task_id", "held"})

@@ -25,7 +25,8 @@ from redis.commands.core import Script
 from .errors import PoolBackendError, PoolNotFoundError
 from .keys import KeySpace, PoolKeys
 from .metrics import BUCKET_BOUNDS_ARG, PoolMetrics, parse_stats
-from .models import Holder, Pool, PoolStatus, Waiter
+from .models import DEFAULT_TIMEOUT, Holder, Pool, PoolStatus, Waiter
+from .ratelimit import InstanceRate, RateLimit
 from .scripts import SCRIPT_NAMES, script_source
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Acquisition",
     "ClearResult",
     "DeleteResult",
+    "Handoff",
     "Reclaimed",
     "RedisPoolStore",
     "Release",
@@ -48,7 +50,9 @@ class AcquireStatus(str, enum.Enum):
     """What an acquisition attempt found."""
 
     OK = "OK"
+    STALE = "STALE"
     FULL = "FULL"
+    RATE = "RATE"
     TIMEOUT = "TIMEOUT"
     CLEARED = "CLEARED"
     UNASSIGNED = "UNASSIGNED"
@@ -78,6 +82,8 @@ class Acquisition:
     timeout: float = 0.0
     uid: str = ""
     reentrant: bool = False
+    retry_after: float = 0.0
+    reason: str = ""
     reclaimed: tuple[Reclaimed, ...] = ()
 
     @property
@@ -92,12 +98,25 @@ class Acquisition:
 
 
 @dataclass(frozen=True)
+class Handoff:
+    """A slot handed to a parked task: publish ``entry``'s message with ``handoff_id``."""
+
+    token: str
+    handoff_id: str
+    pool: str
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Release:
-    """The answer to a release: whether a slot was given back and how long it was held."""
+    """The answer to a release: whether a slot was given back, how long it was held, and the
+    hand-offs to publish."""
 
     released: bool
     pool: str
     held: float | None = None
+    handoffs: tuple[Handoff, ...] = ()
+    reclaimed: tuple[Reclaimed, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -219,28 +238,35 @@ class RedisPoolStore:
         created = self._run(
             "create",
             [self.keys.pools, keys.config],
-            [pool.name, pool.limit, _ms(pool.timeout), uuid.uuid4().hex],
+            [pool.name, pool.limit, _ms(pool.timeout), uuid.uuid4().hex, pool.wait],
         )
         return bool(created)
 
     def update_pool(
-        self, name: str, *, limit: int | None = None, timeout: float | None = None
+        self,
+        name: str,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,
+        wait: str | None = None,
     ) -> bool:
-        """Change a pool's limit and/or timeout; return False if there is no such pool."""
+        """Change a pool's limit, timeout and/or waiting mode; False if there is no such pool."""
         updated = self._run(
             "update",
             [self.keys.pool(name).config],
-            ["" if limit is None else limit, "" if timeout is None else _ms(timeout)],
+            [
+                "" if limit is None else limit,
+                "" if timeout is None else _ms(timeout),
+                wait or "",
+            ],
         )
         return bool(updated)
 
     def get_pool(self, name: str) -> Pool | None:
         """The pool's definition, or None."""
         with self._backend(f"read pool {name!r}"):
-            limit, timeout = self.client.hmget(self.keys.pool(name).config, ["limit", "timeout"])
-        if limit is None:
-            return None
-        return Pool(name=name, limit=int(limit), timeout=int(str(timeout)) / 1000)
+            row = self.client.hmget(self.keys.pool(name).config, ["limit", "timeout", "wait"])
+        return _pool(name, row)
 
     def pool_uid(self, name: str) -> str | None:
         """The random id of the pool now called ``name`` (a recreated pool has a new one)."""
@@ -259,19 +285,18 @@ class RedisPoolStore:
         with self._backend("list pools"):
             pipe = self.client.pipeline(transaction=False)
             for name in names:
-                pipe.hmget(self.keys.pool(name).config, ["limit", "timeout"])
+                pipe.hmget(self.keys.pool(name).config, ["limit", "timeout", "wait"])
             rows = pipe.execute()
-        return [
-            Pool(name=name, limit=int(limit), timeout=int(timeout) / 1000)
-            for name, (limit, timeout) in zip(names, rows, strict=True)
-            if limit is not None
-        ]
+        pools = [_pool(name, row) for name, row in zip(names, rows, strict=True)]
+        return [pool for pool in pools if pool is not None]
 
     def delete_pool(self, name: str) -> DeleteResult | None:
         """Delete a pool and its associations; None if there was no such pool."""
         keys = self.keys.pool(name)
         found, instances, holders, waiters = self._run(
-            "delete", [self.keys.pools, self.keys.instances, self.keys.held, *keys.all()], [name]
+            "delete",
+            [self.keys.pools, self.keys.instances, self.keys.held, *keys.all(), self.keys.expired],
+            [name],
         )
         self._pool_of.clear()
         if not found:
@@ -291,6 +316,9 @@ class RedisPoolStore:
                 keys.waiters,
                 keys.waiter,
                 keys.stats,
+                keys.queue,
+                keys.parked,
+                self.keys.expired,
             ],
             [name, "1" if release_held else "0"],
         )
@@ -377,21 +405,33 @@ class RedisPoolStore:
         first: float | None = None,
         waited_uid: str = "",
         info: dict[str, Any] | None = None,
+        unassigned_timeout: float = DEFAULT_TIMEOUT,
+        wait: str = "",
+        handoff: str = "",
     ) -> Acquisition:
-        """Take a slot of the pool serving ``instance`` for ``token``, or register as a waiter.
+        """Take a slot of the pool serving ``instance`` (and a rate token) for ``token``.
 
         ``first`` is when the task first asked (Redis clock, seconds; None on its first attempt)
         and ``waited_uid`` the uid of the pool it last waited in; together they let a clear end
-        the wait. One script run, one round trip, unless the instance's pool changed.
+        the wait. ``unassigned_timeout`` bounds the wait of an instance with no pool that waits
+        for its rate limit. ``wait`` overrides the pool's waiting mode ("countdown", "handoff");
+        ``handoff`` is the hand-off id the task's message carries, to claim a slot handed to it.
+        One script run, one round trip, unless the instance's pool changed.
         """
         payload = json.dumps(info or {}, separators=(",", ":"))
         first_arg = "" if first is None else _ms(first)
+        instance_keys = [
+            self.keys.instances,
+            self.keys.held,
+            self.keys.rates,
+            self.keys.paused,
+            self.keys.rate_state(instance),
+        ]
 
         def attempt(believed: str) -> Acquisition | None:
-            keys = self._pool_keys(believed)
             reply = self._run(
                 "acquire",
-                [self.keys.instances, self.keys.held, *keys.all()],
+                [*instance_keys, *self._pool_keys(believed).all()],
                 [
                     instance,
                     believed,
@@ -401,6 +441,9 @@ class RedisPoolStore:
                     waited_uid,
                     payload,
                     BUCKET_BOUNDS_ARG,
+                    _ms(unassigned_timeout),
+                    wait,
+                    handoff,
                 ],
             )
             status, now = reply[0], reply[1] / 1000
@@ -408,10 +451,6 @@ class RedisPoolStore:
             if status == "MOVED":
                 self._pool_of[instance] = reply[2]
                 return None
-            if status == "UNASSIGNED":
-                return Acquisition(AcquireStatus.UNASSIGNED, now)
-            if status == "CLEARED":
-                return Acquisition(AcquireStatus.CLEARED, now, pool=believed, first=reply[2] / 1000)
             return Acquisition(
                 AcquireStatus(status),
                 now,
@@ -422,25 +461,112 @@ class RedisPoolStore:
                 timeout=reply[5] / 1000,
                 uid=str(reply[6]),
                 reentrant=bool(reply[7]),
-                reclaimed=tuple(_reclaimed(json.loads(raw)) for raw in reply[8:]),
+                retry_after=reply[8] / 1000,
+                reason=str(reply[9]),
+                reclaimed=tuple(_reclaimed(json.loads(raw)) for raw in reply[10:]),
             )
 
         return self._moved(instance, attempt)
 
-    def release(self, token: str, pool: str) -> Release:
-        """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent."""
+    def release(self, token: str, pool: str, *, handoff_lease: float = 10.0) -> Release:
+        """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent.
+
+        In the same round trip, free slots are handed to the oldest parked tasks: the returned
+        :class:`Release` lists the hand-offs the caller must publish.
+        """
         keys = self.keys.pool(pool)
-        released, now, info = self._run(
-            "release",
-            [self.keys.held, keys.holders, keys.holder, keys.waiters, keys.waiter, keys.stats],
-            [token, pool, BUCKET_BOUNDS_ARG],
-        )
+        with self._backend(f"release a slot of pool {pool!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            self._scripts["release"](
+                keys=[
+                    self.keys.held,
+                    keys.holders,
+                    keys.holder,
+                    keys.waiters,
+                    keys.waiter,
+                    keys.stats,
+                ],
+                args=[token, pool, BUCKET_BOUNDS_ARG],
+                client=pipe,
+            )
+            self._handoff_call(pool, handoff_lease, pipe)
+            (released, now, info), handed = pipe.execute()
         held = None
         if info:
             since = json.loads(info).get("since")
             if isinstance(since, int | float):
                 held = max(0.0, (now - since) / 1000)
-        return Release(released=bool(released), pool=pool, held=held)
+        handoffs, reclaimed = _handoff_reply(pool, handed)
+        return Release(
+            released=bool(released), pool=pool, held=held, handoffs=handoffs, reclaimed=reclaimed
+        )
+
+    def _handoff_call(self, pool: str, lease: float, client: Any) -> Any:
+        keys = self.keys.pool(pool)
+        return self._scripts["handoff"](
+            keys=[
+                self.keys.held,
+                keys.config,
+                keys.holders,
+                keys.holder,
+                keys.waiters,
+                keys.waiter,
+                keys.stats,
+                keys.queue,
+                keys.parked,
+                keys.handing,
+                self.keys.expired,
+            ],
+            args=[pool, _ms(lease)],
+            client=client,
+        )
+
+    def handoff(
+        self, pool: str, *, lease: float = 10.0
+    ) -> tuple[tuple[Handoff, ...], tuple[Reclaimed, ...]]:
+        """Hand free slots of ``pool`` to its oldest parked tasks, requeue lapsed hand-offs,
+        expire parked tasks past their deadline; returns the hand-offs to publish."""
+        with self._backend(f"hand off slots of pool {pool!r}"):
+            reply = self._handoff_call(pool, lease, self.client)
+        return _handoff_reply(pool, reply)
+
+    def park(
+        self, token: str, *, pool: str, first: float, entry: str, lease: float = 10.0
+    ) -> tuple[int, tuple[Handoff, ...], tuple[Reclaimed, ...]]:
+        """Park ``token`` in ``pool``'s hand-off FIFO with its serialized message ``entry``
+        (JSON) and, in the same round trip, hand any free slot to the oldest parked task.
+
+        Returns its position (1 = next, 0 if it was parked already, -1 if the pool is gone), the
+        hand-offs to publish and the holders reclaimed.
+        """
+        keys = self.keys.pool(pool)
+        with self._backend(f"park a task in pool {pool!r}"):
+            pipe = self.client.pipeline(transaction=False)
+            self._scripts["park"](
+                keys=[keys.config, keys.waiters, keys.waiter, keys.queue, keys.parked],
+                args=[token, _ms(first), entry],
+                client=pipe,
+            )
+            self._handoff_call(pool, lease, pipe)
+            position, handed = pipe.execute()
+        handoffs, reclaimed = _handoff_reply(pool, handed)
+        return int(position), handoffs, reclaimed
+
+    def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
+        """Take up to ``count`` parked entries whose task must be published to fail."""
+        with self._backend("read expired parked tasks"):
+            raw: Any = self.client.lpop(self.keys.expired, count)
+        return [json.loads(item) for item in raw or []]
+
+    def handoff_pools(self) -> list[str]:
+        """Names of the pools whose tasks wait by hand-off."""
+        names = self.pool_names()
+        with self._backend("list pools"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hget(self.keys.pool(name).config, "wait")
+            modes = pipe.execute()
+        return [name for name, mode in zip(names, modes, strict=True) if mode == "handoff"]
 
     def held_pools(self, tokens: Sequence[str]) -> dict[str, str]:
         """Which of ``tokens`` hold a slot, and of which pool."""
@@ -450,10 +576,10 @@ class RedisPoolStore:
             pools = self.client.hmget(self.keys.held, list(tokens))
         return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
 
-    def release_token(self, token: str) -> Release | None:
+    def release_token(self, token: str, *, handoff_lease: float = 10.0) -> Release | None:
         """Release whatever slot ``token`` holds, wherever it is; None if it holds none."""
         pool = self.held_pools([token]).get(token)
-        return self.release(token, pool) if pool else None
+        return self.release(token, pool, handoff_lease=handoff_lease) if pool else None
 
     def renew(self, held: dict[str, str], *, lease: float) -> int:
         """Extend the leases of ``held`` (token -> pool); return how many were still held."""
@@ -512,6 +638,57 @@ class RedisPoolStore:
         with self._backend(f"reset the metrics of pool {name!r}"):
             self.client.delete(self.keys.pool(name).stats)
 
+    # -- rate limits ------------------------------------------------------------------------
+
+    def set_rate_limit(self, instance: str, rate: RateLimit) -> None:
+        """Give ``instance`` a rate limit (replacing any); obeyed by the next acquisition."""
+        with self._backend(f"set the rate limit of instance {instance!r}"):
+            self.client.hset(self.keys.rates, instance, rate.encode())
+
+    def remove_rate_limit(self, instance: str) -> bool:
+        """Remove the instance's rate limit; return whether it had one."""
+        with self._backend(f"remove the rate limit of instance {instance!r}"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys.rates, instance)
+            pipe.delete(self.keys.rate_state(instance))
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """Every instance's rate limit."""
+        with self._backend("read rate limits"):
+            raw = self.client.hgetall(self.keys.rates)
+        return {str(k): RateLimit.decode(str(v)) for k, v in raw.items()}
+
+    def pause(self, instance: str, seconds: float) -> float:
+        """Pause ``instance`` for every worker for ``seconds`` (0 lifts the pause).
+
+        Returns when the pause ends (Unix seconds, Redis clock; 0 when not paused).
+        """
+        until = self._run("pause", [self.keys.paused], [instance, _ms(seconds)])
+        return int(until) / 1000
+
+    def instance_rates(self, instances: Sequence[str]) -> list[InstanceRate]:
+        """Each instance's rate limit, calls available now, next call and pause, atomically."""
+        instances = list(instances)
+        if not instances:
+            return []
+        with self._backend("read rate limits"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hmget(self.keys.rates, instances)
+            pipe.hmget(self.keys.paused, instances)
+            for instance in instances:
+                pipe.get(self.keys.rate_state(instance))
+            reply = pipe.execute()
+        seconds, micros = reply[0]
+        now = (seconds + micros / 1e6) * 1000
+        specs, paused, tats = reply[1], reply[2], reply[3:]
+        return [
+            _instance_rate(instance, now, spec, pause, tat)
+            for instance, spec, pause, tat in zip(instances, specs, paused, tats, strict=True)
+        ]
+
     def ping(self) -> float:
         """The Redis server's clock (Unix seconds); raises PoolBackendError if unreachable."""
         with self._backend("answer"):
@@ -538,6 +715,50 @@ def _reclaimed(entry: dict[str, Any]) -> Reclaimed:
         instance=info.get("instance", ""),
         hostname=info.get("hostname", ""),
         pid=info.get("pid"),
+    )
+
+
+def _pool(name: str, row: list[Any]) -> Pool | None:
+    limit, timeout, wait = row
+    if limit is None:
+        return None
+    return Pool(name=name, limit=int(limit), timeout=int(timeout) / 1000, wait=wait or "countdown")
+
+
+def _handoff_reply(
+    pool: str, reply: list[Any]
+) -> tuple[tuple[Handoff, ...], tuple[Reclaimed, ...]]:
+    handed, lapsed = reply
+    handoffs = tuple(
+        Handoff(
+            token=handed[i], handoff_id=handed[i + 1], pool=pool, entry=json.loads(handed[i + 2])
+        )
+        for i in range(0, len(handed), 3)
+    )
+    reclaimed = tuple(
+        _reclaimed({"token": lapsed[i], "info": lapsed[i + 1]}) for i in range(0, len(lapsed), 2)
+    )
+    return handoffs, reclaimed
+
+
+def _instance_rate(
+    instance: str, now: float, spec: str | None, paused: str | None, tat: str | None
+) -> InstanceRate:
+    """What an instance's rate limit allows now (all times in ms on the Redis clock)."""
+    paused_for = max(0.0, (float(paused) - now) / 1000) if paused else 0.0
+    if not spec:
+        return InstanceRate(instance=instance, paused_for=paused_for)
+    rate = RateLimit.decode(spec)
+    interval = rate.interval * 1000
+    ahead = max(0.0, float(tat or 0) - now)  # how far the schedule runs ahead of now
+    tolerance = interval * rate.burst
+    available = max(0, int((tolerance - ahead) // interval) + 1) if ahead <= tolerance else 0
+    return InstanceRate(
+        instance=instance,
+        rate=str(rate),
+        available=available,
+        next_in=max(0.0, (ahead - tolerance) / 1000),
+        paused_for=paused_for,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 
 from . import signals
 from .errors import (
@@ -21,10 +21,12 @@ from .errors import (
     PoolDeletedError,
     PoolFullError,
     PoolTimeoutError,
+    RateLimitTimeoutError,
     UnassignedInstanceError,
 )
 from .extension import PoolsExtension, get_extension, install
-from .models import DEFAULT_TIMEOUT, check_instance_name
+from .handoff import encode_message, log_reclaimed, publish_handoffs
+from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
 from .store import AcquireStatus, Acquisition
 from .waiting import HEADER, WaitState, next_countdown
 
@@ -34,6 +36,16 @@ logger = logging.getLogger(__name__)
 
 #: A function of the call's ``(args, kwargs)`` that returns the connector instance.
 InstanceResolver = Callable[[tuple[Any, ...], dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One execution: its request, connector instance and arguments."""
+
+    request: Any
+    instance: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,8 @@ class PooledTask(Task):  # type: ignore[misc]
     #: The connector instance whose pool limits this task: a name, or a function of
     #: ``(args, kwargs)`` returning one.
     connector_instance: str | InstanceResolver | None = None
+    #: How this task waits for a slot: "countdown" or "handoff"; None follows the pool's mode.
+    pool_wait: str | None = None
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -113,11 +127,13 @@ class PooledTask(Task):  # type: ignore[misc]
 
     def _enter(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Slot | None:
         ext = get_extension(self.app)
-        instance = self.resolve_connector_instance(tuple(args), dict(kwargs))
+        call = _Call(
+            request, self.resolve_connector_instance(tuple(args), dict(kwargs)), args, kwargs
+        )
         state = WaitState.from_headers(request.headers)
         while True:
             try:
-                return self._attempt(ext, request, instance, state)
+                return self._attempt(ext, call, state)
             except _Wait as wait:
                 if not request.is_eager:
                     self._reschedule(request, args, kwargs, wait)
@@ -125,11 +141,17 @@ class PooledTask(Task):  # type: ignore[misc]
                 time.sleep(wait.countdown)
                 state = wait.state
 
-    def _attempt(
-        self, ext: PoolsExtension, request: Any, instance: str, state: WaitState
-    ) -> _Slot | None:
+    def _attempt(self, ext: PoolsExtension, call: _Call, state: WaitState) -> _Slot | None:
         settings = ext.settings
+        request, instance = call.request, call.instance
         token = request.id
+        if state.fail:
+            self._fail_parked(instance, state, token)
+        wait: str = ""  # the pool's own mode
+        if request.is_eager:
+            wait = "countdown"  # no broker to park in: wait in-process
+        elif type(self).pool_wait is not None:
+            wait = check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
         try:
             acq = ext.store.acquire(
                 instance,
@@ -143,10 +165,23 @@ class PooledTask(Task):  # type: ignore[misc]
                     "hostname": request.hostname or "",
                     "pid": os.getpid(),
                 },
+                unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
+                wait=wait,
+                handoff=state.handoff,
             )
         except PoolBackendError as exc:
             self._wait_for_backend(ext, instance, state, exc)
-        _log_reclaimed(acq)
+        log_reclaimed(acq.pool, acq.reclaimed)
+        if acq.status is AcquireStatus.STALE:
+            logger.info(
+                "celery-pools: ignoring a stale copy of %s[%s]: its slot is held or awaited under "
+                "another hand-off",
+                self.name,
+                token,
+            )
+            raise Ignore()
+        if acq.status is AcquireStatus.FULL and acq.reason == "handoff":
+            self._park(ext, call, state, acq)
         if acq.status is AcquireStatus.OK:
             waited = acq.waited if state.first is not None else 0.0
             signals.slot_acquired.send(
@@ -166,6 +201,17 @@ class PooledTask(Task):  # type: ignore[misc]
             signals.slot_timeout.send(
                 sender=self, pool=acq.pool, instance=instance, task_id=token, waited=acq.waited
             )
+            if acq.reason in ("rate", "paused"):
+                held_by = "its rate limit" if acq.reason == "rate" else "a pause (back-off)"
+                raise RateLimitTimeoutError(
+                    f"instance {instance!r} was held back by {held_by} until the timeout of "
+                    f"{acq.timeout:g} s; task {self.name}[{token}] waited {acq.waited:.1f} s "
+                    "and did not run",
+                    pool=acq.pool,
+                    limit=acq.limit or None,
+                    waited=acq.waited,
+                    timeout=acq.timeout,
+                )
             raise PoolTimeoutError(
                 f"no slot of pool {acq.pool!r} (limit {acq.limit}, {acq.in_use} in use) became "
                 f"free for instance {instance!r} within its timeout of {acq.timeout:g} s; task "
@@ -175,16 +221,27 @@ class PooledTask(Task):  # type: ignore[misc]
                 waited=acq.waited,
                 timeout=acq.timeout,
             )
-        # FULL: wait and try again.
+        # FULL or RATE: wait and try again.
         next_state = state.next_attempt(
             first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout
         )
-        countdown = next_countdown(
-            state.attempts,
-            acq.deadline - acq.now,
-            minimum=settings.retry_backoff_min,
-            maximum=settings.retry_backoff_max,
-        )
+        if acq.status is AcquireStatus.RATE:
+            # The token is due at a known time: come back then, not earlier or later.
+            countdown = max(0.0, min(acq.retry_after, acq.deadline - acq.now))
+            reason = (
+                f"waiting for the rate limit of instance {instance!r}: next call in "
+                f"{acq.retry_after:.2f} s"
+                if acq.reason == "rate"
+                else f"instance {instance!r} is paused for {acq.retry_after:.1f} s more"
+            )
+        else:
+            countdown = next_countdown(
+                state.attempts,
+                acq.deadline - acq.now,
+                minimum=settings.retry_backoff_min,
+                maximum=settings.retry_backoff_max,
+            )
+            reason = f"waiting for a slot of pool {acq.pool!r}: {acq.in_use} of {acq.limit} in use"
         signals.slot_waiting.send(
             sender=self,
             pool=acq.pool,
@@ -198,9 +255,88 @@ class PooledTask(Task):  # type: ignore[misc]
             countdown,
             next_state,
             PoolFullError(
-                f"waiting for a slot of pool {acq.pool!r}: {acq.in_use} of {acq.limit} in use; "
-                f"waited {acq.waited:.1f} s of {acq.timeout:g} s, next try in {countdown:.2f} s"
+                f"{reason}; waited {acq.waited:.1f} s of {acq.timeout:g} s, next try in "
+                f"{countdown:.2f} s"
             ),
+        )
+
+    def _park(
+        self, ext: PoolsExtension, call: _Call, state: WaitState, acq: Acquisition
+    ) -> NoReturn:
+        """Park this task's message in the pool's hand-off FIFO and end this run as RETRY."""
+        request, instance = call.request, call.instance
+        next_state = state.next_attempt(
+            first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
+        )
+        headers = dict(request.headers or {})
+        headers[HEADER] = next_state.to_header()
+        signature = self.signature_from_request(
+            request, call.args, call.kwargs, retries=request.retries, headers=headers
+        )
+        entry = encode_message(
+            self.app, signature, info={"task_name": self.name, "instance": instance}
+        )
+        position, handoffs, reclaimed = ext.store.park(
+            request.id,
+            pool=acq.pool,
+            first=acq.first,
+            entry=entry,
+            lease=ext.settings.handoff_lease_seconds,
+        )
+        log_reclaimed(acq.pool, reclaimed)
+        # A slot may have come free between the two scripts; it went to the oldest parked task,
+        # which may be this one: its message is published like any other hand-off.
+        publish_handoffs(self.app, handoffs)
+        if position < 0:  # the pool vanished in between: start again from the top
+            raise _Wait(0.0, state, PoolFullError(f"pool {acq.pool!r} changed; trying again"))
+        signals.slot_waiting.send(
+            sender=self,
+            pool=acq.pool,
+            instance=instance,
+            task_id=request.id,
+            waited=acq.waited,
+            countdown=None,
+            deadline=acq.deadline,
+        )
+        raise Retry(
+            exc=PoolFullError(
+                f"parked for a hand-off in pool {acq.pool!r} ({acq.in_use} of {acq.limit} in use), "
+                f"position {position or '?'}; waited {acq.waited:.1f} s of {acq.timeout:g} s"
+            ),
+            when=None,
+        )
+
+    def _fail_parked(self, instance: str, state: WaitState, token: str) -> NoReturn:
+        """A parked task published by the reaper to end: fail it, body not run."""
+        fail = state.fail or {}
+        reason = fail.get("reason")
+        pool = state.pool
+        if reason == "deleted":
+            raise PoolDeletedError(
+                f"pool {pool!r} was deleted while task {self.name}[{token}] was parked for a slot "
+                f"for instance {instance!r}; the task did not run",
+                pool=pool,
+            )
+        if reason == "cleared":
+            raise PoolClearedError(
+                f"pool {pool!r} was cleared while task {self.name}[{token}] was parked for a slot "
+                f"for instance {instance!r}; the task did not run",
+                pool=pool,
+            )
+        at = fail.get("at")
+        waited = max(0.0, at / 1000 - state.first) if at and state.first else None
+        timeout = state.timeout
+        signals.slot_timeout.send(
+            sender=self, pool=pool, instance=instance, task_id=token, waited=waited
+        )
+        raise PoolTimeoutError(
+            f"no slot of pool {pool!r} (limit {fail.get('limit', '?')}) became free for instance "
+            f"{instance!r} within its timeout of {timeout or 0:g} s; task {self.name}[{token}] "
+            f"waited {waited or 0:.1f} s and did not run",
+            pool=pool,
+            limit=fail.get("limit"),
+            waited=waited,
+            timeout=timeout,
         )
 
     def _wait_for_backend(
@@ -275,10 +411,29 @@ class PooledTask(Task):  # type: ignore[misc]
         Task.apply_async(self, signature.args, signature.kwargs, **options)
         raise Retry(exc=wait.reason, when=wait.countdown, sig=signature)
 
+    def pause_instance(self, seconds: float, instance: str | None = None) -> float:
+        """Pause this task's connector instance for every worker for ``seconds``.
+
+        For an API that says "back off" (HTTP 429 with ``Retry-After``): no task of the instance
+        starts, on any worker, until the pause ends (a pause only ever grows). Call it from the
+        task body; ``instance`` defaults to the running call's instance. Returns when the pause
+        ends (Unix seconds, Redis clock).
+        """
+        if instance is None:
+            request = self.request
+            instance = self.resolve_connector_instance(
+                tuple(request.args or ()), dict(request.kwargs or {})
+            )
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise PoolConfigError.invalid("pause seconds", seconds, "a number of seconds >= 0")
+        return get_extension(self.app).store.pause(check_instance_name(instance), seconds)
+
     def _leave(self, slot: _Slot) -> None:
-        store = get_extension(self.app).store
+        ext = get_extension(self.app)
         try:
-            released = store.release(slot.token, slot.pool)
+            released = ext.store.release(
+                slot.token, slot.pool, handoff_lease=ext.settings.handoff_lease_seconds
+            )
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: could not release the slot of task %s[%s] in pool %r (%s); it "
@@ -289,23 +444,12 @@ class PooledTask(Task):  # type: ignore[misc]
                 exc,
             )
             return
+        log_reclaimed(slot.pool, released.reclaimed)
+        publish_handoffs(self.app, released.handoffs)
         signals.slot_released.send(
             sender=self,
             pool=slot.pool,
             instance=slot.instance,
             task_id=slot.token,
             held=released.held,
-        )
-
-
-def _log_reclaimed(acq: Acquisition) -> None:
-    for holder in acq.reclaimed:
-        logger.warning(
-            "celery-pools: reclaimed a slot of pool %r from task %s[%s] on %s (pid %s): its lease "
-            "lapsed, so its process died or stopped renewing",
-            acq.pool,
-            holder.task_name or "?",
-            holder.task_id,
-            holder.hostname or "?",
-            holder.pid,
         )

@@ -26,6 +26,8 @@ class WaitState:
     uid: str = ""
     timeout: float | None = None
     attempts: int = 0
+    handoff: str = ""
+    fail: dict[str, Any] | None = None
 
     @classmethod
     def from_headers(cls, headers: Any) -> WaitState:
@@ -36,19 +38,22 @@ class WaitState:
         try:
             first = raw.get("first")
             timeout = raw.get("timeout")
+            fail = raw.get("fail")
             return cls(
                 first=float(first) if first is not None else None,
                 pool=str(raw.get("pool") or ""),
                 uid=str(raw.get("uid") or ""),
                 timeout=float(timeout) if timeout is not None else None,
                 attempts=int(raw.get("attempts") or 0),
+                handoff=str(raw.get("handoff") or ""),
+                fail=dict(fail) if isinstance(fail, dict) else None,
             )
         except (TypeError, ValueError):
             return cls()
 
     def to_header(self) -> dict[str, Any]:
         """The header value (JSON-, msgpack- and AMQP-table-safe)."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {key: value for key, value in asdict(self).items() if value not in (None, "")}
 
     def next_attempt(self, **changes: Any) -> WaitState:
         """The state for the next attempt: one more attempt, with ``changes`` applied."""

@@ -3,6 +3,8 @@
 - :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
   warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
   missing, and renews the leases of the slots held by the worker's running tasks.
+- The hand-off reaper (:class:`~celery_pools.handoff.HandoffReaper`), which keeps hand-off pools
+  moving when a worker dies mid-hand-off and fails parked tasks past their deadline.
 - Signal handlers that release the slot of a task that ended where its own process could not
   release it: a hard time limit, ``revoke(terminate=True)``, a child process killed.
 """
@@ -21,6 +23,7 @@ from celery.worker import state as worker_state
 
 from .errors import PoolBackendError
 from .extension import get_extension
+from .handoff import HandoffReaper, log_reclaimed, publish_handoffs
 from .models import DEFAULT_TIMEOUT, Pool
 
 __all__ = ["LeaseKeeper", "PoolsWorkerStep", "connect_worker_signals"]
@@ -111,6 +114,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         # worker must not start and run pooled tasks unthrottled.
         self.redis_url = get_extension(worker.app).redis_url
         self.keeper: LeaseKeeper | None = None
+        self.reaper: HandoffReaper | None = None
 
     def start(self, worker: Any) -> None:
         """Check Redis, create declared pools, start renewing leases."""
@@ -133,11 +137,17 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             )
         self.keeper = LeaseKeeper(worker.app)
         self.keeper.start()
+        settings = ext.settings
+        self.reaper = HandoffReaper(
+            worker.app, settings.reaper_interval, settings.handoff_lease_seconds
+        )
+        self.reaper.start()
 
     def stop(self, worker: Any) -> None:
-        """Stop renewing leases."""
-        if self.keeper is not None:
-            self.keeper.stop()
+        """Stop renewing leases and reaping hand-offs."""
+        for thread in (self.keeper, self.reaper):
+            if thread is not None:
+                thread.stop()
 
     shutdown = stop
 
@@ -166,8 +176,11 @@ def connect_worker_signals(app: Any) -> None:
     def release(task_id: str | None, task: Any, why: str) -> None:
         if not task_id or getattr(task, "app", None) is not app or not _is_pooled(task):
             return
+        ext = get_extension(app)
         try:
-            released = get_extension(app).store.release_token(task_id)
+            released = ext.store.release_token(
+                task_id, handoff_lease=ext.settings.handoff_lease_seconds
+            )
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: could not release the slot of %s[%s] after %s (%s); it is "
@@ -178,6 +191,9 @@ def connect_worker_signals(app: Any) -> None:
                 exc,
             )
             return
+        if released is not None:
+            log_reclaimed(released.pool, released.reclaimed)
+            publish_handoffs(app, released.handoffs)
         if released is not None and released.released:
             logger.info(
                 "celery-pools: released the slot of %s[%s] in pool %r after %s",

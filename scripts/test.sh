@@ -4,7 +4,7 @@
 #   bash scripts/test.sh -k timeout # pytest arguments are passed on
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
-echo "== ruff"; ruff check celery_pools tests examples
-echo "== ruff format"; ruff format --check celery_pools tests examples
+echo "== ruff"; ruff check celery_pools tests examples bench
+echo "== ruff format"; ruff format --check celery_pools tests examples bench
 echo "== mypy (strict)"; mypy
 echo "== pytest"; exec python -m pytest "$@"

@@ -60,7 +60,7 @@ def test_counters_and_histograms_follow_a_scripted_workload_exactly(env):
     assert m.wait.count == 4
     assert m.wait.counts[0] == 3  # immediate acquisitions count as 0 s
     assert m.wait.counts[_bucket(3.0)] == 1
-    assert 3.0 <= m.wait.sum <= 3.1
+    assert 2.999 <= m.wait.sum <= 3.1  # times are whole milliseconds
     assert m.hold.count == 2
     assert m.hold.counts[_bucket(0.3)] == 1  # a: 0.3 s
     assert sum(m.hold.counts) == 2

@@ -18,6 +18,7 @@ def test_public_api_is_pinned():
     assert sorted(celery_pools.__all__) == [
         "DEFAULT_TIMEOUT",
         "Holder",
+        "InstanceRate",
         "MAX_TIMEOUT",
         "Pool",
         "PoolBackendError",
@@ -34,6 +35,8 @@ def test_public_api_is_pinned():
         "PoolTimeoutError",
         "PooledTask",
         "PoolsSettings",
+        "RateLimit",
+        "RateLimitTimeoutError",
         "UnassignedInstanceError",
         "Waiter",
         "__version__",

@@ -54,9 +54,15 @@ def test_task_with_max_retries_zero_waits_for_a_slot_and_succeeds(env, run_worke
         wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
         waiter = app.tasks["t.no_retries"].delay("patient")
         # While it waits its state is RETRY, with the pool as the reason.
-        wait_until(lambda: waiter.state == "RETRY", 10, message="waiter never went to RETRY")
-        assert isinstance(waiter.info, PoolFullError)
-        assert "'api'" in str(waiter.info)
+        # State and reason read together: the next attempt may store STARTED at any moment.
+        meta = wait_until(
+            lambda: (m := app.backend.get_task_meta(waiter.id))["status"] == "RETRY" and m,
+            10,
+            message="waiter never went to RETRY",
+        )
+        reason = app.backend.exception_to_python(meta["result"])
+        assert isinstance(reason, PoolFullError)
+        assert "'api'" in str(reason)
         assert [w.task_id for w in manager.status("api").waiters] == [waiter.id]
         assert waiter.get(timeout=30) == "patient"
         assert blocker.get(timeout=30) == "blocker"

@@ -9,13 +9,15 @@ can count concurrency and body runs without trusting celery-pools.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
 import redis
 from celery import Celery
+from celery import signals as celery_signals
 
-from celery_pools import PooledTask
+from celery_pools import PooledTask, signals
 from tests.support.probe import ConcurrencyProbe
 
 INSTANCE = "inst-a"
@@ -50,6 +52,20 @@ def create_app(
         **conf,
     )
     probe_client = redis.Redis.from_url(probe_url, decode_responses=True)
+    crash_key = f"probe:{probe_name}:crash-on-handoff"
+
+    @signals.slot_handoff.connect(weak=False)
+    def crash_mid_handoff(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        """Die like a SIGKILLed worker between handing a slot over and publishing it, once."""
+        if sender is app and probe_client.delete(crash_key):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @celery_signals.task_prerun.connect(weak=False)
+    def first_seen(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        """When each task first reached a worker (before any pool code), by the Redis clock."""
+        if getattr(sender, "app", None) is app:
+            seconds, micros = probe_client.time()
+            probe_client.hsetnx(f"probe:{probe_name}:first_seen", task_id, seconds + micros / 1e6)
 
     def probe() -> ConcurrencyProbe:
         return ConcurrencyProbe(probe_client, probe_name)
@@ -119,6 +135,14 @@ def create_app(
             time.sleep(seconds)
         return label
 
+    @app.task(
+        base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.backoff", shared=False
+    )
+    def backoff(self: Any, label: str, seconds: float) -> float:
+        """Like an API answering 429 Retry-After: pause the instance for every worker."""
+        with probe().track(label):
+            return self.pause_instance(seconds)
+
     @app.task(name="t.record_error", shared=False)
     def record_error(request: Any, exc: BaseException, traceback: str) -> None:
         probe_client.rpush(
@@ -143,6 +167,7 @@ def _from_env() -> Celery:
         probe_url=env["CP_PROBE_URL"],
         probe_name=env["CP_PROBE_NAME"],
         lease_seconds=float(env.get("CP_LEASE_SECONDS", "60")),
+        pools_handoff_lease_seconds=float(env.get("CP_HANDOFF_LEASE_SECONDS", "10")),
         pools_suspicious_hold_seconds=float(env.get("CP_SUSPICIOUS_HOLD_SECONDS", "900")),
     )
 

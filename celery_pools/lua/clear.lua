@@ -10,6 +10,12 @@ KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[7]  {p}:pool:<name>:stats      HASH counters: clears, cleared_waiters, cleared_holders
+KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms)
+KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
+KEYS[10] {p}:expired                LIST entries whose task must be published to fail
+
+Parked tasks (hand-off mode) move to {p}:expired with reason "cleared": a worker's reaper
+publishes them and they fail with PoolClearedError.
 
 ARGV[1]  pool name
 ARGV[2]  "1" to release held slots too
@@ -25,6 +31,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[2], 'cleared', now)
 local waiters = redis.call('ZCARD', KEYS[5])
 redis.call('DEL', KEYS[5], KEYS[6])
+for _, token in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
+  local entry = redis.call('HGET', KEYS[9], token)
+  if entry then
+    redis.call('RPUSH', KEYS[10], cjson.encode({reason = 'cleared', pool = ARGV[1], entry = entry}))
+  end
+end
+redis.call('DEL', KEYS[8], KEYS[9])
 local released = 0
 if ARGV[2] == '1' then
   for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do

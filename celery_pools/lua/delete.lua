@@ -12,6 +12,14 @@ KEYS[7]  {p}:pool:<name>:holder         HASH holder JSON
 KEYS[8]  {p}:pool:<name>:waiters        ZSET waiters
 KEYS[9]  {p}:pool:<name>:waiter         HASH waiter JSON
 KEYS[10] {p}:pool:<name>:stats          HASH counters and histograms
+KEYS[11] {p}:pool:<name>:queue          ZSET parked task id -> first request (ms)
+KEYS[12] {p}:pool:<name>:parked         HASH parked task id -> entry JSON
+KEYS[13] {p}:pool:<name>:handing        HASH handed-off task id -> entry JSON
+KEYS[14] {p}:expired                    LIST entries whose task must be published to fail
+
+Parked tasks (hand-off mode) move to {p}:expired with reason "deleted": a worker's reaper
+publishes them and they fail with PoolDeletedError. A task handed a slot whose message is on its
+way fails the same way when it starts (its pool is gone).
 
 ARGV[1]  pool name
 
@@ -34,6 +42,13 @@ for _, holder in ipairs(holders) do
   end
 end
 local waiters = redis.call('ZCARD', KEYS[8])
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+for _, token in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
+  local entry = redis.call('HGET', KEYS[12], token)
+  if entry then
+    redis.call('RPUSH', KEYS[14], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = entry}))
+  end
+end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11],
+  KEYS[12], KEYS[13])
 redis.call('SREM', KEYS[1], ARGV[1])
 return {1, #instances, #holders, waiters}

@@ -2,10 +2,11 @@
 update.lua: change a pool's limit and/or timeout. The next acquisition everywhere obeys it; running
 holders are never interrupted (a lower limit only stops new acquisitions).
 
-KEYS[1]  {p}:pool:<name>    HASH limit, timeout (ms), updated (ms)
+KEYS[1]  {p}:pool:<name>    HASH limit, timeout (ms), wait, updated (ms)
 
 ARGV[1]  new limit, or "" to keep it
 ARGV[2]  new timeout (ms), or "" to keep it
+ARGV[3]  new waiting mode ("countdown" or "handoff"), or "" to keep it
 
 Returns 1 when updated, 0 when the pool does not exist.
 ]]
@@ -20,6 +21,9 @@ if ARGV[1] ~= '' then
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'timeout', ARGV[2])
+end
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[1], 'wait', ARGV[3])
 end
 redis.call('HSET', KEYS[1], 'updated', now)
 return 1

@@ -1,0 +1,134 @@
+"""The Celery app of the benchmark: its worker subprocesses run ``celery -A bench.benchapp``.
+
+Workers build it from environment variables (see :data:`ENV`); the driver calls
+:func:`create_app` with the same values. Apart from the URLs and the default queue, every
+setting is Celery's and celery-pools' default, the same for every scenario and waiting mode.
+
+Tasks take their connector instance as the keyword argument ``instance``. Instances whose name
+starts with :data:`TRACE_PREFIX` are traced: their bodies record start and end, and the pool's
+signals (slot acquired, waiting, released) are recorded, all through :class:`Recorder` on the
+benchmark's own Redis. Other instances (the overhead scenario's) record only a finished count,
+so the measurement does not weigh on what it measures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import task_failure
+
+from bench.recorder import Recorder
+from celery_pools import PooledTask, signals
+
+__all__ = ["ENV", "TRACE_PREFIX", "create_app"]
+
+#: Environment variables a worker subprocess reads: setting name -> variable.
+ENV = {
+    "broker": "BENCH_BROKER_URL",
+    "backend": "BENCH_BACKEND_URL",
+    "pools_url": "BENCH_POOLS_URL",
+    "record_url": "BENCH_RECORD_URL",
+    "queue": "BENCH_QUEUE",
+}
+#: Connector instances with this prefix are traced (body start/end and pool signals).
+TRACE_PREFIX = "trace."
+
+
+class _Records:
+    """This process's client of the benchmark's Redis, and a recorder per instance."""
+
+    client: redis.Redis | None = None
+    recorders: dict[str, Recorder] = {}  # noqa: RUF012  (one per process, never shared)
+
+
+def _recorder(instance: str) -> Recorder:
+    recorder = _Records.recorders.get(instance)
+    if recorder is None:
+        if _Records.client is None:
+            raise RuntimeError("the benchmark app was not created with a record URL")
+        recorder = _Records.recorders[instance] = Recorder(_Records.client, instance)
+    return recorder
+
+
+def _instance_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return str(kwargs["instance"])
+
+
+def create_app(*, broker: str, backend: str, pools_url: str, record_url: str, queue: str) -> Celery:
+    """The benchmark app: plain and pooled no-op tasks, and a pooled task that works a while."""
+    _Records.client = redis.Redis.from_url(record_url, decode_responses=True)
+    app = Celery("bench", broker=broker, backend=backend, set_as_current=False)
+    app.conf.update(
+        pools_redis_url=pools_url,
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+    )
+
+    @app.task(name="bench.noop_plain", shared=False)  # type: ignore[untyped-decorator, unused-ignore]
+    def noop_plain(*, instance: str) -> None:
+        _recorder(instance).done()
+
+    @app.task(  # type: ignore[untyped-decorator, unused-ignore]
+        base=PooledTask, name="bench.noop_pooled", connector_instance=_instance_of, shared=False
+    )
+    def noop_pooled(*, instance: str) -> None:
+        _recorder(instance).done()
+
+    @app.task(  # type: ignore[untyped-decorator, unused-ignore]
+        base=PooledTask,
+        name="bench.work",
+        connector_instance=_instance_of,
+        bind=True,
+        shared=False,
+    )
+    def work(self: Any, *, instance: str, seconds: float) -> None:
+        recorder = _recorder(instance)
+        recorder.start(self.request.id)
+        try:
+            time.sleep(seconds)  # the work itself: a call to a slow external system
+        finally:
+            recorder.end(self.request.id)
+
+    _connect_signals()
+    return app
+
+
+def _connect_signals() -> None:
+    def traced(instance: Any) -> bool:
+        return isinstance(instance, str) and instance.startswith(TRACE_PREFIX)
+
+    def on_released(instance: Any = None, task_id: Any = None, **_: Any) -> None:
+        if traced(instance):
+            _recorder(instance).released(str(task_id))
+
+    def on_acquired(instance: Any = None, task_id: Any = None, waited: Any = 0, **_: Any) -> None:
+        if traced(instance):
+            _recorder(instance).acquired(str(task_id), float(waited or 0.0))
+
+    def on_waiting(instance: Any = None, **_: Any) -> None:
+        if traced(instance):
+            _recorder(instance).waited()
+
+    def on_failure(kwargs: Any = None, **_: Any) -> None:
+        instance = (kwargs or {}).get("instance") if isinstance(kwargs, dict) else None
+        if isinstance(instance, str):
+            _recorder(instance).failed()
+
+    signals.slot_released.connect(on_released, weak=False, dispatch_uid="bench.released")
+    signals.slot_acquired.connect(on_acquired, weak=False, dispatch_uid="bench.acquired")
+    signals.slot_waiting.connect(on_waiting, weak=False, dispatch_uid="bench.waiting")
+    task_failure.connect(on_failure, weak=False, dispatch_uid="bench.failure")
+
+
+def _from_env() -> Celery:
+    if ENV["pools_url"] not in os.environ:
+        # Imported outside a benchmark run (by a linter or a test's collection): a placeholder.
+        return Celery("bench", set_as_current=False)
+    return create_app(**{name: os.environ[variable] for name, variable in ENV.items()})
+
+
+app = _from_env()

@@ -1,0 +1,74 @@
+"""The benchmark's sizes: the default run and the ``--quick`` one, and the names it accepts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["MODES", "SCENARIOS", "BenchConfig"]
+
+#: Every scenario, in the order they run. ``slotops`` needs no worker; the others share one
+#: group of workers per waiting mode.
+SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog")
+#: Every waiting mode the benchmark knows; a mode the installed celery-pools lacks is reported as
+#: not available.
+MODES: tuple[str, ...] = ("countdown", "handoff")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run does. Every scenario and mode uses the same workers and settings."""
+
+    workers: int = 3
+    concurrency: int = 8
+    # slot operations: acquire + release pairs, PINGs and Dramatiq pairs, this many of each
+    slotops_iterations: int = 20_000
+    # overhead: no-op tasks per batch; batches alternate plain / pooled this many times each
+    overhead_tasks: int = 3_000
+    overhead_repeats: int = 3
+    overhead_limit: int = 1_000
+    # saturation
+    saturation_limit: int = 10
+    saturation_tasks: int = 500
+    saturation_seconds: float = 0.05
+    saturation_deadline: float = 300.0
+    # backlog: measured until every task ran or for backlog_window seconds, whichever is first
+    backlog_limit: int = 5
+    backlog_tasks: int = 10_000
+    backlog_seconds: float = 0.05
+    backlog_window: float = 240.0
+    # pool timeout of the saturation and backlog pools (the longest a pool allows)
+    pool_timeout: float = 300.0
+    # seconds between samples of memory and progress
+    sample_interval: float = 1.0
+
+    @classmethod
+    def default(cls) -> BenchConfig:
+        """The full benchmark, as the issue describes it."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """A CI-size run: the same scenarios with tiny sizes (tens of seconds)."""
+        return replace(
+            cls(),
+            workers=2,
+            concurrency=3,
+            slotops_iterations=300,
+            overhead_tasks=60,
+            overhead_repeats=1,
+            overhead_limit=100,
+            saturation_limit=3,
+            saturation_tasks=24,
+            saturation_seconds=0.02,
+            saturation_deadline=60.0,
+            backlog_limit=2,
+            backlog_tasks=60,
+            backlog_seconds=0.02,
+            backlog_window=30.0,
+            sample_interval=0.25,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values."""
+        return asdict(self)

@@ -1,0 +1,160 @@
+"""The figures, computed from what the tasks recorded (see :mod:`bench.recorder`).
+
+Pure functions of recorded times (seconds, one Redis clock); nothing here talks to a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.recorder import Acquired, Event
+
+__all__ = [
+    "Handoffs",
+    "Utilisation",
+    "concurrency_timeline",
+    "count_inversions",
+    "handoff_latencies",
+    "order_inversions",
+    "percentile",
+    "utilisation",
+]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of ``values``, linearly interpolated; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = q * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Utilisation:
+    """Busy slot-seconds (sum of body durations) over ``limit`` x makespan (first body start to
+    last body end)."""
+
+    busy: float
+    makespan: float
+    limit: int
+
+    @property
+    def ratio(self) -> float:
+        """The utilisation, 0..1 (more only if the limit was broken)."""
+        return self.busy / (self.limit * self.makespan) if self.makespan > 0 else 0.0
+
+
+def utilisation(events: Iterable[Event], limit: int) -> Utilisation:
+    """The utilisation of a pool of ``limit`` slots by the bodies whose events are given."""
+    starts: dict[str, float] = {}
+    busy = 0.0
+    first = math.inf
+    last = -math.inf
+    for event in events:
+        if event.kind == "s":
+            starts[event.task_id] = event.at
+            first = min(first, event.at)
+        elif event.task_id in starts:
+            busy += event.at - starts.pop(event.task_id)
+            last = max(last, event.at)
+    makespan = last - first if last > first else 0.0
+    return Utilisation(busy=busy, makespan=makespan, limit=limit)
+
+
+@dataclass(frozen=True)
+class Handoffs:
+    """Hand-off latencies: for each start that followed a release, the seconds between them.
+
+    ``initial`` starts took a slot no task had held (the pool filling up); ``skewed`` starts were
+    recorded a little before the release that freed their slot (the two records race), and count
+    as a latency of 0.
+    """
+
+    latencies: list[float]
+    initial: int
+    skewed: int
+    unpaired_releases: int
+
+
+def handoff_latencies(releases: Iterable[float], starts: Iterable[float], limit: int) -> Handoffs:
+    """Pair each start with the latest unpaired release before it; the gap is its latency.
+
+    A start that finds no unpaired release took a never-used slot while fewer than ``limit``
+    starts are unpaired; past that its release must still be on its way (recorded a moment after
+    the start), so the next release pays it with a latency of 0.
+    """
+    timeline = sorted([(t, 0) for t in releases] + [(t, 1) for t in starts])
+    pending: list[float] = []
+    latencies: list[float] = []
+    initial = skewed = owed = 0
+    for at, kind in timeline:
+        if kind == 0:
+            if owed:
+                owed -= 1
+                skewed += 1
+                latencies.append(0.0)
+            else:
+                pending.append(at)
+        elif pending:
+            latencies.append(at - pending.pop())
+        elif initial < limit:
+            initial += 1
+        else:
+            owed += 1
+    return Handoffs(latencies, initial, skewed, len(pending))
+
+
+def count_inversions(values: Sequence[float]) -> int:
+    """Pairs ``i < j`` with ``values[i] > values[j]`` (merge sort, O(n log n))."""
+
+    def sort(items: list[float]) -> tuple[list[float], int]:
+        if len(items) <= 1:
+            return items, 0
+        middle = len(items) // 2
+        left, a = sort(items[:middle])
+        right, b = sort(items[middle:])
+        merged: list[float] = []
+        inversions = a + b
+        i = j = 0
+        while i < len(left) and j < len(right):
+            if right[j] < left[i]:
+                merged.append(right[j])
+                inversions += len(left) - i
+                j += 1
+            else:
+                merged.append(left[i])
+                i += 1
+        merged.extend(left[i:])
+        merged.extend(right[j:])
+        return merged, inversions
+
+    return sort(list(values))[1]
+
+
+def order_inversions(acquisitions: Iterable[Acquired], events: Iterable[Event]) -> tuple[int, int]:
+    """``(inversions, waiters)`` among tasks that waited: pairs where one asked for a slot first
+    but its body started after the other's. First ask = acquisition time - ``waited``."""
+    starts = {e.task_id: e.at for e in events if e.kind == "s"}
+    waiters = sorted(
+        (a.first_ask, starts[a.task_id])
+        for a in acquisitions
+        if a.waited > 0 and a.task_id in starts
+    )
+    return count_inversions([start for _, start in waiters]), len(waiters)
+
+
+def concurrency_timeline(events: Sequence[Event]) -> list[tuple[float, int]]:
+    """``(seconds since the first event, bodies running)`` after each start and end.
+
+    Events are taken in the order Redis recorded them, which is the order of the counter's
+    changes (each record is one atomic script).
+    """
+    if not events:
+        return []
+    zero = events[0].at
+    return [(round(e.at - zero, 6), e.running) for e in events]

@@ -1,0 +1,54 @@
+"""Waiting modes: which ones the installed celery-pools supports, and pools created in each.
+
+The benchmark never assumes a mode exists. A mode is selected per pool with
+``PoolManager.create(..., wait=<mode>)``; when ``create`` has no ``wait`` parameter only the
+core behaviour (countdown retries) is there, and every other mode is "not available".
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from celery_pools import PoolManager
+
+__all__ = ["ModeUnavailableError", "create_pool", "has_wait_parameter", "unavailable_reason"]
+
+#: The mode every celery-pools has: waiting by countdown retries.
+CORE_MODE = "countdown"
+
+
+class ModeUnavailableError(RuntimeError):
+    """The installed celery-pools cannot create a pool waiting in the requested mode."""
+
+
+def has_wait_parameter() -> bool:
+    """Whether ``PoolManager.create`` takes a ``wait`` argument (a mode per pool)."""
+    return "wait" in inspect.signature(PoolManager.create).parameters
+
+
+def unavailable_reason(mode: str) -> str | None:
+    """None when ``mode`` can be benchmarked, else why not (for the report).
+
+    Detection is by signature here; :func:`create_pool` is the final word, since a ``wait``
+    parameter may still refuse a value.
+    """
+    if mode == CORE_MODE or has_wait_parameter():
+        return None
+    return "PoolManager.create() has no 'wait' parameter in this celery-pools"
+
+
+def create_pool(manager: PoolManager, name: str, *, limit: int, timeout: float, mode: str) -> None:
+    """Create pool ``name`` waiting in ``mode``.
+
+    Raises :class:`ModeUnavailableError` when the installed celery-pools refuses the mode.
+    """
+    options: dict[str, Any] = {}
+    if has_wait_parameter():
+        options["wait"] = mode
+    elif mode != CORE_MODE:
+        raise ModeUnavailableError(unavailable_reason(mode) or mode)
+    try:
+        manager.create(name, limit=limit, timeout=timeout, **options)
+    except (TypeError, ValueError) as exc:  # PoolConfigError is a ValueError
+        raise ModeUnavailableError(f"PoolManager.create(wait={mode!r}) failed: {exc}") from exc

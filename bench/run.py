@@ -1,0 +1,227 @@
+"""``python -m bench``: run the benchmark against private Redis servers it starts itself.
+
+Three private ``redis-server`` processes keep the traffic apart, so each figure reads one server:
+the broker's (only Celery messages: its command counts are the broker messages), the pools'
+(only pool state: its memory is the pools' memory), and the benchmark's own (what the tasks
+record, and the result backend). For each waiting mode, one group of workers runs the worker
+scenarios in turn; it is stopped and the servers are emptied before the next mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.config import MODES, SCENARIOS, BenchConfig
+from bench.modes import ModeUnavailableError, unavailable_reason
+from bench.plot import plot
+from bench.report import markdown, table
+from bench.system import git_revision, machine_info
+from celery_pools.local_redis import LocalRedis
+
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "bench" / "results"
+_WORKER_SCENARIOS = ("overhead", "saturation", "backlog")
+
+
+def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what} {unknown or text!r}: choose from {', '.join(allowed)}"
+        )
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI (tens of s)")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: _names(text, SCENARIOS, "scenario"),
+        default=list(SCENARIOS),
+        help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda text: _names(text, MODES, "mode"),
+        default=list(MODES),
+        help=f"waiting modes, from {','.join(MODES)} (default: all; a mode this celery-pools "
+        "lacks is reported as not available)",
+    )
+    parser.add_argument(
+        "--backlog-window",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="longest time the backlog scenario is measured (default 240, quick 30)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="directory for results.json, results.md and concurrency.png (default bench/results)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the table; write ``results.json``, ``results.md`` (the table in
+    Markdown) and ``concurrency.png``.
+
+    Returns 0, or 1 when a scenario failed (its error is in the JSON and the table).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    config = BenchConfig.quick() if args.quick else BenchConfig.default()
+    if args.backlog_window is not None:
+        config = replace(config, backlog_window=args.backlog_window)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "bench", *argv]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "revision": git_revision(ROOT),
+        "quick": args.quick,
+        "config": config.to_dict(),
+        "modes": {},
+        "results": {scenario: {} for scenario in args.scenarios},
+    }
+    failed = False
+    with ExitStack() as stack:
+        servers = {
+            role: stack.enter_context(LocalRedis(extra_args=["--maxmemory-policy", "noeviction"]))
+            for role in ("broker", "pools", "records")
+        }
+        report["machine"] = machine_info(redis.Redis.from_url(servers["pools"].url(0)))
+        for mode in args.modes:
+            print(f"== mode {mode}", flush=True)
+            mode_started = time.monotonic()
+            outcome = _run_mode(config, mode, args.scenarios, servers)
+            report["modes"][mode] = {
+                **outcome.pop("_mode"),
+                "seconds": time.monotonic() - mode_started,
+            }
+            for scenario, result in outcome.items():
+                report["results"][scenario][mode] = result
+                failed = failed or bool(result.get("error"))
+    report["seconds"] = time.monotonic() - started
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    (output / "results.md").write_text(markdown(report["results"], args.modes) + "\n")
+    why_not = plot(report["results"], output / "concurrency.png")
+    print()
+    print(table(report["results"], args.modes))
+    print(f"\nresults: {output / 'results.json'} (table: {output / 'results.md'})")
+    print(f"plot: {output / 'concurrency.png'}" if why_not is None else f"no plot: {why_not}")
+    print(f"benchmark took {report['seconds']:.0f} s")
+    return 1 if failed else 0
+
+
+def _run_mode(
+    config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
+) -> dict[str, Any]:
+    """Every requested scenario in ``mode``: scenario -> result, and ``_mode`` -> availability."""
+    reason = unavailable_reason(mode)
+    results: dict[str, Any] = {}
+    if reason is None:
+        try:
+            if "slotops" in scenarios:
+                results["slotops"] = _guard("slotops", lambda: _slotops(config, mode, servers))
+            wanted = [s for s in _WORKER_SCENARIOS if s in scenarios]
+            if wanted:
+                results.update(_worker_scenarios(config, mode, wanted, servers))
+        except ModeUnavailableError as exc:
+            reason = str(exc)
+        finally:
+            for server in servers.values():
+                redis.Redis.from_url(server.url(0)).flushall()
+    if reason is not None:
+        print(f"   {mode}: not available: {reason}", flush=True)
+        results = {s: {"available": False, "reason": reason} for s in scenarios}
+    results["_mode"] = {"available": reason is None, "reason": reason}
+    return results
+
+
+def _guard(scenario: str, run: Any) -> dict[str, Any]:
+    """Run one scenario; a failure becomes ``{"error": ...}`` (a missing mode is re-raised)."""
+    print(f"   {scenario}...", flush=True)
+    started = time.monotonic()
+    try:
+        result: dict[str, Any] = run()
+    except ModeUnavailableError:
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def _slotops(config: BenchConfig, mode: str, servers: dict[str, LocalRedis]) -> dict[str, Any]:
+    from bench.slotops import run_slotops
+
+    return run_slotops(
+        servers["pools"].url(0), mode, config.slotops_iterations, config.overhead_limit
+    )
+
+
+def _worker_scenarios(
+    config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
+) -> dict[str, Any]:
+    from bench.benchapp import ENV, create_app
+    from bench.scenarios import Bench, run_backlog, run_overhead, run_saturation
+    from bench.workers import WorkerGroup
+    from celery_pools import PoolManager
+
+    urls = {
+        "broker": servers["broker"].url(0),
+        "backend": servers["records"].url(1),
+        "pools_url": servers["pools"].url(0),
+        "record_url": servers["records"].url(0),
+        "queue": "bench.default",
+    }
+    app = create_app(**urls)
+    runners = {"overhead": run_overhead, "saturation": run_saturation, "backlog": run_backlog}
+    log_dir = Path(tempfile.mkdtemp(prefix="celery-pools-bench-"))
+    workers = WorkerGroup(
+        {ENV[name]: url for name, url in urls.items()},
+        count=config.workers,
+        concurrency=config.concurrency,
+        queue=urls["queue"],
+        log_dir=log_dir,
+    )
+    results: dict[str, Any] = {}
+    with workers:
+        workers.start(app)
+        print(f"   {config.workers} workers x {config.concurrency} ready (logs {log_dir})")
+        bench = Bench(
+            config=config,
+            mode=mode,
+            app=app,
+            workers=workers,
+            manager=PoolManager.from_url(urls["pools_url"]),
+            broker=redis.Redis.from_url(urls["broker"], socket_timeout=10),
+            pools=redis.Redis.from_url(urls["pools_url"]),
+            records=redis.Redis.from_url(urls["record_url"], decode_responses=True),
+            server_pids=[s.process.pid for s in servers.values() if s.process is not None],
+        )
+        for scenario in scenarios:
+            results[scenario] = _guard(scenario, lambda run=runners[scenario]: run(bench))
+    return results

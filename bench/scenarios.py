@@ -1,0 +1,295 @@
+"""The scenarios that run tasks through real workers: overhead, saturation and backlog.
+
+Each scenario first makes every worker wait on a fresh queue, then writes all its tasks to it in
+one pipeline: they are queued at once, every worker sees them at once, and the publisher's speed
+never limits the workers. Progress is polled with deadlines.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from bench.benchapp import TRACE_PREFIX
+from bench.config import BenchConfig
+from bench.measure import (
+    concurrency_timeline,
+    handoff_latencies,
+    order_inversions,
+    percentile,
+    utilisation,
+)
+from bench.modes import create_pool
+from bench.recorder import Recorder
+from bench.system import CpuMeter, command_calls, used_memory
+from bench.workers import WorkerGroup
+from celery_pools import PoolManager
+
+__all__ = ["Bench", "run_backlog", "run_overhead", "run_saturation"]
+
+
+@dataclass
+class Bench:
+    """What a scenario needs: sizes, the driver's app, the workers, the three Redis servers."""
+
+    config: BenchConfig
+    mode: str
+    app: Any
+    workers: WorkerGroup
+    manager: PoolManager
+    broker: redis.Redis
+    pools: redis.Redis
+    records: redis.Redis
+    server_pids: list[int]
+
+    def name(self, what: str) -> str:
+        """A fresh name for a pool, queue or instance of this mode."""
+        return f"{what}-{self.mode}-{uuid.uuid4().hex[:6]}"
+
+    def cpu_meter(self) -> CpuMeter:
+        """A meter of the machine's CPU from now on, knowing which processes are the benchmark's."""
+        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()])
+
+    def now(self) -> float:
+        """The records server's clock (the clock of every recorded event)."""
+        seconds, micros = self.records.time()
+        return float(seconds) + micros / 1e6
+
+    def publish(self, task: str, count: int, queue: str, **kwargs: Any) -> float:
+        """Publish ``count`` calls of ``task`` to ``queue``, written to the broker together.
+
+        The messages are built first and written in one pipeline (kombu's producer batches), so
+        workers already waiting on ``queue`` get them at once. Returns the records server's time
+        just before they are written.
+        """
+        signature = self.app.tasks[task]
+        with self.app.producer_or_acquire() as producer:
+            batch = producer.batch(max_size=count) if hasattr(producer, "batch") else nullcontext()
+            with batch:
+                for _ in range(count):
+                    signature.apply_async(kwargs=kwargs, queue=queue, producer=producer)
+                return self.now()
+
+    def consume(self, queue: str) -> int:
+        """Make every worker wait on ``queue``; return the control replies (broker messages)."""
+        return self.workers.consume(self.app, queue, self.broker)
+
+    def pool(self, what: str, limit: int, timeout: float, traced: bool) -> tuple[str, str]:
+        """Create a pool of this mode with one instance assigned; return ``(pool, instance)``."""
+        pool = self.name(what)
+        instance = (TRACE_PREFIX if traced else "ample.") + pool
+        create_pool(self.manager, pool, limit=limit, timeout=timeout, mode=self.mode)
+        self.manager.assign(instance, pool)
+        return pool, instance
+
+
+def _wait_for(done: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Poll ``done`` until it is true or ``timeout`` passes; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return done()
+        time.sleep(interval)
+    return True
+
+
+def _stop_consuming(bench: Bench, queue: str) -> None:
+    bench.app.control.cancel_consumer(
+        queue, destination=bench.workers.names, reply=True, timeout=10
+    )
+
+
+def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[float, Any]:
+    """Tasks per second of one batch of no-op tasks: from their publication to the last done."""
+    queue = bench.name(f"overhead-{kind}")
+    recorder = Recorder(bench.records, instance)
+    bench.consume(queue)
+    cpu = bench.cpu_meter()
+    started = bench.publish(f"bench.noop_{kind}", tasks, queue, instance=instance)
+    finished = _wait_for(
+        lambda: recorder.done_count() + recorder.failed_count() >= tasks, timeout=600, interval=0.05
+    )
+    busy = cpu.read()
+    _stop_consuming(bench, queue)
+    last = recorder.last_done()
+    if not finished or recorder.failed_count() or last is None:
+        raise RuntimeError(
+            f"overhead: {recorder.done_count()} of {tasks} {kind} no-op tasks finished, "
+            f"{recorder.failed_count()} failed"
+        )
+    return tasks / (last - started), busy
+
+
+def run_overhead(bench: Bench) -> dict[str, Any]:
+    """No-op tasks through a plain ``Task`` and through ``PooledTask`` on an ample pool.
+
+    Batches alternate plain, pooled, plain, pooled...; the median rate of each kind is reported.
+    """
+    cfg = bench.config
+    pool, _ = bench.pool("ample", cfg.overhead_limit, 30, traced=False)
+    rates: dict[str, list[float]] = {"plain": [], "pooled": []}
+    cpu: dict[str, list[Any]] = {"plain": [], "pooled": []}
+    for repeat in range(cfg.overhead_repeats):
+        for kind in ("plain", "pooled"):
+            # A fresh instance per batch, so each batch counts into keys of its own.
+            instance = f"ample.{pool}.{kind}.{repeat}"
+            if kind == "pooled":
+                bench.manager.assign(instance, pool)
+            rate, busy = _noop_rate(bench, kind, instance, cfg.overhead_tasks)
+            rates[kind].append(rate)
+            cpu[kind].append(busy)
+    plain = statistics.median(rates["plain"])
+    pooled = statistics.median(rates["pooled"])
+    return {
+        "tasks_per_batch": cfg.overhead_tasks,
+        "plain_per_s": plain,
+        "pooled_per_s": pooled,
+        "plain_batches_per_s": rates["plain"],
+        "pooled_batches_per_s": rates["pooled"],
+        "plain_batches_cpu": cpu["plain"],
+        "pooled_batches_cpu": cpu["pooled"],
+        "throughput_ratio": pooled / plain,
+        "overhead_pct": (1 - pooled / plain) * 100,
+    }
+
+
+def run_saturation(bench: Bench) -> dict[str, Any]:
+    """Many short tasks on a small pool: utilisation, hand-off latency, messages, order."""
+    cfg = bench.config
+    limit, tasks = cfg.saturation_limit, cfg.saturation_tasks
+    _, instance = bench.pool("sat", limit, cfg.pool_timeout, traced=True)
+    recorder = Recorder(bench.records, instance)
+    queue = bench.name("sat")
+    bench.consume(queue)
+    before = command_calls(bench.broker)
+    cpu = bench.cpu_meter()
+    bench.publish("bench.work", tasks, queue, instance=instance, seconds=cfg.saturation_seconds)
+    finished = _wait_for(
+        lambda: recorder.done_count() + recorder.failed_count() >= tasks,
+        timeout=cfg.saturation_deadline,
+        interval=0.1,
+    )
+    messages = command_calls(bench.broker) - before
+    busy = cpu.read()
+    _stop_consuming(bench, queue)
+
+    events = recorder.events()
+    use = utilisation(events, limit)
+    handoffs = handoff_latencies(
+        [r.at for r in recorder.releases()], [e.at for e in events if e.kind == "s"], limit
+    )
+    inversions, waiters = order_inversions(recorder.acquisitions(), events)
+    waiter_pairs = waiters * (waiters - 1) // 2
+    latencies = handoffs.latencies
+    return {
+        "limit": limit,
+        "tasks": tasks,
+        "task_seconds": cfg.saturation_seconds,
+        "finished": finished,
+        "completed": recorder.done_count(),
+        "failed": recorder.failed_count(),
+        "utilisation": use.ratio,
+        "busy_slot_seconds": use.busy,
+        "makespan_s": use.makespan,
+        "ideal_makespan_s": tasks * cfg.saturation_seconds / limit,
+        "handoff_p50_ms": _ms(percentile(latencies, 0.50)),
+        "handoff_p99_ms": _ms(percentile(latencies, 0.99)),
+        "handoff_mean_ms": _ms(statistics.fmean(latencies) if latencies else None),
+        "handoff_max_ms": _ms(max(latencies, default=None)),
+        "handoffs": len(latencies),
+        "handoffs_initial": handoffs.initial,
+        "handoffs_skewed": handoffs.skewed,
+        "broker_messages": messages,
+        "messages_per_task": messages / tasks,
+        "wait_attempts_per_task": recorder.wait_count() / tasks,
+        "waiters": waiters,
+        "order_inversions": inversions,
+        "inversion_fraction": inversions / waiter_pairs if waiter_pairs else 0.0,
+        "max_concurrency": max((e.running for e in events), default=0),
+        "cpu": busy,
+        "timeline": concurrency_timeline(events),
+    }
+
+
+def run_backlog(bench: Bench) -> dict[str, Any]:
+    """A large backlog queued at once on a small pool: memory of workers and Redis, messages.
+
+    Runs until every task finished or for ``backlog_window`` seconds, whichever comes first.
+    """
+    cfg = bench.config
+    limit, tasks = cfg.backlog_limit, cfg.backlog_tasks
+    _, instance = bench.pool("backlog", limit, cfg.pool_timeout, traced=True)
+    recorder = Recorder(bench.records, instance)
+    queue = bench.name("backlog")
+    bench.consume(queue)
+    baseline = _memory_sample(bench, recorder, 0.0)
+    before = command_calls(bench.broker)
+    cpu = bench.cpu_meter()
+    bench.publish("bench.work", tasks, queue, instance=instance, seconds=cfg.backlog_seconds)
+    started = time.monotonic()
+    samples = [baseline]
+
+    def sample_and_check() -> bool:
+        samples.append(_memory_sample(bench, recorder, time.monotonic() - started))
+        return recorder.done_count() + recorder.failed_count() >= tasks
+
+    finished = _wait_for(sample_and_check, timeout=cfg.backlog_window, interval=cfg.sample_interval)
+    elapsed = time.monotonic() - started
+    messages = command_calls(bench.broker) - before
+    busy = cpu.read()
+    completed = recorder.done_count()
+    events = recorder.events()
+
+    def peak(field: str) -> int:
+        return max(int(s[field]) for s in samples)
+
+    return {
+        "limit": limit,
+        "tasks": tasks,
+        "task_seconds": cfg.backlog_seconds,
+        "window_s": cfg.backlog_window,
+        "finished": finished,
+        "elapsed_s": elapsed,
+        "completed": completed,
+        "failed": recorder.failed_count(),
+        "completed_per_s": completed / elapsed if elapsed else 0.0,
+        "broker_messages": messages,
+        "messages_per_task": messages / completed if completed else None,
+        "wait_attempts_per_task": recorder.wait_count() / completed if completed else None,
+        "max_concurrency": max((e.running for e in events), default=0),
+        "cpu": busy,
+        "worker_rss_baseline": baseline["worker_rss"],
+        "worker_rss_peak": peak("worker_rss"),
+        "worker_rss_growth": peak("worker_rss") - baseline["worker_rss"],
+        "worker_main_rss_baseline": baseline["worker_main_rss"],
+        "worker_main_rss_peak": peak("worker_main_rss"),
+        "pools_memory_baseline": baseline["pools_memory"],
+        "pools_memory_peak": peak("pools_memory"),
+        "broker_memory_baseline": baseline["broker_memory"],
+        "broker_memory_peak": peak("broker_memory"),
+        "samples": samples,
+    }
+
+
+def _memory_sample(bench: Bench, recorder: Recorder, at: float) -> dict[str, float]:
+    workers = bench.workers.memory()
+    return {
+        "t": round(at, 3),
+        "completed": recorder.done_count(),
+        "worker_rss": workers["total"],
+        "worker_main_rss": workers["main"],
+        "pools_memory": used_memory(bench.pools),
+        "broker_memory": used_memory(bench.broker),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000

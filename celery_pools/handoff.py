@@ -1,0 +1,183 @@
+"""Hand-off waiting: parked messages, their publication, and the reaper that keeps them moving.
+
+A task that finds its pool full in hand-off mode does not go back to the broker with a countdown:
+its message (task name, args, kwargs and every execution option: id, callbacks, chain, chord,
+headers) is serialized with the app's task serializer and parked in the pool's FIFO in Redis.
+Whoever frees a slot hands it to the oldest parked task and publishes that task's message at once,
+with a hand-off id in its header; the task claims the slot when it starts. A message is published
+only twice per waiting task: when it is first sent, and when it is handed its slot.
+
+Every worker runs a :class:`HandoffReaper` that repairs what a crash can leave behind: a hand-off
+not taken up in time is handed out again (the stale copy, if it ever arrives, is recognised by its
+hand-off id and never runs), and parked tasks whose deadline passed, or whose pool was cleared or
+deleted, are published so that they fail through Celery's normal failure path.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from kombu.serialization import dumps, loads
+
+from . import signals
+from .errors import PoolBackendError
+from .store import Handoff, Reclaimed
+from .waiting import HEADER
+
+__all__ = [
+    "HandoffReaper",
+    "encode_message",
+    "log_reclaimed",
+    "publish_expired",
+    "publish_handoffs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def log_reclaimed(pool: str, holders: Iterable[Reclaimed]) -> None:
+    """Log, at warning level, slots taken back from holders whose lease lapsed (leaks)."""
+    for holder in holders:
+        logger.warning(
+            "celery-pools: reclaimed a slot of pool %r from task %s[%s] on %s (pid %s): its lease "
+            "lapsed, so its process died or stopped renewing",
+            pool,
+            holder.task_name or "?",
+            holder.task_id,
+            holder.hostname or "?",
+            holder.pid,
+        )
+
+
+def encode_message(app: Any, signature: Any, *, info: dict[str, Any]) -> str:
+    """The parked entry (JSON) for a task's message, from the signature that would re-send it
+    (task name, args, kwargs, options), serialized with the app's task serializer."""
+    options = {key: value for key, value in signature.options.items() if value is not None}
+    content_type, encoding, body = dumps(  # type: ignore[no-untyped-call]
+        {
+            "task": signature.task,
+            "args": list(signature.args),
+            "kwargs": dict(signature.kwargs),
+            "options": options,
+        },
+        serializer=app.conf.task_serializer,
+    )
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    return json.dumps(
+        {
+            "info": info,
+            "msg": {"ct": content_type, "ce": encoding, "body": base64.b64encode(raw).decode()},
+        },
+        separators=(",", ":"),
+    )
+
+
+def _decode(entry: dict[str, Any]) -> dict[str, Any]:
+    msg = entry["msg"]
+    raw = base64.b64decode(msg["body"])
+    message: dict[str, Any] = loads(  # type: ignore[no-untyped-call]
+        raw, msg["ct"], msg["ce"], accept={msg["ct"]}
+    )
+    return message
+
+
+def _publish(app: Any, entry: dict[str, Any], header: dict[str, Any]) -> str:
+    message = _decode(entry)
+    options = dict(message["options"])
+    headers = dict(options.get("headers") or {})
+    headers[HEADER] = {**(headers.get(HEADER) or {}), **header}
+    options["headers"] = headers
+    app.send_task(message["task"], message["args"], message["kwargs"], **options)
+    return str(message["task"])
+
+
+def publish_handoffs(app: Any, handoffs: Iterable[Handoff]) -> int:
+    """Publish the messages of tasks just handed a slot; returns how many were published.
+
+    A message that cannot be published stays reserved in Redis: the reaper hands it out again when
+    its hand-off lease lapses.
+    """
+    published = 0
+    for handoff in handoffs:
+        signals.slot_handoff.send(
+            sender=app, pool=handoff.pool, task_id=handoff.token, handoff_id=handoff.handoff_id
+        )
+        try:
+            _publish(app, handoff.entry, {"handoff": handoff.handoff_id})
+            published += 1
+        except Exception:
+            logger.exception(
+                "celery-pools: could not publish the hand-off of task %s in pool %r; it is "
+                "handed out again when its hand-off lease lapses",
+                handoff.token,
+                handoff.pool,
+            )
+    return published
+
+
+def publish_expired(app: Any, records: Iterable[dict[str, Any]]) -> int:
+    """Publish parked tasks that must fail (deadline, clear, delete); returns how many."""
+    published = 0
+    for record in records:
+        entry = json.loads(record["entry"]) if isinstance(record["entry"], str) else record["entry"]
+        fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
+        try:
+            name = _publish(app, entry, {"fail": fail})
+            published += 1
+            logger.info(
+                "celery-pools: parked task %s of pool %r ends: %s",
+                name,
+                record.get("pool"),
+                record["reason"],
+            )
+        except Exception:
+            logger.exception("celery-pools: could not publish an expired parked task")
+    return published
+
+
+class HandoffReaper(threading.Thread):
+    """Keeps hand-off pools moving: runs ``handoff.lua`` on each of them every ``interval``
+    seconds and publishes what it returns, and publishes parked tasks that must fail."""
+
+    def __init__(self, app: Any, interval: float, lease: float) -> None:
+        super().__init__(name="celery-pools-handoff", daemon=True)
+        self.app = app
+        self.interval = interval
+        self.lease = lease
+        self._stopped = threading.Event()
+        self._pools: list[str] = []
+        self._pools_read = 0.0
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                self.reap_once()
+            except PoolBackendError as exc:
+                logger.debug("celery-pools: hand-off reaper cannot reach Redis: %s", exc)
+            except Exception:
+                logger.exception("celery-pools: hand-off reaper failed")
+
+    def reap_once(self) -> int:
+        """One round: returns how many messages it published."""
+        from .extension import get_extension
+
+        store = get_extension(self.app).store
+        if time.monotonic() - self._pools_read > 5:
+            self._pools = store.handoff_pools()
+            self._pools_read = time.monotonic()
+        published = publish_expired(self.app, store.pop_expired())
+        for pool in self._pools:
+            handoffs, reclaimed = store.handoff(pool, lease=self.lease)
+            log_reclaimed(pool, reclaimed)
+            published += publish_handoffs(self.app, handoffs)
+        return published
+
+    def stop(self) -> None:
+        """Stop at the next wake-up."""
+        self._stopped.set()

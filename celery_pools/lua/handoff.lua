@@ -1,0 +1,102 @@
+--[[
+handoff.lua: give free slots straight to the oldest parked tasks, and keep the FIFO healthy.
+Run after every release (pipelined with release.lua) and by every worker's reaper.
+
+1. A hand-off not taken up before its lease lapsed (the releasing worker died before publishing,
+   or the message was lost) goes back to the head of the FIFO, keeping its place; other lapsed
+   holders are reclaimed (their process died).
+2. Parked tasks past their deadline leave the FIFO for {p}:expired, so that the caller publishes
+   them to fail with PoolTimeoutError through Celery's normal failure path.
+3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
+   its entry is returned for the caller to publish at once.
+
+KEYS[1]  {p}:held                   HASH task id -> pool name
+KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
+KEYS[3]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
+KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carries "handoff": id)
+KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
+KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
+KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, reclaimed, timeouts
+KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms)
+KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
+KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
+KEYS[11] {p}:expired                LIST entries whose task must be published to fail
+
+ARGV[1]  pool name
+ARGV[2]  hand-off lease (ms): how long a handed-off task has to start and claim its slot
+
+Returns {{token, hand-off id, entry JSON, ...}, {token, holder JSON, ...}}: the hand-offs to
+publish now, then the holders reclaimed from dead processes.
+]]
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cfg = redis.call('HMGET', KEYS[2], 'limit', 'timeout')
+local handoffs, reclaimed = {}, {}
+if not cfg[1] then
+  return {handoffs, reclaimed}
+end
+local limit, timeout = tonumber(cfg[1]), tonumber(cfg[2])
+
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
+  local info = redis.call('HGET', KEYS[4], token) or ''
+  redis.call('ZREM', KEYS[3], token)
+  redis.call('HDEL', KEYS[4], token)
+  if redis.call('HGET', KEYS[1], token) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], token)
+  end
+  local entry = redis.call('HGET', KEYS[10], token)
+  if entry then
+    redis.call('HDEL', KEYS[10], token)
+    local first = cjson.decode(entry)['first']
+    redis.call('ZADD', KEYS[8], first, token)
+    redis.call('HSET', KEYS[9], token, entry)
+    redis.call('ZADD', KEYS[5], first + timeout, token)
+    redis.call('HINCRBY', KEYS[7], 'handoffs_retried', 1)
+  else
+    redis.call('HINCRBY', KEYS[7], 'reclaimed', 1)
+    reclaimed[#reclaimed + 1] = token
+    reclaimed[#reclaimed + 1] = info
+  end
+end
+
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - timeout, 'LIMIT', 0, 100)) do
+  local entry = redis.call('HGET', KEYS[9], token)
+  redis.call('ZREM', KEYS[8], token)
+  redis.call('HDEL', KEYS[9], token)
+  redis.call('ZREM', KEYS[5], token)
+  redis.call('HDEL', KEYS[6], token)
+  redis.call('HINCRBY', KEYS[7], 'timeouts', 1)
+  if entry then
+    redis.call('RPUSH', KEYS[11], cjson.encode({
+      reason = 'timeout', pool = ARGV[1], limit = limit, timeout = timeout, at = now, entry = entry,
+    }))
+  end
+end
+
+local free = limit - redis.call('ZCARD', KEYS[3])
+while free > 0 do
+  local head = redis.call('ZRANGE', KEYS[8], 0, 0)
+  if #head == 0 then break end
+  local token = head[1]
+  local entry = redis.call('HGET', KEYS[9], token)
+  redis.call('ZREM', KEYS[8], token)
+  redis.call('HDEL', KEYS[9], token)
+  redis.call('ZREM', KEYS[5], token)
+  redis.call('HDEL', KEYS[6], token)
+  if entry then
+    local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
+    local info = cjson.decode(entry)['info'] or {}
+    info['since'] = now
+    info['handoff'] = id
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), token)
+    redis.call('HSET', KEYS[4], token, cjson.encode(info))
+    redis.call('HSET', KEYS[1], token, ARGV[1])
+    redis.call('HSET', KEYS[10], token, entry)
+    handoffs[#handoffs + 1] = token
+    handoffs[#handoffs + 1] = id
+    handoffs[#handoffs + 1] = entry
+    free = free - 1
+  end
+end
+return {handoffs, reclaimed}

@@ -1,0 +1,335 @@
+"""Pools and associations as code: export them to a JSON or YAML document, import one back.
+
+The document (``version`` 1) lists every pool with its limit, timeout and instances::
+
+    version: 1
+    pools:
+      netsuite:
+        limit: 10
+        timeout: 30
+        instances: [netsuite-prod, netsuite-sandbox]
+
+Importing makes Redis match the document, one atomic step per pool and per association, and is
+idempotent: a second import of the same document changes nothing. Pools and associations that
+are not in the document are left alone unless ``prune`` is asked for, which deletes those pools
+(their waiting tasks fail with :class:`~celery_pools.errors.PoolDeletedError`) and removes those
+associations. YAML needs PyYAML (``pip install 'celery-pools[yaml]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .errors import PoolConfigError, PoolExistsError, PoolNotFoundError
+from .manager import PoolManager
+from .models import (
+    DEFAULT_TIMEOUT,
+    _Model,
+    check_instance_name,
+    check_limit,
+    check_pool_name,
+    check_timeout,
+)
+
+__all__ = [
+    "FORMATS",
+    "Change",
+    "ImportReport",
+    "PoolSpec",
+    "PoolsDocument",
+    "apply_document",
+    "dumps",
+    "export_document",
+    "format_for",
+    "loads",
+    "plan_document",
+]
+
+#: The document formats: ``json`` and ``yaml``.
+FORMATS = ("json", "yaml")
+
+Format = Literal["json", "yaml"]
+Action = Literal["create", "change", "unchanged", "keep", "remove"]
+
+
+class PoolSpec(_Model):
+    """One pool in a document: its limit, timeout and the instances it serves."""
+
+    limit: int
+    timeout: float = DEFAULT_TIMEOUT
+    instances: list[str] = Field(default_factory=list)
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: object) -> int:
+        return check_limit(value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> float:
+        return check_timeout(value)
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instances(cls, value: object) -> list[str]:
+        if not isinstance(value, list):
+            raise PoolConfigError.invalid("instances", value, "a list of instance names")
+        return sorted(check_instance_name(item, "instance") for item in value)
+
+
+class PoolsDocument(_Model):
+    """Every pool and association, as exported and imported."""
+
+    version: Literal[1] = 1
+    pools: dict[str, PoolSpec] = Field(default_factory=dict)
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _pool_names(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for name in value:
+                check_pool_name(name, "pool name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_pool_per_instance(self) -> PoolsDocument:
+        seen: dict[str, str] = {}
+        for name, spec in self.pools.items():
+            for instance in spec.instances:
+                if instance in seen:
+                    raise PoolConfigError.invalid(
+                        f"instance {instance!r}",
+                        [seen[instance], name],
+                        "an instance belongs to at most one pool",
+                    )
+                seen[instance] = name
+        return self
+
+    def associations(self) -> dict[str, str]:
+        """Every instance -> pool association in the document."""
+        return {instance: name for name, spec in self.pools.items() for instance in spec.instances}
+
+    def to_data(self) -> dict[str, Any]:
+        """The document as plain data (whole-second timeouts written as integers)."""
+        return {
+            "version": self.version,
+            "pools": {
+                name: {
+                    "limit": spec.limit,
+                    "timeout": _number(spec.timeout),
+                    "instances": list(spec.instances),
+                }
+                for name, spec in sorted(self.pools.items())
+            },
+        }
+
+
+def _number(value: float) -> float | int:
+    return int(value) if value.is_integer() else value
+
+
+def export_document(manager: PoolManager) -> PoolsDocument:
+    """Every pool of ``manager`` and its associations, as a document."""
+    by_pool: dict[str, list[str]] = {}
+    for instance, pool in manager.associations().items():
+        by_pool.setdefault(pool, []).append(instance)
+    return PoolsDocument(
+        pools={
+            pool.name: PoolSpec(
+                limit=pool.limit, timeout=pool.timeout, instances=by_pool.get(pool.name, [])
+            )
+            for pool in manager.list()
+        }
+    )
+
+
+def format_for(path: str, text: str | None = None) -> Format:
+    """The format of a file by its name (``.json``, ``.yaml``/``.yml``), else by its content."""
+    lowered = path.lower()
+    if lowered.endswith(".json"):
+        return "json"
+    if lowered.endswith((".yaml", ".yml")):
+        return "yaml"
+    if text is not None and not text.lstrip().startswith(("{", "[")):
+        return "yaml"
+    return "json"
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise PoolConfigError(
+            "YAML needs PyYAML: pip install 'celery-pools[yaml]' (or use a .json file)"
+        ) from None
+    return yaml
+
+
+def dumps(document: PoolsDocument, fmt: Format = "json") -> str:
+    """The document as JSON or YAML text."""
+    data = document.to_data()
+    if fmt == "yaml":
+        return str(_yaml().safe_dump(data, sort_keys=False, default_flow_style=False))
+    return json.dumps(data, indent=2) + "\n"
+
+
+def loads(text: str, fmt: Format = "json", *, source: str = "document") -> PoolsDocument:
+    """Parse and validate a document; any problem raises :class:`PoolConfigError`."""
+    try:
+        if fmt == "yaml":
+            yaml = _yaml()
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise PoolConfigError(f"{source} is not valid YAML: {exc}") from None
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PoolConfigError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PoolConfigError.invalid(
+            source, type(data).__name__, "a mapping with 'version: 1' and 'pools'"
+        )
+    try:
+        return PoolsDocument.parse(data)
+    except PoolConfigError as exc:
+        raise PoolConfigError(f"{source}: {exc}", field=exc.field, value=exc.value) from None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of an import: what happens (or happened) to a pool or an association.
+
+    ``action`` is ``create``, ``change``, ``unchanged``, ``keep`` (in Redis, not in the
+    document, left alone) or ``remove`` (in Redis, not in the document, removed by prune).
+    ``kind`` is ``pool`` or ``association``; ``before`` and ``after`` are what it was and is
+    (a pool's ``{"limit", "timeout"}``, an association's pool name), None when absent.
+    """
+
+    kind: Literal["pool", "association"]
+    name: str
+    action: Action
+    before: Any = None
+    after: Any = None
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, in a dry run, would do)."""
+
+    dry_run: bool
+    prune: bool
+    changes: list[Change] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        """How many changes have ``action``."""
+        return sum(1 for change in self.changes if change.action == action)
+
+    def to_data(self) -> dict[str, Any]:
+        """The report as plain JSON-able data."""
+        return {
+            "dry_run": self.dry_run,
+            "prune": self.prune,
+            "changes": [
+                {
+                    "kind": c.kind,
+                    "name": c.name,
+                    "action": c.action,
+                    "before": c.before,
+                    "after": c.after,
+                }
+                for c in self.changes
+            ],
+            "counts": {
+                action: self.count(action)
+                for action in ("create", "change", "unchanged", "keep", "remove")
+            },
+        }
+
+
+def _settings(limit: int, timeout: float) -> dict[str, Any]:
+    return {"limit": limit, "timeout": _number(timeout)}
+
+
+def plan_document(
+    manager: PoolManager, document: PoolsDocument, *, prune: bool = False
+) -> list[Change]:
+    """What importing ``document`` would do to the pools of ``manager`` now (nothing written)."""
+    current = {pool.name: pool for pool in manager.list()}
+    current_assoc = manager.associations()
+    changes: list[Change] = []
+    for name, spec in sorted(document.pools.items()):
+        wanted = _settings(spec.limit, spec.timeout)
+        pool = current.get(name)
+        if pool is None:
+            changes.append(Change("pool", name, "create", None, wanted))
+            continue
+        have = _settings(pool.limit, pool.timeout)
+        settled: Action = "unchanged" if have == wanted else "change"
+        changes.append(Change("pool", name, settled, have, wanted))
+    for instance, pool_name in sorted(document.associations().items()):
+        before = current_assoc.get(instance)
+        action: Action = "change"
+        if before is None:
+            action = "create"
+        elif before == pool_name:
+            action = "unchanged"
+        changes.append(Change("association", instance, action, before, pool_name))
+    leftover: Action = "remove" if prune else "keep"
+    wanted_assoc = document.associations()
+    for instance, pool_name in sorted(current_assoc.items()):
+        if instance not in wanted_assoc:
+            after = None if prune else pool_name
+            changes.append(Change("association", instance, leftover, pool_name, after))
+    for name, pool in sorted(current.items()):
+        if name not in document.pools:
+            have = _settings(pool.limit, pool.timeout)
+            changes.append(Change("pool", name, leftover, have, None if prune else have))
+    return changes
+
+
+def apply_document(
+    manager: PoolManager, document: PoolsDocument, *, prune: bool = False, dry_run: bool = False
+) -> ImportReport:
+    """Make the pools of ``manager`` match ``document``; see the module docstring.
+
+    Pools are created or changed first (each in one atomic step), then associations; with
+    ``prune``, associations and then pools that are not in the document are removed last.
+    """
+    report = ImportReport(dry_run=dry_run, prune=prune)
+    for planned in plan_document(manager, document, prune=prune):
+        report.changes.append(planned if dry_run else _apply(manager, document, planned))
+    return report
+
+
+def _apply(manager: PoolManager, document: PoolsDocument, change: Change) -> Change:
+    if change.kind == "pool":
+        if change.action == "create":
+            spec = document.pools[change.name]
+            try:
+                manager.create(change.name, limit=spec.limit, timeout=spec.timeout)
+            except PoolExistsError:
+                # Created by someone else since the plan was made: make it match instead.
+                pool = manager.get(change.name)
+                before = _settings(pool.limit, pool.timeout)
+                if before != change.after:
+                    manager.update(change.name, limit=spec.limit, timeout=spec.timeout)
+                    return Change("pool", change.name, "change", before, change.after)
+                return Change("pool", change.name, "unchanged", before, change.after)
+        elif change.action == "change":
+            spec = document.pools[change.name]
+            manager.update(change.name, limit=spec.limit, timeout=spec.timeout)
+        elif change.action == "remove":
+            # Deleted by someone else meanwhile: the outcome is the same.
+            with contextlib.suppress(PoolNotFoundError):
+                manager.delete(change.name)
+    elif change.action in ("create", "change"):
+        manager.assign(change.name, str(change.after))
+    elif change.action == "remove":
+        manager.unassign(change.name)
+    return change

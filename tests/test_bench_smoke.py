@@ -1,0 +1,74 @@
+"""The benchmark (``python -m bench``) runs end to end in its smallest configuration.
+
+It asserts that the figures are sane, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _check_available(scenario: str, result: dict[str, Any]) -> None:
+    assert not result.get("error"), f"{scenario}: {result['error']}"
+    if scenario == "slotops":
+        assert result["pairs_per_s"] > 0
+        assert result["pings_per_s"] > 0
+    elif scenario == "overhead":
+        assert result["plain_per_s"] > 0
+        assert result["pooled_per_s"] > 0
+        assert result["throughput_ratio"] > 0
+    else:
+        assert result["finished"], result
+        assert result["completed"] == result["tasks"]
+        assert result["failed"] == 0
+        assert result["messages_per_task"] >= 1
+        assert 1 <= result["max_concurrency"] <= result["limit"]
+    if scenario == "saturation":
+        assert 0 < result["utilisation"] <= 1
+        assert result["handoff_p50_ms"] is not None
+        assert result["handoff_p50_ms"] <= result["handoff_p99_ms"]
+        assert result["order_inversions"] >= 0
+        assert max(n for _, n in result["timeline"]) <= result["limit"]
+    if scenario == "backlog":
+        assert result["worker_rss_peak"] >= result["worker_rss_baseline"] > 0
+        assert result["pools_memory_peak"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    assert "throughput ratio pooled/plain" in run.stdout  # the table was printed
+
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["machine"]["cores"] >= 1
+    assert report["machine"]["redis_server"]
+    assert report["modes"]["countdown"]["available"]
+    assert set(report["results"]) == {"slotops", "overhead", "saturation", "backlog"}
+    for mode, info in report["modes"].items():
+        for scenario, by_mode in report["results"].items():
+            result = by_mode[mode]
+            if info["available"]:
+                _check_available(scenario, result)
+            else:
+                assert result == {"available": False, "reason": info["reason"]}
+                assert info["reason"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "concurrency.png").stat().st_size > 0

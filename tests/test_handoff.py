@@ -1,0 +1,216 @@
+"""Hand-off waiting: parked tasks get freed slots directly, oldest first, and nothing is lost."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
+from celery_pools.store import AcquireStatus
+from tests.support.polling import wait_until
+from tests.workerapp import INSTANCE
+
+
+def _pool(env, limit, timeout=30.0):
+    manager = env.manager()
+    manager.create("api", limit=limit, timeout=timeout, wait="handoff")
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+def _started(env, label):
+    return label in {name for name, _ in env.probe().starts()}
+
+
+def _park_in_order(env, app, manager, labels, seconds=0.0):
+    """Send tasks one at a time, each parked before the next is sent: a known FIFO order."""
+    results = []
+    for index, label in enumerate(labels, start=1):
+        results.append(app.tasks["t.hold"].delay(label, seconds))
+        wait_until(
+            lambda index=index: manager.status("api").waiting == index,
+            15,
+            message=f"{label} never parked",
+        )
+    return results
+
+
+def _errbacks(env):
+    return env.probe().client.lrange(f"probe:{env.name}:errbacks", 0, -1)
+
+
+def test_parked_tasks_start_in_fifo_order_and_never_exceed_the_limit(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=6):
+        blocker = app.tasks["t.hold"].delay("blocker", 0.5)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        labels = [f"w{i}" for i in range(6)]
+        waiters = _park_in_order(env, app, manager, labels, seconds=0.05)
+        assert [w.state for w in waiters] == ["RETRY"] * 6
+        blocker.get(timeout=30)
+        assert [w.get(timeout=30) for w in waiters] == labels
+    starts = [label for label, _ in env.probe().starts()]
+    assert starts == ["blocker", *labels]
+    assert env.probe().max_concurrency() == 1
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 6)
+
+
+def test_a_parked_task_times_out_through_the_failure_path(env, run_worker):
+    _pool(env, limit=1, timeout=2)
+    app = env.app()
+    with run_worker(app, concurrency=3):
+        app.tasks["t.hold"].delay("blocker", 6)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        started = time.monotonic()
+        late = app.tasks["t.hold"].apply_async(
+            ("late", 0), link_error=app.tasks["t.record_error"].s()
+        )
+        with pytest.raises(PoolTimeoutError, match="limit 1"):
+            late.get(timeout=30)
+        waited = time.monotonic() - started
+    assert 1.8 <= waited <= 4.5, waited
+    assert not _started(env, "late")
+    wait_until(lambda: _errbacks(env), 10, message="link_error never ran")
+    assert _errbacks(env)[0].startswith(f"{late.id}|PoolTimeoutError|")
+
+
+def test_clear_and_delete_end_parked_tasks_through_the_failure_path(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=4):
+        app.tasks["t.hold"].delay("blocker", 2)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        cleared = _park_in_order(env, app, manager, ["c0", "c1"])
+        manager.clear("api")
+        assert manager.status("api").waiting == 0
+        for result in cleared:
+            with pytest.raises(PoolClearedError):
+                result.get(timeout=30)
+        deleted = _park_in_order(env, app, manager, ["d0"])
+        manager.delete("api")
+        with pytest.raises(PoolDeletedError):
+            deleted[0].get(timeout=30)
+    assert {label for label, _ in env.probe().starts()} == {"blocker"}
+
+
+def test_growing_a_pool_hands_the_new_slots_to_parked_tasks(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=8):
+        app.tasks["t.hold"].delay("blocker", 3)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        waiters = _park_in_order(env, app, manager, [f"g{i}" for i in range(5)], seconds=1.5)
+        manager.update("api", limit=4)
+        # Three new slots: the three oldest start now, while the blocker still runs.
+        wait_until(lambda: env.probe().current() == 4, 5, message="new slots not handed off")
+        assert {label for label, _ in env.probe().starts()} == {"blocker", "g0", "g1", "g2"}
+        for waiter in waiters:
+            waiter.get(timeout=30)
+    assert env.probe().max_concurrency() == 4
+
+
+def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "parked", lease=30)
+    assert (full.status, full.reason) == (AcquireStatus.FULL, "handoff")
+    position, handoffs, _ = store.park("parked", pool="api", first=full.first, entry='{"info":{}}')
+    assert (position, handoffs) == (1, ())
+    # A copy of the parked task's message arriving while it is parked must not run.
+    assert store.acquire(INSTANCE, "parked", lease=30).status is AcquireStatus.STALE
+    # A newcomer may not jump the FIFO even when a slot is free.
+    release = store.release("holder", "api")
+    (handoff,) = release.handoffs
+    assert handoff.token == "parked"
+    newcomer = store.acquire(INSTANCE, "newcomer", lease=30, wait="handoff")
+    assert newcomer.status is AcquireStatus.FULL
+    # Only the copy carrying the hand-off id claims the slot; any other copy is stale.
+    wrong = store.acquire(INSTANCE, "parked", lease=30, handoff="parked.999")
+    assert wrong.status is AcquireStatus.STALE
+    claimed = store.acquire(INSTANCE, "parked", lease=30, handoff=handoff.handoff_id)
+    assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "handoff")
+    again = store.acquire(INSTANCE, "parked", lease=30, handoff=handoff.handoff_id)
+    assert again.status is AcquireStatus.STALE
+
+
+@pytest.mark.slow
+def test_handoff_across_three_prefork_workers_keeps_the_limit(env):
+    _pool(env, limit=3, timeout=120)
+    for _ in range(3):
+        env.worker(concurrency=4)
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"t{i}", 0.2) for i in range(60)]
+    assert [r.get(timeout=120) for r in results] == [f"t{i}" for i in range(60)]
+    probe = env.probe()
+    assert probe.count() == 60
+    assert probe.max_concurrency() == 3
+
+
+@pytest.mark.slow
+def test_handoff_starts_waiters_in_fifo_order_across_prefork_workers(env):
+    manager = _pool(env, limit=1, timeout=120)
+    for _ in range(3):
+        env.worker(concurrency=2)
+    app = env.app()
+    blocker = app.tasks["t.hold"].delay("blocker", 1.0)
+    wait_until(lambda: _started(env, "blocker"), 30, message="blocker never started")
+    labels = [f"f{i}" for i in range(8)]
+    waiters = _park_in_order(env, app, manager, labels, seconds=0.05)
+    blocker.get(timeout=30)
+    for waiter in waiters:
+        waiter.get(timeout=60)
+    starts = [label for label, _ in env.probe().starts()]
+    assert starts == ["blocker", *labels]
+    # Independently of the pool: the order in which Celery first ran each task.
+    first_seen = env.probe().client.hgetall(f"probe:{env.name}:first_seen")
+    by_first_seen = sorted(waiters, key=lambda w: float(first_seen[w.id]))
+    assert [w.id for w in by_first_seen] == [w.id for w in waiters]
+
+
+@pytest.mark.slow
+def test_handoff_survives_a_sigkill_of_the_releasing_worker(env):
+    manager = _pool(env, limit=1, timeout=120)
+    env.extra_worker_env["CP_HANDOFF_LEASE_SECONDS"] = "2"
+    releasing = env.worker(concurrency=1, queues=f"{env.queue}-releasing")
+    app = env.app()
+    app.tasks["t.hold"].apply_async(("releaser", 1.0), queue=f"{env.queue}-releasing")
+    wait_until(lambda: _started(env, "releaser"), 30, message="releaser never started")
+    survivor = env.worker(concurrency=2)
+    waiter = app.tasks["t.hold"].delay("waiter", 0)
+    wait_until(lambda: manager.status("api").waiting == 1, 30, message="waiter never parked")
+    # The releasing child dies after reserving the slot for the waiter, before publishing it.
+    env.probe().client.set(f"probe:{env.name}:crash-on-handoff", "1")
+    crashed_at = time.monotonic()
+    assert waiter.get(timeout=60) == "waiter"
+    recovered_after = time.monotonic() - crashed_at
+    assert env.probe().client.exists(f"probe:{env.name}:crash-on-handoff") == 0
+    # Re-handed by a reaper once the 2 s hand-off lease lapsed; run exactly once.
+    assert recovered_after <= 1.0 + 2.0 + 3.0, recovered_after
+    assert [label for label, _ in env.probe().starts()].count("waiter") == 1
+    assert manager.store.metrics(["api"])[0].status.in_use == 0
+    assert survivor.running
+    assert releasing.running  # its main process lives on; only the releasing child died
+
+
+@pytest.mark.slow
+def test_handoff_deadline_and_clear_across_prefork_workers(env):
+    manager = _pool(env, limit=1, timeout=3)
+    for _ in range(2):
+        env.worker(concurrency=2)
+    app = env.app()
+    app.tasks["t.hold"].delay("blocker", 8)
+    wait_until(lambda: _started(env, "blocker"), 30, message="blocker never started")
+    timed_out = app.tasks["t.hold"].delay("timed-out", 0)
+    with pytest.raises(PoolTimeoutError):
+        timed_out.get(timeout=30)
+    manager.update("api", timeout=120)
+    cleared = _park_in_order(env, app, manager, ["c0", "c1"])
+    manager.clear("api")
+    for result in cleared:
+        with pytest.raises(PoolClearedError):
+            result.get(timeout=30)
+    assert {label for label, _ in env.probe().starts()} == {"blocker"}
