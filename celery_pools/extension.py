@@ -1,8 +1,9 @@
 """celery-pools' state on one Celery app: settings, the Redis store, and what is installed.
 
 The extension is created on first use and cached on the app. Installing it (done automatically
-when a :class:`~celery_pools.task.PooledTask` is bound to the app) adds the worker bootstep and
-the main-process signal handlers that release slots a child process could not release itself.
+when a :class:`~celery_pools.task.PooledTask` is bound to the app) adds the worker bootstep
+(lease renewal, hand-off reaper, declared pools), the main-process signal handlers that release
+slots a child process could not release itself, and the management tasks.
 """
 
 from __future__ import annotations

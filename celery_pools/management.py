@@ -6,14 +6,18 @@ Every app that uses celery-pools gets these ordinary (not pooled) tasks, registe
 ==================================  ==========================================================
 task                                arguments (result)
 ==================================  ==========================================================
-``celery_pools.create_pool``        ``name, limit, timeout=30`` (the ``Pool``)
-``celery_pools.update_pool``        ``name, limit=None, timeout=None`` (the ``Pool``)
+``celery_pools.create_pool``        ``name, limit, timeout=30, wait="countdown"`` (the ``Pool``)
+``celery_pools.update_pool``        ``name, limit=None, timeout=None, wait=None`` (the ``Pool``)
 ``celery_pools.clear_pool``         ``name, release_held=False`` (what was dropped)
 ``celery_pools.delete_pool``        ``name`` (what was removed)
 ``celery_pools.assign_instance``    ``instance, pool`` (the instance's previous pool)
 ``celery_pools.unassign_instance``  ``instance`` (the pool it had)
 ``celery_pools.list_pools``         none (a ``PoolStatus`` per pool)
 ``celery_pools.pool_status``        ``name`` (the ``PoolStatus``)
+``celery_pools.set_rate_limit``     ``instance, rate, burst=0`` (the rate limit)
+``celery_pools.remove_rate_limit``  ``instance`` (whether it had one)
+``celery_pools.pause_instance``     ``instance, seconds`` (when the pause ends)
+``celery_pools.resume_instance``    ``instance`` (nothing)
 ==================================  ==========================================================
 
 Each is a thin wrapper over :class:`~celery_pools.manager.PoolManager` and returns plain JSON
@@ -41,8 +45,12 @@ __all__ = [
     "create_pool",
     "delete_pool",
     "list_pools",
+    "pause_instance",
     "pool_status",
     "register_management_tasks",
+    "remove_rate_limit",
+    "resume_instance",
+    "set_rate_limit",
     "unassign_instance",
     "update_pool",
 ]
@@ -63,23 +71,32 @@ def _check_flag(value: object, field: str) -> bool:
     return value
 
 
-def create_pool(task: Any, name: str, limit: int, timeout: float = DEFAULT_TIMEOUT) -> JSON:
-    """Create a pool of ``limit`` slots whose tasks wait at most ``timeout`` seconds.
+def create_pool(
+    task: Any, name: str, limit: int, timeout: float = DEFAULT_TIMEOUT, wait: str = "countdown"
+) -> JSON:
+    """Create a pool of ``limit`` slots whose tasks wait at most ``timeout`` seconds, by
+    ``wait`` ("countdown" or "handoff").
 
     Fails with PoolExistsError when a pool of that name exists. Returns the pool.
     """
-    return _manager(task).create(name, limit=limit, timeout=timeout).model_dump(mode="json")
+    pool = _manager(task).create(name, limit=limit, timeout=timeout, wait=wait)
+    return pool.model_dump(mode="json")
 
 
 def update_pool(
-    task: Any, name: str, limit: int | None = None, timeout: float | None = None
+    task: Any,
+    name: str,
+    limit: int | None = None,
+    timeout: float | None = None,
+    wait: str | None = None,
 ) -> JSON:
-    """Change a pool's limit and/or timeout, obeyed at once. Returns the pool as it is now.
+    """Change a pool's limit, timeout and/or waiting mode, obeyed at once. Returns the pool.
 
-    A larger limit admits waiting tasks at their next attempt; a smaller one never interrupts
-    running tasks, it only stops new ones until enough have finished.
+    A larger limit admits waiting tasks at once; a smaller one never interrupts running tasks,
+    it only stops new ones until enough have finished.
     """
-    return _manager(task).update(name, limit=limit, timeout=timeout).model_dump(mode="json")
+    pool = _manager(task).update(name, limit=limit, timeout=timeout, wait=wait)
+    return pool.model_dump(mode="json")
 
 
 def clear_pool(task: Any, name: str, release_held: bool = False) -> JSON:
@@ -123,6 +140,30 @@ def pool_status(task: Any, name: str) -> JSON:
     return _manager(task).status(name).model_dump(mode="json")
 
 
+def set_rate_limit(task: Any, instance: str, rate: str, burst: int = 0) -> JSON:
+    """Limit an instance to ``rate`` calls ("60/m", "10/s", "1000/h"), shared by every worker,
+    with up to ``burst`` extra calls at once. Returns the limit."""
+    limit = _manager(task).set_rate_limit(instance, rate, burst=burst)
+    return {"instance": instance, **limit.model_dump(mode="json"), "rate": str(limit)}
+
+
+def remove_rate_limit(task: Any, instance: str) -> JSON:
+    """Remove an instance's rate limit; says whether it had one."""
+    return {"instance": instance, "removed": _manager(task).remove_rate_limit(instance)}
+
+
+def pause_instance(task: Any, instance: str, seconds: float) -> JSON:
+    """Pause an instance for every worker for ``seconds`` (an API said 429 Retry-After)."""
+    until = _manager(task).pause(instance, seconds)
+    return {"instance": instance, "paused_until": until}
+
+
+def resume_instance(task: Any, instance: str) -> JSON:
+    """Lift an instance's pause."""
+    _manager(task).resume(instance)
+    return {"instance": instance, "paused_until": None}
+
+
 _TASKS: dict[str, Callable[..., Any]] = {
     "create_pool": create_pool,
     "update_pool": update_pool,
@@ -132,6 +173,10 @@ _TASKS: dict[str, Callable[..., Any]] = {
     "unassign_instance": unassign_instance,
     "list_pools": list_pools,
     "pool_status": pool_status,
+    "set_rate_limit": set_rate_limit,
+    "remove_rate_limit": remove_rate_limit,
+    "pause_instance": pause_instance,
+    "resume_instance": resume_instance,
 }
 
 #: The names of the management tasks.

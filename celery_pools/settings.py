@@ -11,7 +11,14 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from .errors import PoolConfigError
-from .models import _Model, check_instance_name, check_limit, check_pool_name, check_timeout
+from .models import (
+    _Model,
+    check_instance_name,
+    check_limit,
+    check_pool_name,
+    check_timeout,
+    check_wait,
+)
 
 __all__ = ["SETTING_PREFIX", "PoolsSettings"]
 
@@ -58,16 +65,18 @@ class PoolsSettings(_Model):
                     spec,
                     "a mapping with 'limit', 'timeout', 'instances'",
                 )
-            unknown = set(spec) - {"limit", "timeout", "instances"}
+            unknown = set(spec) - {"limit", "timeout", "wait", "instances"}
             if unknown:
                 raise PoolConfigError.invalid(
                     f"pools_declare[{name!r}]",
                     sorted(unknown),
-                    "the allowed keys are 'limit', 'timeout' and 'instances'",
+                    "the allowed keys are 'limit', 'timeout', 'wait' and 'instances'",
                 )
             check_limit(spec.get("limit"), f"pools_declare[{name!r}].limit")
             if "timeout" in spec:
                 check_timeout(spec["timeout"], f"pools_declare[{name!r}].timeout")
+            if "wait" in spec:
+                check_wait(spec["wait"], f"pools_declare[{name!r}].wait")
             for instance in spec.get("instances", ()):
                 check_instance_name(instance, f"pools_declare[{name!r}].instances")
         return value

@@ -160,7 +160,12 @@ def declare_pools(app: Any) -> list[str]:
     created = []
     for name, spec in ext.settings.declare.items():
         pool = Pool.parse(
-            {"name": name, "limit": spec["limit"], "timeout": spec.get("timeout", DEFAULT_TIMEOUT)}
+            {
+                "name": name,
+                "limit": spec["limit"],
+                "timeout": spec.get("timeout", DEFAULT_TIMEOUT),
+                "wait": spec.get("wait", "countdown"),
+            }
         )
         if store.create_pool(pool):
             created.append(name)

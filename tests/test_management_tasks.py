@@ -29,6 +29,10 @@ EXPECTED_NAMES = {
     "celery_pools.unassign_instance",
     "celery_pools.list_pools",
     "celery_pools.pool_status",
+    "celery_pools.set_rate_limit",
+    "celery_pools.remove_rate_limit",
+    "celery_pools.pause_instance",
+    "celery_pools.resume_instance",
 }
 
 
@@ -131,13 +135,17 @@ BAD_ARGUMENTS = [
     ("update_pool", {"name": "api"}, "limit/timeout"),
     ("clear_pool", {"name": "api", "release_held": "yes"}, "release_held"),
     ("assign_instance", {"instance": "", "pool": "api"}, "instance"),
+    ("create_pool", {"name": "new", "limit": 1, "wait": "sometimes"}, "wait"),
+    ("set_rate_limit", {"instance": INSTANCE, "rate": "60/x"}, "rate limit"),
+    ("set_rate_limit", {"instance": INSTANCE, "rate": "60/m", "burst": -1}, "burst"),
+    ("pause_instance", {"instance": INSTANCE, "seconds": -5}, "pause seconds"),
 ]
 
 
 def test_bad_arguments_fail_the_task_with_pool_config_error_and_write_nothing(env, run_worker):
     manager = env.manager()
     manager.create("api", limit=2)
-    before = (manager.list(), manager.associations())
+    before = (manager.list(), manager.associations(), manager.rate_limits())
     app = env.app()
     with run_worker(app, concurrency=2):
         results = [(_send(app, verb, **kwargs), field) for verb, kwargs, field in BAD_ARGUMENTS]
@@ -146,7 +154,7 @@ def test_bad_arguments_fail_the_task_with_pool_config_error_and_write_nothing(en
                 result.get(timeout=30)
             assert result.state == "FAILURE"
             assert f"invalid {field}" in str(caught.value)
-    assert (manager.list(), manager.associations()) == before
+    assert (manager.list(), manager.associations(), manager.rate_limits()) == before
 
 
 def test_missing_and_duplicate_pools_fail_with_clear_errors(env, run_worker):
@@ -227,3 +235,35 @@ def test_clear_pool_task_in_a_worker_process_fails_waiting_tasks_through_celery(
     assert {line.split("|")[0] for line in _errbacks(env)} == {w.id for w in waiters}
     assert all("|PoolClearedError|" in line for line in _errbacks(env))
     worker.kill()
+
+
+def test_wait_mode_and_rate_limit_tasks_change_redis_and_return_json(env, run_worker):
+    manager = env.manager()
+    app = env.app()
+    with run_worker(app, concurrency=2):
+        created = _send(app, "create_pool", name="api", limit=2, wait="handoff").get(timeout=30)
+        assert created["wait"] == "handoff"
+        assert manager.get("api").wait == "handoff"
+        back = _send(app, "update_pool", name="api", wait="countdown").get(timeout=30)
+        assert (back["wait"], manager.get("api").wait) == ("countdown", "countdown")
+
+        limited = _send(app, "set_rate_limit", instance=INSTANCE, rate="60/m", burst=5)
+        assert limited.get(timeout=30) == {
+            "instance": INSTANCE,
+            "count": 60,
+            "period": 60.0,
+            "burst": 5,
+            "rate": "60/m (burst 5)",
+        }
+        assert str(manager.rate_limits()[INSTANCE]) == "60/m (burst 5)"
+
+        paused = _send(app, "pause_instance", instance=INSTANCE, seconds=30).get(timeout=30)
+        (rate,) = manager.rates([INSTANCE])
+        assert 29 <= rate.paused_for <= 30
+        assert paused["paused_until"] > 0
+        _send(app, "resume_instance", instance=INSTANCE).get(timeout=30)
+        assert manager.rates([INSTANCE])[0].paused_for == 0
+
+        removed = _send(app, "remove_rate_limit", instance=INSTANCE).get(timeout=30)
+        assert removed == {"instance": INSTANCE, "removed": True}
+        assert manager.rate_limits() == {}
