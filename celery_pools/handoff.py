@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from kombu.serialization import dumps, loads
 
 from . import signals
-from .errors import PoolBackendError
+from .background import Periodic
 from .store import Handoff, Reclaimed
 from .waiting import HEADER
 
@@ -141,29 +140,21 @@ def publish_expired(app: Any, records: Iterable[dict[str, Any]]) -> int:
     return published
 
 
-class HandoffReaper(threading.Thread):
+class HandoffReaper(Periodic):
     """Keeps hand-off pools moving: runs ``handoff.lua`` on each of them every ``interval``
     seconds and publishes what it returns, and publishes parked tasks that must fail."""
 
+    activity = "hand-off reaping"
+    unreachable_level = logging.DEBUG  # the lease keeper already warns about it
+
     def __init__(self, app: Any, interval: float, lease: float) -> None:
-        super().__init__(name="celery-pools-handoff", daemon=True)
+        super().__init__("celery-pools-handoff", interval)
         self.app = app
-        self.interval = interval
         self.lease = lease
-        self._stopped = threading.Event()
         self._pools: list[str] = []
         self._pools_read = 0.0
 
-    def run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            try:
-                self.reap_once()
-            except PoolBackendError as exc:
-                logger.debug("celery-pools: hand-off reaper cannot reach Redis: %s", exc)
-            except Exception:
-                logger.exception("celery-pools: hand-off reaper failed")
-
-    def reap_once(self) -> int:
+    def tick(self) -> int:
         """One round: returns how many messages it published."""
         from .extension import get_extension
 
@@ -177,7 +168,3 @@ class HandoffReaper(threading.Thread):
             log_reclaimed(pool, reclaimed)
             published += publish_handoffs(self.app, handoffs)
         return published
-
-    def stop(self) -> None:
-        """Stop at the next wake-up."""
-        self._stopped.set()

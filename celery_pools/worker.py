@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.signals import task_failure, task_revoked
 from celery.worker import state as worker_state
 
+from .background import Periodic
 from .errors import PoolBackendError
 from .extension import get_extension
 from .handoff import HandoffReaper, log_reclaimed, publish_handoffs
@@ -40,30 +40,17 @@ def _is_pooled(task: Any) -> bool:
     return isinstance(task, PooledTask)
 
 
-class LeaseKeeper(threading.Thread):
-    """Renews, every third of the lease, the leases of slots held by this worker's running tasks.
+class LeaseKeeper(Periodic):
+    """Renews, every third of the lease, the leases of slots held by this worker's running tasks."""
 
-    A thread rather than a timer on the worker's event loop, so a slow Redis never stalls it.
-    """
+    activity = "lease renewal"
 
     def __init__(self, app: Any) -> None:
-        super().__init__(name="celery-pools-leases", daemon=True)
+        super().__init__("celery-pools-leases", get_extension(app).settings.lease_seconds / 3)
         self.app = app
-        self._stopped = threading.Event()
         self._reported: set[str] = set()
 
-    def run(self) -> None:
-        ext = get_extension(self.app)
-        interval = ext.settings.lease_seconds / 3
-        while not self._stopped.wait(interval):
-            try:
-                self.renew_once()
-            except PoolBackendError as exc:
-                logger.warning("celery-pools: could not renew slot leases: %s", exc)
-            except Exception:
-                logger.exception("celery-pools: lease renewal failed")
-
-    def renew_once(self) -> int:
+    def tick(self) -> int:
         """Renew the leases of the running pooled tasks now; return how many were renewed.
 
         Also reports, once per task, a holder running longer than ``pools_suspicious_hold_seconds``
@@ -97,10 +84,6 @@ class LeaseKeeper(threading.Thread):
                 limit,
             )
         self._reported &= set(requests)
-
-    def stop(self) -> None:
-        """Stop renewing (the thread ends at its next wake-up)."""
-        self._stopped.set()
 
 
 class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]

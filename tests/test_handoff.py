@@ -176,10 +176,10 @@ def test_handoff_survives_a_sigkill_of_the_releasing_worker(env):
     manager = _pool(env, limit=1, timeout=120)
     env.extra_worker_env["CP_HANDOFF_LEASE_SECONDS"] = "2"
     releasing = env.worker(concurrency=1, queues=f"{env.queue}-releasing")
-    app = env.app()
-    app.tasks["t.hold"].apply_async(("releaser", 1.0), queue=f"{env.queue}-releasing")
-    wait_until(lambda: _started(env, "releaser"), 30, message="releaser never started")
     survivor = env.worker(concurrency=2)
+    app = env.app()
+    app.tasks["t.hold"].apply_async(("releaser", 3.0), queue=f"{env.queue}-releasing")
+    wait_until(lambda: _started(env, "releaser"), 30, message="releaser never started")
     waiter = app.tasks["t.hold"].delay("waiter", 0)
     wait_until(lambda: manager.status("api").waiting == 1, 30, message="waiter never parked")
     # The releasing child dies after reserving the slot for the waiter, before publishing it.
@@ -189,7 +189,7 @@ def test_handoff_survives_a_sigkill_of_the_releasing_worker(env):
     recovered_after = time.monotonic() - crashed_at
     assert env.probe().client.exists(f"probe:{env.name}:crash-on-handoff") == 0
     # Re-handed by a reaper once the 2 s hand-off lease lapsed; run exactly once.
-    assert recovered_after <= 1.0 + 2.0 + 3.0, recovered_after
+    assert recovered_after <= 3.0 + 2.0 + 3.0, recovered_after
     assert [label for label, _ in env.probe().starts()].count("waiter") == 1
     assert manager.store.metrics(["api"])[0].status.in_use == 0
     assert survivor.running
