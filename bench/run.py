@@ -186,7 +186,8 @@ def _worker_scenarios(
     config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
 ) -> dict[str, Any]:
     from bench.benchapp import ENV, create_app
-    from bench.scenarios import Bench, run_backlog, run_overhead, run_saturation
+    from bench.harness import Bench
+    from bench.scenarios import run_backlog, run_overhead, run_saturation
     from bench.workers import WorkerGroup
     from celery_pools import PoolManager
 

@@ -7,19 +7,11 @@ never limits the workers. Progress is polled with deadlines.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-import uuid
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from bench.benchapp import TRACE_PREFIX
-from bench.config import BenchConfig
+from bench.harness import Bench, stop_consuming, wait_for
 from bench.measure import (
     concurrency_timeline,
     handoff_latencies,
@@ -27,84 +19,10 @@ from bench.measure import (
     percentile,
     utilisation,
 )
-from bench.modes import create_pool
 from bench.recorder import Recorder
-from bench.system import CpuMeter, command_calls, used_memory
-from bench.workers import WorkerGroup
-from celery_pools import PoolManager
+from bench.system import command_calls, used_memory
 
-__all__ = ["Bench", "run_backlog", "run_overhead", "run_saturation"]
-
-
-@dataclass
-class Bench:
-    """What a scenario needs: sizes, the driver's app, the workers, the three Redis servers."""
-
-    config: BenchConfig
-    mode: str
-    app: Any
-    workers: WorkerGroup
-    manager: PoolManager
-    broker: redis.Redis
-    pools: redis.Redis
-    records: redis.Redis
-    server_pids: list[int]
-
-    def name(self, what: str) -> str:
-        """A fresh name for a pool, queue or instance of this mode."""
-        return f"{what}-{self.mode}-{uuid.uuid4().hex[:6]}"
-
-    def cpu_meter(self) -> CpuMeter:
-        """A meter of the machine's CPU from now on, knowing which processes are the benchmark's."""
-        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()])
-
-    def now(self) -> float:
-        """The records server's clock (the clock of every recorded event)."""
-        seconds, micros = self.records.time()
-        return float(seconds) + micros / 1e6
-
-    def publish(self, task: str, count: int, queue: str, **kwargs: Any) -> float:
-        """Publish ``count`` calls of ``task`` to ``queue``, written to the broker together.
-
-        The messages are built first and written in one pipeline (kombu's producer batches), so
-        workers already waiting on ``queue`` get them at once. Returns the records server's time
-        just before they are written.
-        """
-        signature = self.app.tasks[task]
-        with self.app.producer_or_acquire() as producer:
-            batch = producer.batch(max_size=count) if hasattr(producer, "batch") else nullcontext()
-            with batch:
-                for _ in range(count):
-                    signature.apply_async(kwargs=kwargs, queue=queue, producer=producer)
-                return self.now()
-
-    def consume(self, queue: str) -> int:
-        """Make every worker wait on ``queue``; return the control replies (broker messages)."""
-        return self.workers.consume(self.app, queue, self.broker)
-
-    def pool(self, what: str, limit: int, timeout: float, traced: bool) -> tuple[str, str]:
-        """Create a pool of this mode with one instance assigned; return ``(pool, instance)``."""
-        pool = self.name(what)
-        instance = (TRACE_PREFIX if traced else "ample.") + pool
-        create_pool(self.manager, pool, limit=limit, timeout=timeout, mode=self.mode)
-        self.manager.assign(instance, pool)
-        return pool, instance
-
-
-def _wait_for(done: Callable[[], bool], timeout: float, interval: float) -> bool:
-    """Poll ``done`` until it is true or ``timeout`` passes; return its last answer."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return done()
-        time.sleep(interval)
-    return True
-
-
-def _stop_consuming(bench: Bench, queue: str) -> None:
-    bench.app.control.cancel_consumer(
-        queue, destination=bench.workers.names, reply=True, timeout=10
-    )
+__all__ = ["run_backlog", "run_overhead", "run_saturation"]
 
 
 def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[float, Any]:
@@ -114,11 +32,11 @@ def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[floa
     bench.consume(queue)
     cpu = bench.cpu_meter()
     started = bench.publish(f"bench.noop_{kind}", tasks, queue, instance=instance)
-    finished = _wait_for(
+    finished = wait_for(
         lambda: recorder.done_count() + recorder.failed_count() >= tasks, timeout=600, interval=0.05
     )
     busy = cpu.read()
-    _stop_consuming(bench, queue)
+    stop_consuming(bench, queue)
     last = recorder.last_done()
     if not finished or recorder.failed_count() or last is None:
         raise RuntimeError(
@@ -172,14 +90,14 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     before = command_calls(bench.broker)
     cpu = bench.cpu_meter()
     bench.publish("bench.work", tasks, queue, instance=instance, seconds=cfg.saturation_seconds)
-    finished = _wait_for(
+    finished = wait_for(
         lambda: recorder.done_count() + recorder.failed_count() >= tasks,
         timeout=cfg.saturation_deadline,
         interval=0.1,
     )
     messages = command_calls(bench.broker) - before
     busy = cpu.read()
-    _stop_consuming(bench, queue)
+    stop_consuming(bench, queue)
 
     events = recorder.events()
     use = utilisation(events, limit)
@@ -241,7 +159,7 @@ def run_backlog(bench: Bench) -> dict[str, Any]:
         samples.append(_memory_sample(bench, recorder, time.monotonic() - started))
         return recorder.done_count() + recorder.failed_count() >= tasks
 
-    finished = _wait_for(sample_and_check, timeout=cfg.backlog_window, interval=cfg.sample_interval)
+    finished = wait_for(sample_and_check, timeout=cfg.backlog_window, interval=cfg.sample_interval)
     elapsed = time.monotonic() - started
     messages = command_calls(bench.broker) - before
     busy = cpu.read()

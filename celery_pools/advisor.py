@@ -70,7 +70,10 @@ def advise(
             f"{deployments} deployments) = {cap}"
         )
     if rate is None or hold_p95 is None:
-        steps.append("no acquisitions observed yet: no arrival rate or hold time to size from")
+        steps.append(
+            "no arrival rate or hold time observed yet (no finished slot, or a counting period "
+            "too short): nothing to size from"
+        )
         return Advice(None, cap, None, None, cap, current_limit, steps)
     concurrency = rate * hold_p95
     steps.append(

@@ -1,19 +1,28 @@
 """Pools and associations as code: export them to a JSON or YAML document, import one back.
 
-The document (``version`` 1) lists every pool with its limit, timeout and instances::
+The document (``version`` 1) lists every pool with its limit, timeout, waiting mode and
+instances, and every connector instance's rate limit::
 
     version: 1
     pools:
       netsuite:
         limit: 10
         timeout: 30
+        wait: handoff
         instances: [netsuite-prod, netsuite-sandbox]
+    rate_limits:
+      netsuite-prod: {rate: 60/m, burst: 5}
 
-Importing makes Redis match the document, one atomic step per pool and per association, and is
-idempotent: a second import of the same document changes nothing. Pools and associations that
-are not in the document are left alone unless ``prune`` is asked for, which deletes those pools
-(their waiting tasks fail with :class:`~celery_pools.errors.PoolDeletedError`) and removes those
-associations. YAML needs PyYAML (``pip install 'celery-pools[yaml]'``).
+``wait`` defaults to ``countdown``, ``burst`` to 0 and ``rate_limits`` to none, so documents
+written before waiting modes and rate limits existed are still read (a rate limit may also be
+given as the bare rate: ``netsuite-prod: 60/m``).
+
+Importing makes Redis match the document, one atomic step per pool, association and rate limit,
+and is idempotent: a second import of the same document changes nothing. Pools, associations and
+rate limits that are not in the document are left alone unless ``prune`` is asked for, which
+deletes those pools (their waiting tasks fail with :class:`~celery_pools.errors.PoolDeletedError`)
+and removes those associations and rate limits. YAML needs PyYAML
+(``pip install 'celery-pools[yaml]'``).
 """
 
 from __future__ import annotations
@@ -29,12 +38,15 @@ from .errors import PoolConfigError, PoolExistsError, PoolNotFoundError
 from .manager import PoolManager
 from .models import (
     DEFAULT_TIMEOUT,
+    WaitMode,
     _Model,
     check_instance_name,
     check_limit,
     check_pool_name,
     check_timeout,
+    check_wait,
 )
+from .ratelimit import RateLimit, parse_rate
 
 __all__ = [
     "FORMATS",
@@ -42,12 +54,14 @@ __all__ = [
     "ImportReport",
     "PoolSpec",
     "PoolsDocument",
+    "RateLimitSpec",
     "apply_document",
     "dumps",
     "export_document",
     "format_for",
     "loads",
     "plan_document",
+    "rate_text",
 ]
 
 #: The document formats: ``json`` and ``yaml``.
@@ -58,11 +72,17 @@ Action = Literal["create", "change", "unchanged", "keep", "remove"]
 
 
 class PoolSpec(_Model):
-    """One pool in a document: its limit, timeout and the instances it serves."""
+    """One pool in a document: its limit, timeout, waiting mode and the instances it serves."""
 
     limit: int
     timeout: float = DEFAULT_TIMEOUT
+    wait: WaitMode = "countdown"
     instances: list[str] = Field(default_factory=list)
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _wait(cls, value: object) -> WaitMode:
+        return check_wait(value)
 
     @field_validator("limit", mode="before")
     @classmethod
@@ -82,11 +102,49 @@ class PoolSpec(_Model):
         return sorted(check_instance_name(item, "instance") for item in value)
 
 
+def rate_text(limit: RateLimit) -> str:
+    """A rate limit's rate without its burst, as :func:`parse_rate` reads it: ``"60/m"``."""
+    return str(limit.model_copy(update={"burst": 0}))
+
+
+class RateLimitSpec(_Model):
+    """One connector instance's rate limit in a document: ``rate`` (``"60/m"``) and ``burst``."""
+
+    rate: str
+    burst: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        # ``instance: 60/m`` is short for ``instance: {rate: 60/m}``.
+        return {"rate": value} if isinstance(value, str) else value
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> str:
+        return rate_text(parse_rate(value))
+
+    @field_validator("burst", mode="before")
+    @classmethod
+    def _burst(cls, value: object) -> int:
+        return parse_rate("1/s", value).burst
+
+    def limit(self) -> RateLimit:
+        """The rate limit this spec describes."""
+        return parse_rate(self.rate, self.burst)
+
+    @classmethod
+    def of(cls, limit: RateLimit) -> RateLimitSpec:
+        """The spec of a rate limit read from Redis."""
+        return cls(rate=rate_text(limit), burst=limit.burst)
+
+
 class PoolsDocument(_Model):
-    """Every pool and association, as exported and imported."""
+    """Every pool, association and rate limit, as exported and imported."""
 
     version: Literal[1] = 1
     pools: dict[str, PoolSpec] = Field(default_factory=dict)
+    rate_limits: dict[str, RateLimitSpec] = Field(default_factory=dict)
 
     @field_validator("pools", mode="before")
     @classmethod
@@ -94,6 +152,16 @@ class PoolsDocument(_Model):
         if isinstance(value, dict):
             for name in value:
                 check_pool_name(name, "pool name")
+        return value
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _rate_limit_instances(cls, value: object) -> object:
+        if value is None:  # ``rate_limits:`` with nothing under it, in YAML
+            return {}
+        if isinstance(value, dict):
+            for instance in value:
+                check_instance_name(instance, "rate_limits instance")
         return value
 
     @model_validator(mode="after")
@@ -122,9 +190,14 @@ class PoolsDocument(_Model):
                 name: {
                     "limit": spec.limit,
                     "timeout": _number(spec.timeout),
+                    "wait": spec.wait,
                     "instances": list(spec.instances),
                 }
                 for name, spec in sorted(self.pools.items())
+            },
+            "rate_limits": {
+                instance: _rate_settings(spec.limit())
+                for instance, spec in sorted(self.rate_limits.items())
             },
         }
 
@@ -141,10 +214,16 @@ def export_document(manager: PoolManager) -> PoolsDocument:
     return PoolsDocument(
         pools={
             pool.name: PoolSpec(
-                limit=pool.limit, timeout=pool.timeout, instances=by_pool.get(pool.name, [])
+                limit=pool.limit,
+                timeout=pool.timeout,
+                wait=pool.wait,
+                instances=by_pool.get(pool.name, []),
             )
             for pool in manager.list()
-        }
+        },
+        rate_limits={
+            instance: RateLimitSpec.of(limit) for instance, limit in manager.rate_limits().items()
+        },
     )
 
 
@@ -193,7 +272,7 @@ def loads(text: str, fmt: Format = "json", *, source: str = "document") -> Pools
         raise PoolConfigError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PoolConfigError.invalid(
-            source, type(data).__name__, "a mapping with 'version: 1' and 'pools'"
+            source, type(data).__name__, "a mapping with 'version: 1', 'pools', 'rate_limits'"
         )
     try:
         return PoolsDocument.parse(data)
@@ -203,15 +282,16 @@ def loads(text: str, fmt: Format = "json", *, source: str = "document") -> Pools
 
 @dataclass(frozen=True)
 class Change:
-    """One step of an import: what happens (or happened) to a pool or an association.
+    """One step of an import: what happens (or happened) to a pool, association or rate limit.
 
     ``action`` is ``create``, ``change``, ``unchanged``, ``keep`` (in Redis, not in the
     document, left alone) or ``remove`` (in Redis, not in the document, removed by prune).
-    ``kind`` is ``pool`` or ``association``; ``before`` and ``after`` are what it was and is
-    (a pool's ``{"limit", "timeout"}``, an association's pool name), None when absent.
+    ``kind`` is ``pool``, ``association`` or ``rate_limit`` (``name`` is then the instance);
+    ``before`` and ``after`` are what it was and is (a pool's ``{"limit", "timeout", "wait"}``,
+    an association's pool name, a rate limit's ``{"rate", "burst"}``), None when absent.
     """
 
-    kind: Literal["pool", "association"]
+    kind: Literal["pool", "association", "rate_limit"]
     name: str
     action: Action
     before: Any = None
@@ -252,8 +332,12 @@ class ImportReport:
         }
 
 
-def _settings(limit: int, timeout: float) -> dict[str, Any]:
-    return {"limit": limit, "timeout": _number(timeout)}
+def _settings(limit: int, timeout: float, wait: str) -> dict[str, Any]:
+    return {"limit": limit, "timeout": _number(timeout), "wait": wait}
+
+
+def _rate_settings(limit: RateLimit) -> dict[str, Any]:
+    return {"rate": rate_text(limit), "burst": limit.burst}
 
 
 def plan_document(
@@ -262,14 +346,17 @@ def plan_document(
     """What importing ``document`` would do to the pools of ``manager`` now (nothing written)."""
     current = {pool.name: pool for pool in manager.list()}
     current_assoc = manager.associations()
+    current_rates = {
+        instance: _rate_settings(limit) for instance, limit in manager.rate_limits().items()
+    }
     changes: list[Change] = []
     for name, spec in sorted(document.pools.items()):
-        wanted = _settings(spec.limit, spec.timeout)
+        wanted = _settings(spec.limit, spec.timeout, spec.wait)
         pool = current.get(name)
         if pool is None:
             changes.append(Change("pool", name, "create", None, wanted))
             continue
-        have = _settings(pool.limit, pool.timeout)
+        have = _settings(pool.limit, pool.timeout, pool.wait)
         settled: Action = "unchanged" if have == wanted else "change"
         changes.append(Change("pool", name, settled, have, wanted))
     for instance, pool_name in sorted(document.associations().items()):
@@ -280,6 +367,15 @@ def plan_document(
         elif before == pool_name:
             action = "unchanged"
         changes.append(Change("association", instance, action, before, pool_name))
+    for instance, rate_spec in sorted(document.rate_limits.items()):
+        wanted_rate = _rate_settings(rate_spec.limit())
+        have_rate = current_rates.get(instance)
+        action = "change"
+        if have_rate is None:
+            action = "create"
+        elif have_rate == wanted_rate:
+            action = "unchanged"
+        changes.append(Change("rate_limit", instance, action, have_rate, wanted_rate))
     leftover: Action = "remove" if prune else "keep"
     wanted_assoc = document.associations()
     for instance, pool_name in sorted(current_assoc.items()):
@@ -288,8 +384,12 @@ def plan_document(
             changes.append(Change("association", instance, leftover, pool_name, after))
     for name, pool in sorted(current.items()):
         if name not in document.pools:
-            have = _settings(pool.limit, pool.timeout)
+            have = _settings(pool.limit, pool.timeout, pool.wait)
             changes.append(Change("pool", name, leftover, have, None if prune else have))
+    for instance, have_rate in sorted(current_rates.items()):
+        if instance not in document.rate_limits:
+            after_rate = None if prune else have_rate
+            changes.append(Change("rate_limit", instance, leftover, have_rate, after_rate))
     return changes
 
 
@@ -298,8 +398,9 @@ def apply_document(
 ) -> ImportReport:
     """Make the pools of ``manager`` match ``document``; see the module docstring.
 
-    Pools are created or changed first (each in one atomic step), then associations; with
-    ``prune``, associations and then pools that are not in the document are removed last.
+    Pools are created or changed first (each in one atomic step), then associations, then rate
+    limits; with ``prune``, associations, pools and rate limits that are not in the document are
+    removed last.
     """
     report = ImportReport(dry_run=dry_run, prune=prune)
     for planned in plan_document(manager, document, prune=prune):
@@ -312,22 +413,29 @@ def _apply(manager: PoolManager, document: PoolsDocument, change: Change) -> Cha
         if change.action == "create":
             spec = document.pools[change.name]
             try:
-                manager.create(change.name, limit=spec.limit, timeout=spec.timeout)
+                manager.create(change.name, limit=spec.limit, timeout=spec.timeout, wait=spec.wait)
             except PoolExistsError:
                 # Created by someone else since the plan was made: make it match instead.
                 pool = manager.get(change.name)
-                before = _settings(pool.limit, pool.timeout)
+                before = _settings(pool.limit, pool.timeout, pool.wait)
                 if before != change.after:
-                    manager.update(change.name, limit=spec.limit, timeout=spec.timeout)
+                    manager.update(
+                        change.name, limit=spec.limit, timeout=spec.timeout, wait=spec.wait
+                    )
                     return Change("pool", change.name, "change", before, change.after)
                 return Change("pool", change.name, "unchanged", before, change.after)
         elif change.action == "change":
             spec = document.pools[change.name]
-            manager.update(change.name, limit=spec.limit, timeout=spec.timeout)
+            manager.update(change.name, limit=spec.limit, timeout=spec.timeout, wait=spec.wait)
         elif change.action == "remove":
             # Deleted by someone else meanwhile: the outcome is the same.
             with contextlib.suppress(PoolNotFoundError):
                 manager.delete(change.name)
+    elif change.kind == "rate_limit":
+        if change.action in ("create", "change"):
+            manager.set_rate_limit(change.name, document.rate_limits[change.name].limit())
+        elif change.action == "remove":
+            manager.remove_rate_limit(change.name)
     elif change.action in ("create", "change"):
         manager.assign(change.name, str(change.after))
     elif change.action == "remove":

@@ -55,7 +55,7 @@ class RateLimit(_Model):
         The acquire script needs only the first two; the rest lets the rate be read back.
         """
         interval = self.period * 1000 / self.count
-        return f"{interval:.6f}/{interval * self.burst:.6f}/{self.count}/{self.period * 1000:g}"
+        return f"{interval:.6f}/{interval * self.burst:.6f}/{self.count}/{self.period * 1000:.3f}"
 
     @classmethod
     def decode(cls, raw: str, burst: int | None = None) -> RateLimit:

@@ -471,32 +471,30 @@ class RedisPoolStore:
     def release(self, token: str, pool: str, *, handoff_lease: float = 10.0) -> Release:
         """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent.
 
-        In the same round trip, free slots are handed to the oldest parked tasks: the returned
+        When tasks are parked in the pool, free slots then go to the oldest of them: the returned
         :class:`Release` lists the hand-offs the caller must publish.
         """
         keys = self.keys.pool(pool)
-        with self._backend(f"release a slot of pool {pool!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            self._scripts["release"](
-                keys=[
-                    self.keys.held,
-                    keys.holders,
-                    keys.holder,
-                    keys.waiters,
-                    keys.waiter,
-                    keys.stats,
-                ],
-                args=[token, pool, BUCKET_BOUNDS_ARG],
-                client=pipe,
-            )
-            self._handoff_call(pool, handoff_lease, pipe)
-            (released, now, info), handed = pipe.execute()
+        released, now, info, parked = self._run(
+            "release",
+            [
+                self.keys.held,
+                keys.holders,
+                keys.holder,
+                keys.waiters,
+                keys.waiter,
+                keys.stats,
+                keys.queue,
+            ],
+            [token, pool, BUCKET_BOUNDS_ARG],
+        )
         held = None
         if info:
             since = json.loads(info).get("since")
             if isinstance(since, int | float):
                 held = max(0.0, (now - since) / 1000)
-        handoffs, reclaimed = _handoff_reply(pool, handed)
+        # A second round trip only when tasks are parked: the countdown path stays at one.
+        handoffs, reclaimed = self.handoff(pool, lease=handoff_lease) if parked else ((), ())
         return Release(
             released=bool(released), pool=pool, held=held, handoffs=handoffs, reclaimed=reclaimed
         )
@@ -559,14 +557,22 @@ class RedisPoolStore:
         return [json.loads(item) for item in raw or []]
 
     def handoff_pools(self) -> list[str]:
-        """Names of the pools whose tasks wait by hand-off."""
+        """Names of the pools whose tasks wait by hand-off, or that have parked tasks (a task
+        may override its pool's mode, and a pool's mode may change while tasks are parked)."""
         names = self.pool_names()
         with self._backend("list pools"):
             pipe = self.client.pipeline(transaction=False)
             for name in names:
-                pipe.hget(self.keys.pool(name).config, "wait")
-            modes = pipe.execute()
-        return [name for name, mode in zip(names, modes, strict=True) if mode == "handoff"]
+                keys = self.keys.pool(name)
+                pipe.hget(keys.config, "wait")
+                pipe.zcard(keys.queue)
+                pipe.hlen(keys.handing)
+            rows = pipe.execute()
+        return [
+            name
+            for index, name in enumerate(names)
+            if rows[3 * index] == "handoff" or rows[3 * index + 1] or rows[3 * index + 2]
+        ]
 
     def held_pools(self, tokens: Sequence[str]) -> dict[str, str]:
         """Which of ``tokens`` hold a slot, and of which pool."""

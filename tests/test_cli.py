@@ -173,10 +173,21 @@ def test_list_shows_a_table_of_every_pool_and_json_for_scripts(env):
         "FREE",
         "WAITING",
         "TIMEOUT",
+        "WAIT",
         "INSTANCES",
     ]
-    assert lines[1].split() == ["api", "2", "1", "1", "0", "12.5s", f"{INSTANCE},", "inst-b"]
-    assert lines[2].split() == ["zeta", "10", "0", "10", "0", "30s", "-"]
+    assert lines[1].split() == [
+        "api",
+        "2",
+        "1",
+        "1",
+        "0",
+        "12.5s",
+        "countdown",
+        f"{INSTANCE},",
+        "inst-b",
+    ]
+    assert lines[2].split() == ["zeta", "10", "0", "10", "0", "30s", "countdown", "-"]
     # Columns are aligned; numbers to the right.
     assert lines[1].index("12.5s") + len("12.5s") == lines[0].index("TIMEOUT") + len("TIMEOUT")
 
@@ -200,7 +211,7 @@ def test_errors_go_to_stderr_with_a_non_zero_exit_status(env):
         (("create", "new"), 2, "Missing option '--limit'"),
         (("show", "nope"), 1, "Error: no pool named 'nope'"),
         (("update", "nope", "--limit", "2"), 1, "Error: no pool named 'nope'"),
-        (("update", "api"), 2, "Error: give --limit, --timeout or both"),
+        (("update", "api"), 2, "Error: give --limit, --timeout, --wait or several of them"),
         (("assign", INSTANCE, "nope"), 1, "no pool named 'nope' exists"),
         (("delete", "nope", "--yes"), 1, "Error: no pool named 'nope'"),
         (("clear", "nope", "--yes"), 1, "Error: no pool named 'nope'"),
@@ -387,7 +398,17 @@ def test_watch_prints_each_refresh_without_a_terminal(env):
     assert len(frames) == 2
     for frame in frames:
         lines = frame.splitlines()
-        assert lines[1].split() == ["NAME", "USE", "IN", "USE", "WAITING", "OLDEST", "WAIT"]
+        assert lines[1].split() == [
+            "NAME",
+            "USE",
+            "IN",
+            "USE",
+            "WAITING",
+            "OLDEST",
+            "WAIT",
+            "P95",
+            "WAIT",
+        ]
         api = lines[2].split()
         assert api[0] == "api"
         assert api[1] == "[" + "#" * 20 + "]"
@@ -455,8 +476,10 @@ def test_export_then_import_into_an_empty_redis_reproduces_pools_and_association
             assert document["pools"]["salesforce"] == {
                 "limit": 3,
                 "timeout": 12.5,
+                "wait": "countdown",
                 "instances": ["sf:eu@acme/1"],
             }
+            assert document["rate_limits"] == {}
         else:
             assert "netsuite:\n    limit: 10\n    timeout: 30\n" in path.read_text()
 

@@ -8,6 +8,7 @@ KEYS[3]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[4]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[5]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[6]  {p}:pool:<name>:stats      HASH counters and histogram buckets
+KEYS[7]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms): the hand-off FIFO
 
 ARGV[1]  token: the task id
 ARGV[2]  pool name
@@ -16,7 +17,8 @@ ARGV[3]  histogram bucket upper bounds (ms, ascending, comma-separated)
 Stats fields touched (when a slot is given back): the hold-time histogram "hold:<bucket index>"
 (index #bounds is +Inf), "hold:sum" (ms), "hold:count"; "released".
 
-Returns {released, now, holder JSON or ""}: released is 1 when a slot was given back, else 0.
+Returns {released, now, holder JSON or "", parked}: released is 1 when a slot was given back,
+else 0; parked is how many tasks wait in the hand-off FIFO (then run handoff.lua).
 ]]
 
 local t = redis.call('TIME')
@@ -43,4 +45,4 @@ if released == 1 and info ~= '' then
   redis.call('HINCRBY', KEYS[6], 'hold:count', 1)
   redis.call('HINCRBY', KEYS[6], 'released', 1)
 end
-return {released, now, info}
+return {released, now, info, redis.call('ZCARD', KEYS[7])}

@@ -1,0 +1,95 @@
+"""What every worker scenario shares: the :class:`Bench` (sizes, app, workers, Redis servers),
+publishing a batch at once, and polling with deadlines."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from bench.benchapp import TRACE_PREFIX
+from bench.config import BenchConfig
+from bench.modes import create_pool
+from bench.system import CpuMeter
+from bench.workers import WorkerGroup
+from celery_pools import PoolManager
+
+__all__ = ["Bench", "stop_consuming", "wait_for"]
+
+
+@dataclass
+class Bench:
+    """What a scenario needs: sizes, the driver's app, the workers, the three Redis servers."""
+
+    config: BenchConfig
+    mode: str
+    app: Any
+    workers: WorkerGroup
+    manager: PoolManager
+    broker: redis.Redis
+    pools: redis.Redis
+    records: redis.Redis
+    server_pids: list[int]
+
+    def name(self, what: str) -> str:
+        """A fresh name for a pool, queue or instance of this mode."""
+        return f"{what}-{self.mode}-{uuid.uuid4().hex[:6]}"
+
+    def cpu_meter(self) -> CpuMeter:
+        """A meter of the machine's CPU from now on, knowing which processes are the benchmark's."""
+        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()])
+
+    def now(self) -> float:
+        """The records server's clock (the clock of every recorded event)."""
+        seconds, micros = self.records.time()
+        return float(seconds) + micros / 1e6
+
+    def publish(self, task: str, count: int, queue: str, **kwargs: Any) -> float:
+        """Publish ``count`` calls of ``task`` to ``queue``, written to the broker together.
+
+        The messages are built first and written in one pipeline (kombu's producer batches), so
+        workers already waiting on ``queue`` get them at once. Returns the records server's time
+        just before they are written.
+        """
+        signature = self.app.tasks[task]
+        with self.app.producer_or_acquire() as producer:
+            batch = producer.batch(max_size=count) if hasattr(producer, "batch") else nullcontext()
+            with batch:
+                for _ in range(count):
+                    signature.apply_async(kwargs=kwargs, queue=queue, producer=producer)
+                return self.now()
+
+    def consume(self, queue: str) -> int:
+        """Make every worker wait on ``queue``; return the control replies (broker messages)."""
+        return self.workers.consume(self.app, queue, self.broker)
+
+    def pool(self, what: str, limit: int, timeout: float, traced: bool) -> tuple[str, str]:
+        """Create a pool of this mode with one instance assigned; return ``(pool, instance)``."""
+        pool = self.name(what)
+        instance = (TRACE_PREFIX if traced else "ample.") + pool
+        create_pool(self.manager, pool, limit=limit, timeout=timeout, mode=self.mode)
+        self.manager.assign(instance, pool)
+        return pool, instance
+
+
+def wait_for(done: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Poll ``done`` until it is true or ``timeout`` passes; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return done()
+        time.sleep(interval)
+    return True
+
+
+def stop_consuming(bench: Bench, queue: str) -> None:
+    """Make every worker stop consuming ``queue``."""
+    bench.app.control.cancel_consumer(
+        queue, destination=bench.workers.names, reply=True, timeout=10
+    )
