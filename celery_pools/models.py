@@ -124,33 +124,38 @@ class _Model(BaseModel):
             raise _config_error(exc) from None
 
 
-class Pool(_Model):
-    """A connection pool's definition: its name, how many slots it has and how long tasks wait."""
+class _PoolSettingsValidation(_Model):
+    """The checks of a pool's limit, timeout and waiting mode, for every model that has them."""
+
+    @field_validator("limit", mode="before", check_fields=False)
+    @classmethod
+    def _limit(cls, value: object) -> int:
+        return check_limit(value)
+
+    @field_validator("timeout", mode="before", check_fields=False)
+    @classmethod
+    def _timeout(cls, value: object) -> float:
+        return check_timeout(value)
+
+    @field_validator("wait", mode="before", check_fields=False)
+    @classmethod
+    def _wait(cls, value: object) -> WaitMode:
+        return check_wait(value)
+
+
+class Pool(_PoolSettingsValidation):
+    """A connection pool's definition: its name, how many slots it has, how long tasks wait and
+    how they wait ("countdown" or "handoff")."""
 
     name: str
     limit: int
     timeout: float = DEFAULT_TIMEOUT
     wait: WaitMode = "countdown"
 
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait(cls, value: object) -> WaitMode:
-        return check_wait(value)
-
     @field_validator("name", mode="before")
     @classmethod
     def _name(cls, value: object) -> str:
         return check_pool_name(value, "name")
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _limit(cls, value: object) -> int:
-        return check_limit(value)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, value: object) -> float:
-        return check_timeout(value)
 
 
 class Holder(_Model):

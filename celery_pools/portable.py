@@ -40,11 +40,9 @@ from .models import (
     DEFAULT_TIMEOUT,
     WaitMode,
     _Model,
+    _PoolSettingsValidation,
     check_instance_name,
-    check_limit,
     check_pool_name,
-    check_timeout,
-    check_wait,
 )
 from .ratelimit import RateLimit, parse_rate
 
@@ -71,28 +69,13 @@ Format = Literal["json", "yaml"]
 Action = Literal["create", "change", "unchanged", "keep", "remove"]
 
 
-class PoolSpec(_Model):
+class PoolSpec(_PoolSettingsValidation):
     """One pool in a document: its limit, timeout, waiting mode and the instances it serves."""
 
     limit: int
     timeout: float = DEFAULT_TIMEOUT
     wait: WaitMode = "countdown"
     instances: list[str] = Field(default_factory=list)
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _wait(cls, value: object) -> WaitMode:
-        return check_wait(value)
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _limit(cls, value: object) -> int:
-        return check_limit(value)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, value: object) -> float:
-        return check_timeout(value)
 
     @field_validator("instances", mode="before")
     @classmethod
