@@ -120,6 +120,20 @@ def test_slot_is_released_when_the_body_raises_or_retries_itself(env, run_worker
     assert manager.status("api").in_use == 0
 
 
+def test_slot_is_released_when_the_body_ends_with_ignore_or_reject(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=2):
+        ignored = app.tasks["t.give_up"].delay("ignored", "ignore")
+        rejected = app.tasks["t.give_up"].delay("rejected", "reject")
+        wait_until(lambda: env.probe().count() == 2, 15, message="bodies never ran")
+        wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot not released")
+        # The pool is usable afterwards: both releases happened.
+        assert app.tasks["t.hold"].delay("after", 0).get(timeout=30) == "after"
+    assert "SUCCESS" not in {ignored.state, rejected.state}
+    assert env.probe().max_concurrency() == 1
+
+
 def test_raising_the_limit_at_run_time_lets_waiting_tasks_in(env, run_worker):
     manager = _pool(env, limit=1)
     app = env.app()

@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
@@ -85,6 +85,18 @@ def test_hard_time_limit_releases_the_slot(env):
         stuck.get(timeout=30)
     # The lease is 60 s: only the main process's release explains a free slot now.
     wait_until(lambda: manager.status("api").in_use == 0, 5, message="slot not released")
+    assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
+
+
+def test_soft_time_limit_releases_the_slot(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    env.worker(concurrency=2)
+    soft = app.tasks["t.soft_limit"].apply_async(("soft", 10), soft_time_limit=1)
+    with pytest.raises(SoftTimeLimitExceeded):
+        soft.get(timeout=30)
+    # Released by the task's own exit path, long before the 60 s lease could lapse.
+    assert manager.status("api").in_use == 0
     assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
 
 

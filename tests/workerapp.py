@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 from celery import signals as celery_signals
+from celery.exceptions import Ignore, Reject
 
 from celery_pools import PooledTask, signals
 from tests.support.probe import ConcurrencyProbe
@@ -52,20 +53,7 @@ def create_app(
         **conf,
     )
     probe_client = redis.Redis.from_url(probe_url, decode_responses=True)
-    crash_key = f"probe:{probe_name}:crash-on-handoff"
-
-    @signals.slot_handoff.connect(weak=False)
-    def crash_mid_handoff(sender: Any = None, task_id: str = "", **_: Any) -> None:
-        """Die like a SIGKILLed worker between handing a slot over and publishing it, once."""
-        if sender is app and probe_client.delete(crash_key):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    @celery_signals.task_prerun.connect(weak=False)
-    def first_seen(sender: Any = None, task_id: str = "", **_: Any) -> None:
-        """When each task first reached a worker (before any pool code), by the Redis clock."""
-        if getattr(sender, "app", None) is app:
-            seconds, micros = probe_client.time()
-            probe_client.hsetnx(f"probe:{probe_name}:first_seen", task_id, seconds + micros / 1e6)
+    _connect_test_hooks(app, probe_client, probe_name)
 
     def probe() -> ConcurrencyProbe:
         return ConcurrencyProbe(probe_client, probe_name)
@@ -143,6 +131,22 @@ def create_app(
         with probe().track(label):
             return self.pause_instance(seconds)
 
+    @app.task(
+        base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.give_up", shared=False
+    )
+    def give_up(self: Any, label: str, how: str) -> None:
+        """End the body with Celery's Ignore or Reject."""
+        with probe().track(label):
+            pass
+        raise Ignore() if how == "ignore" else Reject("rejected on purpose", requeue=False)
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name="t.soft_limit", shared=False)
+    def soft_limit(label: str, seconds: float) -> str:
+        """Sleep past a soft time limit and let SoftTimeLimitExceeded end the body."""
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
     @app.task(name="t.record_error", shared=False)
     def record_error(request: Any, exc: BaseException, traceback: str) -> None:
         probe_client.rpush(
@@ -150,6 +154,24 @@ def create_app(
         )
 
     return app
+
+
+def _connect_test_hooks(app: Celery, probe_client: redis.Redis, probe_name: str) -> None:
+    """Signal receivers the tests drive through the probe's Redis."""
+    crash_key = f"probe:{probe_name}:crash-on-handoff"
+
+    @signals.slot_handoff.connect(weak=False)
+    def crash_mid_handoff(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        """Die like a SIGKILLed worker between handing a slot over and publishing it, once."""
+        if sender is app and probe_client.delete(crash_key):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @celery_signals.task_prerun.connect(weak=False)
+    def first_seen(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        """When each task first reached a worker (before any pool code), by the Redis clock."""
+        if getattr(sender, "app", None) is app:
+            seconds, micros = probe_client.time()
+            probe_client.hsetnx(f"probe:{probe_name}:first_seen", task_id, seconds + micros / 1e6)
 
 
 def _from_env() -> Celery:
