@@ -1,8 +1,7 @@
 """The scenarios that run tasks through real workers: overhead, saturation and backlog.
 
-Each scenario first makes every worker wait on a fresh queue, then writes all its tasks to it in
-one pipeline: they are queued at once, every worker sees them at once, and the publisher's speed
-never limits the workers. Progress is polled with deadlines.
+Each scenario first makes every worker wait on a fresh queue, then publishes all its tasks at
+once through ``apply_async`` (see :meth:`Bench.publish`). Progress is polled with deadlines.
 """
 
 from __future__ import annotations

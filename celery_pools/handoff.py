@@ -19,9 +19,11 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from celery._state import _task_stack
 from kombu.serialization import dumps, loads
 
 from . import signals
@@ -54,18 +56,29 @@ def log_reclaimed(pool: str, holders: Iterable[Reclaimed]) -> None:
         )
 
 
-def encode_message(app: Any, signature: Any, *, info: dict[str, Any]) -> str:
-    """The parked entry (JSON) for a task's message, from the signature that would re-send it
-    (task name, args, kwargs, options), serialized with the app's task serializer."""
-    options = {key: value for key, value in signature.options.items() if value is not None}
+def encode_message(
+    app: Any,
+    task: str,
+    args: Any,
+    kwargs: Any,
+    options: dict[str, Any],
+    *,
+    info: dict[str, Any],
+) -> str:
+    """The parked entry (JSON) for a task's message: what ``app.send_task`` needs to send it
+    (task name, args, kwargs, execution options: id, callbacks, chain, chord, headers),
+    serialized with the task's serializer.
+
+    Raises :class:`kombu.exceptions.EncodeError` when the serializer cannot encode it.
+    """
     content_type, encoding, body = dumps(  # type: ignore[no-untyped-call]
         {
-            "task": signature.task,
-            "args": list(signature.args),
-            "kwargs": dict(signature.kwargs),
-            "options": options,
+            "task": task,
+            "args": list(args or ()),
+            "kwargs": dict(kwargs or {}),
+            "options": {key: value for key, value in options.items() if value is not None},
         },
-        serializer=app.conf.task_serializer,
+        serializer=options.get("serializer") or app.conf.task_serializer,
     )
     raw = body.encode("utf-8") if isinstance(body, str) else body
     return json.dumps(
@@ -86,21 +99,47 @@ def _decode(entry: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _publish(app: Any, entry: dict[str, Any], header: dict[str, Any]) -> str:
+def _publish(app: Any, entry: dict[str, Any], header: dict[str, Any], producer: Any = None) -> str:
     message = _decode(entry)
     options = dict(message["options"])
     headers = dict(options.get("headers") or {})
-    headers[HEADER] = {**(headers.get(HEADER) or {}), **header}
+    # The wait state: as park.lua recorded it, then as the task carried it (a task parked by a
+    # worker has waited before), then this publication's hand-off id or failure.
+    state = dict(entry.get("state") or {})
+    if isinstance(entry.get("first"), int | float):
+        state["first"] = entry["first"] / 1000
+    headers[HEADER] = {**state, **(headers.get(HEADER) or {}), **header}
     options["headers"] = headers
-    app.send_task(message["task"], message["args"], message["kwargs"], **options)
+    if producer is not None:
+        options["producer"] = producer
+    with _outside_tasks():
+        app.send_task(
+            message["task"], message["args"], message["kwargs"], add_to_parent=False, **options
+        )
     return str(message["task"])
 
 
-def publish_handoffs(app: Any, handoffs: Iterable[Handoff]) -> int:
+@contextmanager
+def _outside_tasks() -> Iterator[None]:
+    """Hide this thread's running tasks from ``send_task``, which would make the task that frees a
+    slot the parent (``parent_id``, ``root_id``, result trail) of the task it hands the slot to.
+    The parked message already carries the parent and root of the call that sent it."""
+    hidden = []
+    while len(_task_stack):
+        hidden.append(_task_stack.pop())
+    try:
+        yield
+    finally:
+        for task in reversed(hidden):
+            _task_stack.push(task)
+
+
+def publish_handoffs(app: Any, handoffs: Iterable[Handoff], producer: Any = None) -> int:
     """Publish the messages of tasks just handed a slot; returns how many were published.
 
     A message that cannot be published stays reserved in Redis: the reaper hands it out again when
-    its hand-off lease lapses.
+    its hand-off lease lapses. ``producer`` is a kombu producer to publish with (default: one of
+    the app's pool).
     """
     published = 0
     for handoff in handoffs:
@@ -108,7 +147,7 @@ def publish_handoffs(app: Any, handoffs: Iterable[Handoff]) -> int:
             sender=app, pool=handoff.pool, task_id=handoff.token, handoff_id=handoff.handoff_id
         )
         try:
-            _publish(app, handoff.entry, {"handoff": handoff.handoff_id})
+            _publish(app, handoff.entry, {"handoff": handoff.handoff_id}, producer)
             published += 1
         except Exception:
             logger.exception(

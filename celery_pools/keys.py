@@ -16,7 +16,7 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:waiters    ZSET  task id -> deadline (ms, Redis clock)
     {celery_pools}:pool:<name>:waiter     HASH  task id -> JSON (task name, instance, since)
     {celery_pools}:pool:<name>:stats      HASH  counters and histogram buckets (see metrics.py)
-    {celery_pools}:pool:<name>:queue      ZSET  parked task id -> first request (ms): hand-off FIFO
+    {celery_pools}:pool:<name>:queue      ZSET  parked task id -> place in line (us): hand-off FIFO
     {celery_pools}:pool:<name>:parked     HASH  parked task id -> entry JSON (info, message)
     {celery_pools}:pool:<name>:handing    HASH  task id handed a slot, not started -> entry JSON
     {celery_pools}:expired                LIST  parked entries to publish so their task fails

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis
@@ -35,6 +35,7 @@ __all__ = [
     "ClearResult",
     "DeleteResult",
     "Handoff",
+    "Parking",
     "Reclaimed",
     "RedisPoolStore",
     "Release",
@@ -44,6 +45,8 @@ T = TypeVar("T")
 
 # A MOVED answer can only repeat while associations change under us; a few rounds always settle.
 _MAX_MOVED_ROUNDS = 5
+# How long a producer remembers that an instance's tasks are published as usual (not parked).
+_AS_USUAL_SECONDS = 1.0
 
 
 class AcquireStatus(str, enum.Enum):
@@ -105,6 +108,24 @@ class Handoff:
     handoff_id: str
     pool: str
     entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Parking:
+    """The answer to :meth:`RedisPoolStore.park_at_publish`.
+
+    ``parked`` is True when the task's message must not be published now: it waits in the pool's
+    FIFO at ``position`` (0: the task was parked or held a slot already) until ``deadline``
+    (Redis clock). The hand-offs, which may include this very task, must be published by the
+    caller.
+    """
+
+    parked: bool
+    position: int = 0
+    pool: str = ""
+    deadline: float | None = None
+    handoffs: tuple[Handoff, ...] = ()
+    reclaimed: tuple[Reclaimed, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,8 @@ class RedisPoolStore:
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
         self._pool_of: dict[str, str] = {}
+        # (instance, wait) -> until when (monotonic) its tasks are published as usual.
+        self._as_usual: dict[tuple[str, str], float] = {}
         self.clock = _Clock()
 
     @classmethod
@@ -528,6 +551,24 @@ class RedisPoolStore:
             reply = self._handoff_call(pool, lease, self.client)
         return _handoff_reply(pool, reply)
 
+    def _park_call(self, pool: str, args: Sequence[Any], client: Any) -> Any:
+        keys = self.keys.pool(pool)
+        return self._scripts["park"](
+            keys=[
+                keys.config,
+                keys.waiters,
+                keys.waiter,
+                keys.queue,
+                keys.parked,
+                keys.holders,
+                self.keys.instances,
+                self.keys.rates,
+                self.keys.paused,
+            ],
+            args=args,
+            client=client,
+        )
+
     def park(
         self, token: str, *, pool: str, first: float, entry: str, lease: float = 10.0
     ) -> tuple[int, tuple[Handoff, ...], tuple[Reclaimed, ...]]:
@@ -537,18 +578,68 @@ class RedisPoolStore:
         Returns its position (1 = next, 0 if it was parked already, -1 if the pool is gone), the
         hand-offs to publish and the holders reclaimed.
         """
-        keys = self.keys.pool(pool)
         with self._backend(f"park a task in pool {pool!r}"):
             pipe = self.client.pipeline(transaction=False)
-            self._scripts["park"](
-                keys=[keys.config, keys.waiters, keys.waiter, keys.queue, keys.parked],
-                args=[token, _ms(first), entry],
-                client=pipe,
-            )
+            self._park_call(pool, [token, _ms(first), entry, "", pool, ""], pipe)
             self._handoff_call(pool, lease, pipe)
-            position, handed = pipe.execute()
+            (position, _, _), handed = pipe.execute()
         handoffs, reclaimed = _handoff_reply(pool, handed)
         return int(position), handoffs, reclaimed
+
+    def park_at_publish(
+        self,
+        instance: str,
+        token: str,
+        *,
+        entry: Callable[[], str],
+        wait: str = "",
+        lease: float = 10.0,
+    ) -> Parking:
+        """Park a task that is being published, instead of sending its message to the broker,
+        when ``instance``'s pool waits by hand-off (``wait`` overrides the pool's mode) and the
+        instance has no rate limit or pause; in the same round trip, free slots go to the oldest
+        parked tasks, which may be this one.
+
+        ``entry`` makes the parked entry (JSON); it is called only when the task may park. A
+        "publish as usual" answer is remembered for a second, so publishing to a countdown pool
+        (or an instance with no pool) costs a round trip per instance per second, not per task.
+        """
+        key = (instance, wait)
+        if self._as_usual.get(key, 0.0) > time.monotonic():
+            return Parking(parked=False)
+        if not self._pool_of.get(instance):
+            self._pool_of.pop(instance, None)  # "no pool" is re-read, never trusted for long
+        payload: str | None = None
+        handoffs: list[Handoff] = []
+        reclaimed: list[Reclaimed] = []
+
+        def attempt(believed: str) -> Parking | None:
+            nonlocal payload
+            if not believed:
+                return Parking(parked=False)
+            if payload is None:
+                payload = entry()
+            with self._backend(f"park a task in pool {believed!r}"):
+                pipe = self.client.pipeline(transaction=False)
+                self._park_call(believed, [token, "", payload, instance, believed, wait], pipe)
+                self._handoff_call(believed, lease, pipe)
+                (position, now, detail), handed = pipe.execute()
+            self.clock.observe(now / 1000)
+            more_handoffs, more_reclaimed = _handoff_reply(believed, handed)
+            handoffs.extend(more_handoffs)
+            reclaimed.extend(more_reclaimed)
+            if position == -2:
+                self._pool_of[instance] = str(detail)
+                return None
+            deadline = float(detail) / 1000 if position > 0 else None
+            return Parking(
+                parked=position >= 0, position=int(position), pool=believed, deadline=deadline
+            )
+
+        parking = self._moved(instance, attempt)
+        if not parking.parked and not handoffs and not reclaimed:
+            self._as_usual[key] = time.monotonic() + _AS_USUAL_SECONDS
+        return replace(parking, handoffs=tuple(handoffs), reclaimed=tuple(reclaimed))
 
     def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
         """Take up to ``count`` parked entries whose task must be published to fail."""

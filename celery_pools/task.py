@@ -27,6 +27,7 @@ from .errors import (
 from .extension import PoolsExtension, get_extension, install
 from .handoff import encode_message, log_reclaimed, publish_handoffs
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
+from .publishing import park_at_publish
 from .store import AcquireStatus, Acquisition
 from .waiting import HEADER, WaitState, next_countdown
 
@@ -98,6 +99,52 @@ class PooledTask(Task):  # type: ignore[misc]
     def on_bound(cls, app: Any) -> None:
         """Install celery-pools on the app the task is bound to."""
         install(app)
+
+    # -- publication -------------------------------------------------------------------------
+
+    def apply_async(  # noqa: PLR0917  (Celery's signature)
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Send the task, as :meth:`celery.app.task.Task.apply_async` does.
+
+        When the task's pool waits by hand-off, the task is parked in the pool's FIFO in Redis
+        instead of being published, and its message is published when a slot is handed to it
+        (at once, if one is free): see :mod:`celery_pools.publishing`. Its result reads
+        ``PENDING`` until it starts.
+        """
+        parked = park_at_publish(
+            self,
+            args,
+            kwargs,
+            task_id,
+            {
+                "producer": producer,
+                "link": link,
+                "link_error": link_error,
+                "shadow": shadow,
+                **options,
+            },
+        )
+        if parked is not None:
+            return parked
+        return super().apply_async(
+            args,
+            kwargs,
+            task_id=task_id,
+            producer=producer,
+            link=link,
+            link_error=link_error,
+            shadow=shadow,
+            **options,
+        )
 
     # -- the life of one execution ----------------------------------------------------------
 
@@ -274,7 +321,12 @@ class PooledTask(Task):  # type: ignore[misc]
             request, call.args, call.kwargs, retries=request.retries, headers=headers
         )
         entry = encode_message(
-            self.app, signature, info={"task_name": self.name, "instance": instance}
+            self.app,
+            signature.task,
+            signature.args,
+            signature.kwargs,
+            signature.options,
+            info={"task_name": self.name, "instance": instance},
         )
         position, handoffs, reclaimed = ext.store.park(
             request.id,

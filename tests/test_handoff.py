@@ -23,11 +23,15 @@ def _started(env, label):
     return label in {name for name, _ in env.probe().starts()}
 
 
-def _park_in_order(env, app, manager, labels, seconds=0.0):
-    """Send tasks one at a time, each parked before the next is sent: a known FIFO order."""
+def _park_in_order(env, app, manager, labels, seconds=0.0, *, send=None):
+    """Send tasks one at a time, each parked before the next is sent: a known FIFO order.
+
+    ``send(label, seconds)`` sends one; by default ``delay``, which parks at publication.
+    """
+    send = send or app.tasks["t.hold"].delay
     results = []
     for index, label in enumerate(labels, start=1):
-        results.append(app.tasks["t.hold"].delay(label, seconds))
+        results.append(send(label, seconds))
         wait_until(
             lambda index=index: manager.status("api").waiting == index,
             15,
@@ -40,15 +44,22 @@ def _errbacks(env):
     return env.probe().client.lrange(f"probe:{env.name}:errbacks", 0, -1)
 
 
-def test_parked_tasks_start_in_fifo_order_and_never_exceed_the_limit(env, run_worker):
+@pytest.mark.parametrize("parked_by", ["producer", "worker"])
+def test_parked_tasks_start_in_fifo_order_and_never_exceed_the_limit(env, run_worker, parked_by):
+    """``delay`` parks at publication; ``send_task`` (no PooledTask in the sender) publishes, and
+    the worker that takes the message parks it."""
     manager = _pool(env, limit=1)
     app = env.app()
+    if parked_by == "producer":
+        send, state = None, "PENDING"
+    else:
+        send, state = (lambda label, s: app.send_task("t.hold", (label, s))), "RETRY"
     with run_worker(app, concurrency=6):
         blocker = app.tasks["t.hold"].delay("blocker", 0.5)
         wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
         labels = [f"w{i}" for i in range(6)]
-        waiters = _park_in_order(env, app, manager, labels, seconds=0.05)
-        assert [w.state for w in waiters] == ["RETRY"] * 6
+        waiters = _park_in_order(env, app, manager, labels, seconds=0.05, send=send)
+        assert [w.state for w in waiters] == [state] * 6
         blocker.get(timeout=30)
         assert [w.get(timeout=30) for w in waiters] == labels
     starts = [label for label, _ in env.probe().starts()]

@@ -19,12 +19,13 @@ from celery import signals as celery_signals
 from celery.exceptions import Ignore, Reject
 
 from celery_pools import PooledTask, signals
+from celery_pools.extension import get_extension
 from tests.support.probe import ConcurrencyProbe
 
 INSTANCE = "inst-a"
 
 
-def create_app(
+def create_app(  # noqa: PLR0915  (one test task after another)
     *,
     broker: str,
     backend: str,
@@ -146,6 +147,30 @@ def create_app(
         with probe().track(label):
             time.sleep(seconds)
         return label
+
+    @app.task(
+        base=PooledTask,
+        connector_instance=INSTANCE,
+        pool_wait="countdown",
+        name="t.hold_countdown",
+        shared=False,
+    )
+    def hold_countdown(label: str, seconds: float = 0.0) -> str:
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.spawn", shared=False)
+    def spawn(self: Any, label: str, seconds: float) -> str:
+        """Call t.hold from this task's body; record whether the call was parked in Redis."""
+        child = hold.delay(label, seconds)
+        store = get_extension(self.app).store
+        parked = any(
+            store.client.zscore(store.keys.pool(pool).queue, child.id) is not None
+            for pool in store.pool_names()
+        )
+        probe_client.hset(f"probe:{probe_name}:spawned", child.id, "parked" if parked else "sent")
+        return str(child.id)
 
     @app.task(name="t.record_error", shared=False)
     def record_error(request: Any, exc: BaseException, traceback: str) -> None:

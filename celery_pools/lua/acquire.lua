@@ -15,7 +15,7 @@ KEYS[9]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[10] {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[11] {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[12] {p}:pool:<name>:stats      HASH counters and histogram buckets
-KEYS[13] {p}:pool:<name>:queue      ZSET parked task id -> first request (ms): the hand-off FIFO
+KEYS[13] {p}:pool:<name>:queue      ZSET parked task id -> place in line (us): the hand-off FIFO
 KEYS[14] {p}:pool:<name>:parked     HASH (unused here; keeps every pool script's key order)
 KEYS[15] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
 
@@ -181,7 +181,8 @@ if redis.call('ZSCORE', KEYS[8], token) then
     redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), token)
     redis.call('HSET', KEYS[9], token, cjson.encode(info))
     redis.call('HDEL', KEYS[15], token)
-    redis.call('HINCRBY', KEYS[12], 'acquired_waited', 1)
+    -- Handed a slot as it was published, nobody waiting before it: it did not wait.
+    redis.call('HINCRBY', KEYS[12], held['immediate'] and 'acquired_immediate' or 'acquired_waited', 1)
     redis.call('HINCRBY', KEYS[12], 'acquired:' .. instance, 1)
     observe('wait', now - first)
     return reply('OK', limit, in_use, timeout, uid, 0, 0, 'handoff')

@@ -10,7 +10,7 @@ KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[7]  {p}:pool:<name>:stats      HASH counters: clears, cleared_waiters, cleared_holders
-KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms)
+KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:expired                LIST entries whose task must be published to fail
 

@@ -12,7 +12,7 @@ KEYS[7]  {p}:pool:<name>:holder         HASH holder JSON
 KEYS[8]  {p}:pool:<name>:waiters        ZSET waiters
 KEYS[9]  {p}:pool:<name>:waiter         HASH waiter JSON
 KEYS[10] {p}:pool:<name>:stats          HASH counters and histograms
-KEYS[11] {p}:pool:<name>:queue          ZSET parked task id -> first request (ms)
+KEYS[11] {p}:pool:<name>:queue          ZSET parked task id -> place in line (us: first request)
 KEYS[12] {p}:pool:<name>:parked         HASH parked task id -> entry JSON
 KEYS[13] {p}:pool:<name>:handing        HASH handed-off task id -> entry JSON
 KEYS[14] {p}:expired                    LIST entries whose task must be published to fail

@@ -17,7 +17,7 @@ KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carr
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, reclaimed, timeouts
-KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms)
+KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
 KEYS[11] {p}:expired                LIST entries whose task must be published to fail
@@ -48,8 +48,9 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
   local entry = redis.call('HGET', KEYS[10], token)
   if entry then
     redis.call('HDEL', KEYS[10], token)
-    local first = cjson.decode(entry)['first']
-    redis.call('ZADD', KEYS[8], first, token)
+    local parked = cjson.decode(entry)
+    local first = parked['first']
+    redis.call('ZADD', KEYS[8], tonumber(parked['place'] or '') or first * 1000, token)
     redis.call('HSET', KEYS[9], token, entry)
     redis.call('ZADD', KEYS[5], first + timeout, token)
     redis.call('HINCRBY', KEYS[7], 'handoffs_retried', 1)
@@ -60,7 +61,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
   end
 end
 
-for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now - timeout, 'LIMIT', 0, 100)) do
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeout) * 1000, 'LIMIT', 0, 100)) do
   local entry = redis.call('HGET', KEYS[9], token)
   redis.call('ZREM', KEYS[8], token)
   redis.call('HDEL', KEYS[9], token)
@@ -86,9 +87,11 @@ while free > 0 do
   redis.call('HDEL', KEYS[6], token)
   if entry then
     local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
-    local info = cjson.decode(entry)['info'] or {}
+    local decoded = cjson.decode(entry)
+    local info = decoded['info'] or {}
     info['since'] = now
     info['handoff'] = id
+    info['immediate'] = decoded['immediate']
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), token)
     redis.call('HSET', KEYS[4], token, cjson.encode(info))
     redis.call('HSET', KEYS[1], token, ARGV[1])

@@ -2,35 +2,94 @@
 park.lua: park a task in its pool's hand-off FIFO. Its message waits here, not in the broker:
 handoff.lua later gives the oldest parked task a slot and returns its message to be published.
 
-KEYS[1]  {p}:pool:<name>            HASH limit, timeout (ms)
+Two callers park:
+- a producer, at publication (PooledTask.apply_async), before the message ever reaches the
+  broker. ARGV[4] names the connector instance; the task parks only when this pool serves the
+  instance, waits by hand-off and the instance has no rate limit or pause. Otherwise the caller
+  publishes as usual and the task waits (if it must) when a worker runs it.
+- a worker, whose task found the pool full (acquire.lua answered FULL with reason "handoff").
+Callers run handoff.lua right after (pipelined), so a free slot goes straight to the oldest task.
+
+KEYS[1]  {p}:pool:<name>            HASH limit, timeout (ms), uid, wait
 KEYS[2]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[3]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
-KEYS[4]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms)
+KEYS[4]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[5]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
+KEYS[6]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
+KEYS[7]  {p}:instances              HASH instance -> pool name
+KEYS[8]  {p}:rates                  HASH instance -> rate limit
+KEYS[9]  {p}:paused                 HASH instance -> paused until (ms)
 
 ARGV[1]  token: the task id
-ARGV[2]  when the task first asked for a slot (ms, Redis clock)
-ARGV[3]  entry JSON: {"info": {task_name, instance, ...}, "msg": <the serialized message>}; "first"
-         is added
+ARGV[2]  when the task first asked for a slot (ms, Redis clock); "" for now
+ARGV[3]  entry JSON: {"info": {task_name, instance, ...}, "msg": <the serialized message>};
+         "first", "place" and "state" ({pool, uid, timeout}: the task's wait state) are added, and
+         "immediate" when a producer parks it with a slot free and nobody waiting
+ARGV[4]  at publication: the connector instance; "" when a worker parks
+ARGV[5]  the pool's name (at publication: the pool the caller believes serves the instance)
+ARGV[6]  at publication: how the task waits ("countdown", "handoff", "" for the pool's mode)
 
-Returns the task's position in the FIFO (1 = next), 0 if it was parked already, -1 if the pool no
-longer exists (the caller then tries again from the start).
+Returns {position, now, detail}; position is
+  >= 1  parked: its place in the FIFO (1 = next); detail is its deadline (ms)
+   0    parked, holding or handed a slot already (a redelivered or repeated message)
+  -1    the pool no longer exists (a worker starts again from acquire.lua)
+  -2    at publication: another pool serves the instance; detail is its name ("" for none)
+  -3    at publication: publish as usual; detail says why ("countdown", "limited")
 ]]
 
-if redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  return 0
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local token, instance = ARGV[1], ARGV[4]
+
+if instance ~= '' then
+  local actual = redis.call('HGET', KEYS[7], instance) or ''
+  if actual ~= ARGV[5] then
+    return {-2, now, actual}
+  end
 end
-local timeout = tonumber(redis.call('HGET', KEYS[1], 'timeout') or '')
+local cfg = redis.call('HMGET', KEYS[1], 'limit', 'timeout', 'uid', 'wait')
+local timeout = tonumber(cfg[2] or '')
 if not timeout then
-  return -1
+  return {instance ~= '' and -2 or -1, now, ''}
 end
-local first = tonumber(ARGV[2])
+if instance ~= '' then
+  local mode = ARGV[6] ~= '' and ARGV[6] or (cfg[4] or 'countdown')
+  if mode ~= 'handoff' then
+    return {-3, now, 'countdown'}
+  end
+  if redis.call('HEXISTS', KEYS[8], instance) == 1 or redis.call('HEXISTS', KEYS[9], instance) == 1 then
+    -- A rate-limited or paused instance waits by countdown (acquire.lua): its chance is timed.
+    return {-3, now, 'limited'}
+  end
+end
+if redis.call('ZSCORE', KEYS[4], token) or redis.call('ZSCORE', KEYS[6], token) then
+  return {0, now, ''}
+end
+local first = tonumber(ARGV[2]) or now
+-- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes
+-- last, strictly after everyone already in line (two parks in one microsecond keep their order).
+local place
+if ARGV[2] == '' then
+  place = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) >= place then
+    place = tonumber(last[2]) + 1
+  end
+else
+  place = first * 1000 + tonumber(t[2]) % 1000
+end
 local entry = cjson.decode(ARGV[3])
 entry['first'] = first
-redis.call('ZADD', KEYS[4], first, ARGV[1])
-redis.call('HSET', KEYS[5], ARGV[1], cjson.encode(entry))
-redis.call('ZADD', KEYS[2], first + timeout, ARGV[1])
+entry['place'] = string.format('%d', place)  -- a string: cjson keeps only 14 digits
+entry['state'] = {pool = ARGV[5], uid = cfg[3], timeout = timeout / 1000}
+if instance ~= '' and redis.call('ZCARD', KEYS[4]) == 0
+    and redis.call('ZCARD', KEYS[6]) < tonumber(cfg[1]) then
+  entry['immediate'] = 1  -- nobody waits and a slot is free: handoff.lua gives it one now
+end
+redis.call('ZADD', KEYS[4], place, token)
+redis.call('HSET', KEYS[5], token, cjson.encode(entry))
+redis.call('ZADD', KEYS[2], first + timeout, token)
 local info = entry['info']
 info['since'] = first
-redis.call('HSET', KEYS[3], ARGV[1], cjson.encode(info))
-return redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+redis.call('HSET', KEYS[3], token, cjson.encode(info))
+return {redis.call('ZRANK', KEYS[4], token) + 1, now, first + timeout}

@@ -8,7 +8,7 @@ KEYS[3]  {p}:pool:<name>:holder     HASH task id -> holder JSON
 KEYS[4]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[5]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[6]  {p}:pool:<name>:stats      HASH counters and histogram buckets
-KEYS[7]  {p}:pool:<name>:queue      ZSET parked task id -> first request (ms): the hand-off FIFO
+KEYS[7]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us): the hand-off FIFO
 
 ARGV[1]  token: the task id
 ARGV[2]  pool name

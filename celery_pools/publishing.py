@@ -1,0 +1,161 @@
+"""Parking at publication: a task bound for a full hand-off pool never enters the broker.
+
+When ``PooledTask.apply_async`` sends a task whose connector instance is served by a pool that
+waits by hand-off, the task's message is parked in the pool's FIFO in Redis instead of being
+published, and a free slot (if there is one and nobody older waits) is handed to it at once, in
+the same round trip, and its message published with the hand-off id. So the broker only ever
+carries messages that hold a slot: a burst of thousands of tasks costs one broker message each,
+workers never take a message just to park it, and a freed slot's hand-off never queues behind
+them. Everything a task is published with (id, args, kwargs, callbacks, errbacks, chain, chord,
+group, headers, routing, parent and root ids) is kept in the parked entry and used when its
+message is finally published.
+
+A task is published as usual (and waits, if it must, when a worker runs it) when it is eager,
+has a countdown or ETA, waits by countdown, its instance has no pool or has a rate limit or pause,
+its message cannot be serialized, or the pools' Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery.utils import uuid
+from kombu.exceptions import EncodeError
+
+from . import signals
+from .errors import PoolBackendError, PoolConfigError
+from .extension import get_extension
+from .handoff import encode_message, log_reclaimed, publish_handoffs
+from .models import check_wait
+
+__all__ = ["park_at_publish"]
+
+logger = logging.getLogger(__name__)
+
+#: ``apply_async`` options that only mean something in this process, never stored.
+_LOCAL_OPTIONS = frozenset(
+    {"producer", "connection", "publisher", "router", "result_cls", "add_to_parent", "task_type"}
+)
+
+
+def park_at_publish(
+    task: Any,
+    args: Any,
+    kwargs: Any,
+    task_id: str | None,
+    options: dict[str, Any],
+) -> Any | None:
+    """Park ``task``'s call instead of publishing it, when its pool waits by hand-off.
+
+    ``options`` are ``apply_async``'s (``link``, ``link_error``, ``shadow``, ``producer`` ... among
+    them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published),
+    None when the caller must publish it as usual.
+    """
+    app = task._get_app()
+    if app.conf.task_always_eager:
+        return None
+    if options.get("countdown") is not None or options.get("eta") is not None:
+        return None  # a scheduled task waits for its time in the broker first
+    wait = type(task).pool_wait
+    if wait is not None:
+        wait = check_wait(wait, f"pool_wait of task {task.name}")
+        if wait == "countdown":
+            return None
+    try:
+        instance = task.resolve_connector_instance(tuple(args or ()), dict(kwargs or {}))
+    except (PoolConfigError, LookupError, TypeError, ValueError):
+        return None  # the worker reports it through Celery's failure path
+    args, kwargs, options = _prepare(task, app, args, kwargs, options)
+    task_id = task_id or uuid()
+    producer = options.get("producer")
+
+    def entry() -> str:
+        stored = {key: value for key, value in options.items() if key not in _LOCAL_OPTIONS}
+        return encode_message(
+            app,
+            task.name,
+            args,
+            kwargs,
+            {**stored, "task_id": task_id},
+            info={"task_name": task.name, "instance": instance},
+        )
+
+    ext = get_extension(app)
+    try:
+        parking = ext.store.park_at_publish(
+            instance,
+            task_id,
+            entry=entry,
+            wait=wait or "",
+            lease=ext.settings.handoff_lease_seconds,
+        )
+    except PoolBackendError as exc:
+        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
+        return None
+    except EncodeError as exc:
+        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
+        return None
+    log_reclaimed(parking.pool, parking.reclaimed)
+    if not parking.parked:
+        publish_handoffs(app, parking.handoffs, producer)
+        return None
+    ignore_result = bool(options.get("ignore_result"))
+    with app.producer_or_acquire(producer) as connected:
+        if not ignore_result:
+            # As send_task does: be ready for the result before any worker can store it.
+            app.backend.on_task_call(connected, task_id)
+        publish_handoffs(app, parking.handoffs, connected)
+    if parking.position > 0:
+        signals.slot_waiting.send(
+            sender=task,
+            pool=parking.pool,
+            instance=instance,
+            task_id=task_id,
+            waited=0.0,
+            countdown=None,
+            deadline=parking.deadline,
+        )
+    result = task.AsyncResult(task_id)
+    result.ignored = ignore_result
+    if options.get("add_to_parent", True):
+        parent = app.current_worker_task
+        if parent:
+            parent.add_trail(result)
+    return result
+
+
+def _prepare(
+    task: Any, app: Any, args: Any, kwargs: Any, options: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """What ``Task.apply_async`` and ``send_task`` do to a call before it is sent, done at
+    parking time so that the message published later is the one that would have been sent now."""
+    if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
+        raise ValueError("soft_time_limit must be less than or equal to time_limit")
+    if task.typing:
+        check_arguments: Callable[..., Any] | None = getattr(task, "__header__", None)
+        if check_arguments is not None:
+            check_arguments(*(args or ()), **(kwargs or {}))
+    options = dict(task._get_exec_options(), **options)
+    options["shadow"] = options.get("shadow") or task.shadow_name(args, kwargs, options)
+    dump_pydantic = getattr(task, "_dump_pydantic_arguments", None)
+    if dump_pydantic is not None and options.get("serializer") != "pickle":
+        args, kwargs = dump_pydantic(args, kwargs)
+    options.setdefault("ignore_result", task.ignore_result)
+    # Where the call comes from, and when it expires, as of now rather than as of publication.
+    parent = app.current_worker_task
+    if parent:
+        if not options.get("root_id"):
+            options["root_id"] = parent.request.root_id or parent.request.id
+        if not options.get("parent_id"):
+            options["parent_id"] = parent.request.id
+        if app.conf.task_inherit_parent_priority:
+            options.setdefault("priority", parent.request.delivery_info.get("priority"))
+    expires = options.get("expires")
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
+        options["expires"] = (app.now() + timedelta(seconds=expires)).isoformat()
+    if not options.get("reply_to"):
+        options["reply_to"] = app.thread_oid
+    return args, kwargs, options

@@ -1,0 +1,162 @@
+"""Parking at publication: in a hand-off pool, ``apply_async`` parks the task in Redis instead of
+publishing it, so the broker only ever carries messages that hold a slot."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+from celery import chain, chord, group
+from celery.signals import before_task_publish
+
+from celery_pools import PoolTimeoutError, signals
+from tests.workerapp import INSTANCE
+
+
+def _pool(env, limit, timeout=30.0, wait="handoff"):
+    manager = env.manager()
+    manager.create("api", limit=limit, timeout=timeout, wait=wait)
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+def _queued(env):
+    """Messages waiting in the test's broker queue (read from the broker, not from the pool)."""
+    client = redis.Redis.from_url(env.broker)
+    try:
+        return client.llen(env.queue)
+    finally:
+        client.close()
+
+
+class _Publications:
+    """Counts every task message published in this process (producers and in-process workers)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, sender=None, **_):
+        with self._lock:
+            self.names.append(sender)
+
+    def count(self, name: str) -> int:
+        with self._lock:
+            return self.names.count(name)
+
+
+@pytest.fixture
+def publications():
+    counter = _Publications()
+    before_task_publish.connect(counter, weak=False)
+    try:
+        yield counter
+    finally:
+        before_task_publish.disconnect(counter)
+
+
+def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications):
+    manager = _pool(env, limit=2)
+    app = env.app()
+    handed: list[str] = []
+    record = lambda handoff_id="", **_: handed.append(handoff_id)  # noqa: E731
+    signals.slot_handoff.connect(record, weak=False)
+    results = [app.tasks["t.hold"].delay(f"b{i}", 0.05) for i in range(12)]
+    # No worker yet: the two tasks handed a slot are in the broker, the other ten in Redis.
+    assert _queued(env) == 2
+    status = manager.status("api")
+    assert (status.in_use, status.waiting) == (2, 10)
+    assert [r.state for r in results] == ["PENDING"] * 12
+    with run_worker(app, concurrency=6):
+        assert [r.get(timeout=30) for r in results] == [f"b{i}" for i in range(12)]
+    signals.slot_handoff.disconnect(record)
+    assert publications.count("t.hold") == 12
+    # Slots went out oldest first: a hand-off id is "<task id>.<the pool's hand-off count>".
+    by_grant = sorted(handed, key=lambda handoff_id: int(handoff_id.rsplit(".", 1)[1]))
+    assert [handoff_id.rsplit(".", 1)[0] for handoff_id in by_grant] == [r.id for r in results]
+    assert env.probe().max_concurrency() == 2
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (2, 10)
+    assert manager.status("api").in_use == 0
+
+
+def test_chain_chord_and_callbacks_keep_their_shape_when_parked(env, run_worker):
+    _pool(env, limit=1)
+    app = env.app()
+    blocker = app.tasks["t.hold"].delay("blocker", 1.0)
+    chained = chain(app.tasks["t.add"].s(1, 2), app.tasks["t.add"].s(10))()
+    chorded = chord(group(app.tasks["t.add"].s(i, i) for i in range(3)), app.tasks["t.total"].s())()
+    linked = app.tasks["t.add"].apply_async((5, 5), link=app.tasks["t.add"].s(100))
+    # All of them wait in Redis behind the blocker; nothing of theirs is in the broker.
+    assert _queued(env) == 1
+    with run_worker(app, concurrency=4):
+        blocker.get(timeout=30)
+        assert chained.get(timeout=30) == 13
+        assert chorded.get(timeout=30) == 6
+        assert linked.get(timeout=30) == 10
+        (callback,) = linked.children
+        assert callback.get(timeout=30) == 110
+    assert env.probe().max_concurrency() == 1
+
+
+def test_a_parked_call_from_a_task_keeps_its_parent_and_root(env, run_worker):
+    _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=3):
+        outer = app.tasks["t.spawn"].delay("child", 0.0)
+        child_id = outer.get(timeout=30)
+        child = app.AsyncResult(child_id)
+        assert child.get(timeout=30) == "child"
+        # Its parent is the task that called it, not the one whose release handed it a slot.
+        assert app.backend.get_task_meta(child_id)["parent_id"] == outer.id
+    # The spawning task held the pool's only slot, so its child was parked, not published.
+    assert env.probe().client.hget(f"probe:{env.name}:spawned", child_id) == "parked"
+
+
+@pytest.mark.parametrize("how", ["countdown pool", "rate limit", "eta", "countdown task"])
+def test_tasks_that_do_not_wait_by_handoff_are_published_as_usual(env, how):
+    manager = _pool(env, limit=1, wait="countdown" if how == "countdown pool" else "handoff")
+    if how == "rate limit":
+        manager.set_rate_limit(INSTANCE, "100/s")
+    app = env.app()
+    task = app.tasks["t.hold"]
+    for i in range(3):
+        if how == "eta":
+            task.apply_async((f"e{i}",), countdown=0.01)
+        elif how == "countdown task":
+            app.tasks["t.hold_countdown"].delay(f"c{i}")
+        else:
+            task.delay(f"p{i}")
+    # All three are in the broker; none is parked.
+    assert _queued(env) == 3
+    assert manager.status("api").waiting == 0
+
+
+def test_a_parked_task_past_its_deadline_fails_without_running(env, run_worker):
+    _pool(env, limit=1, timeout=1)
+    app = env.app()
+    blocker = app.tasks["t.hold"].delay("blocker", 3.0)
+    late = app.tasks["t.hold"].apply_async(("late",), link_error=app.tasks["t.record_error"].s())
+    with run_worker(app, concurrency=3):
+        with pytest.raises(PoolTimeoutError, match="within its timeout of 1 s"):
+            late.get(timeout=30)
+        blocker.get(timeout=30)
+    assert "late" not in {label for label, _ in env.probe().starts()}
+    errbacks = env.probe().client.lrange(f"probe:{env.name}:errbacks", 0, -1)
+    assert errbacks
+    assert errbacks[0].startswith(f"{late.id}|PoolTimeoutError|")
+
+
+def test_with_the_pools_redis_down_tasks_are_published_as_usual(private_env, private_redis):
+    env = private_env
+    _pool(env, limit=1)
+    app = env.app(pools_redis_socket_timeout=0.5)
+    app.tasks["t.hold"].delay("first")
+    assert _queued(env) == 1
+    private_redis.kill()
+    try:
+        app.tasks["t.hold"].delay("second")
+        assert _queued(env) == 2  # published as usual: the worker waits for Redis
+    finally:
+        private_redis.restart()
