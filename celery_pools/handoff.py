@@ -1,11 +1,12 @@
 """Hand-off waiting: parked messages, their publication, and the reaper that keeps them moving.
 
-A task that finds its pool full in hand-off mode does not go back to the broker with a countdown:
-its message (task name, args, kwargs and every execution option: id, callbacks, chain, chord,
-headers) is serialized with the app's task serializer and parked in the pool's FIFO in Redis.
-Whoever frees a slot hands it to the oldest parked task and publishes that task's message at once,
-with a hand-off id in its header; the task claims the slot when it starts. A message is published
-only twice per waiting task: when it is first sent, and when it is handed its slot.
+A task bound for a hand-off pool is parked in the pool's FIFO in Redis, by its producer at
+publication (:mod:`celery_pools.publishing`) or by the worker that found the pool full: its
+message (task name, args, kwargs and every execution option: id, callbacks, chain, chord, headers)
+is serialized with the task's serializer. Whoever frees a slot hands it to the oldest parked task
+and publishes that task's message at once, with a hand-off id in its header; the task claims the
+slot when it starts. A task parked at publication costs one broker message; one parked by a
+worker, two.
 
 Every worker runs a :class:`HandoffReaper` that repairs what a crash can leave behind: a hand-off
 not taken up in time is handed out again (the stale copy, if it ever arrives, is recognised by its

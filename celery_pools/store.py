@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from .errors import PoolBackendError, PoolNotFoundError
 from .keys import KeySpace, PoolKeys
@@ -179,6 +180,15 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One script call for :meth:`RedisPoolStore._pipeline`."""
+
+    script: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
 class RedisPoolStore:
     """Atomic operations on pool state in one Redis database.
 
@@ -233,6 +243,34 @@ class RedisPoolStore:
             yield
         except redis.RedisError as exc:
             raise PoolBackendError(f"Redis at {self.url} could not {what}: {exc}") from exc
+
+    def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
+        """Run scripts in one round trip, in order; their replies.
+
+        EVALSHA straight away (redis-py's pipelined scripts ask SCRIPT EXISTS first: a second
+        round trip). When Redis lost its script cache (a restart), the scripts are loaded again
+        and the calls that failed run again, in order; every script is safe to repeat and the
+        reaper's next round makes up for one that ran out of its original order.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        failed = [index for index, reply in enumerate(replies) if isinstance(reply, Exception)]
+        if not failed:
+            return replies
+        for index in failed:
+            if not isinstance(replies[index], NoScriptError):
+                raise replies[index]
+        for script in self._scripts.values():
+            self.client.script_load(script.script)
+        pipe = self.client.pipeline(transaction=False)
+        for index in failed:
+            call = calls[index]
+            pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
+        for index, reply in zip(failed, pipe.execute(), strict=True):
+            replies[index] = reply
+        return replies
 
     def _moved(self, instance: str, attempt: Callable[[str], T | None]) -> T:
         """Call ``attempt(believed_pool)`` until the script agrees with the belief."""
@@ -491,41 +529,62 @@ class RedisPoolStore:
 
         return self._moved(instance, attempt)
 
-    def release(self, token: str, pool: str, *, handoff_lease: float = 10.0) -> Release:
+    def release(
+        self,
+        token: str,
+        pool: str,
+        *,
+        handoff_lease: float = 10.0,
+        parked_likely: bool = False,
+    ) -> Release:
         """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent.
 
         When tasks are parked in the pool, free slots then go to the oldest of them: the returned
-        :class:`Release` lists the hand-offs the caller must publish.
+        :class:`Release` lists the hand-offs the caller must publish. With ``parked_likely`` (the
+        task was itself handed its slot) the hand-off runs in the same round trip; otherwise a
+        second round trip runs it only when tasks are parked, so the countdown path stays at one.
         """
         keys = self.keys.pool(pool)
-        released, now, info, parked = self._run(
-            "release",
-            [
-                self.keys.held,
-                keys.holders,
-                keys.holder,
-                keys.waiters,
-                keys.waiter,
-                keys.stats,
-                keys.queue,
-            ],
-            [token, pool, BUCKET_BOUNDS_ARG],
-        )
+        calls = [
+            _Call(
+                "release",
+                [
+                    self.keys.held,
+                    keys.holders,
+                    keys.holder,
+                    keys.waiters,
+                    keys.waiter,
+                    keys.stats,
+                    keys.queue,
+                ],
+                [token, pool, BUCKET_BOUNDS_ARG],
+            )
+        ]
+        if parked_likely:
+            calls.append(self._handoff_call(pool, handoff_lease))
+        with self._backend(f"release a slot of pool {pool!r}"):
+            replies = self._pipeline(calls)
+        released, now, info, parked = replies[0]
         held = None
         if info:
             since = json.loads(info).get("since")
             if isinstance(since, int | float):
                 held = max(0.0, (now - since) / 1000)
-        # A second round trip only when tasks are parked: the countdown path stays at one.
-        handoffs, reclaimed = self.handoff(pool, lease=handoff_lease) if parked else ((), ())
+        if parked_likely:
+            handoffs, reclaimed = _handoff_reply(pool, replies[1])
+        elif parked:
+            handoffs, reclaimed = self.handoff(pool, lease=handoff_lease)
+        else:
+            handoffs, reclaimed = (), ()
         return Release(
             released=bool(released), pool=pool, held=held, handoffs=handoffs, reclaimed=reclaimed
         )
 
-    def _handoff_call(self, pool: str, lease: float, client: Any) -> Any:
+    def _handoff_call(self, pool: str, lease: float) -> _Call:
         keys = self.keys.pool(pool)
-        return self._scripts["handoff"](
-            keys=[
+        return _Call(
+            "handoff",
+            [
                 self.keys.held,
                 keys.config,
                 keys.holders,
@@ -538,8 +597,7 @@ class RedisPoolStore:
                 keys.handing,
                 self.keys.expired,
             ],
-            args=[pool, _ms(lease)],
-            client=client,
+            [pool, _ms(lease)],
         )
 
     def handoff(
@@ -548,13 +606,14 @@ class RedisPoolStore:
         """Hand free slots of ``pool`` to its oldest parked tasks, requeue lapsed hand-offs,
         expire parked tasks past their deadline; returns the hand-offs to publish."""
         with self._backend(f"hand off slots of pool {pool!r}"):
-            reply = self._handoff_call(pool, lease, self.client)
+            (reply,) = self._pipeline([self._handoff_call(pool, lease)])
         return _handoff_reply(pool, reply)
 
-    def _park_call(self, pool: str, args: Sequence[Any], client: Any) -> Any:
+    def _park_call(self, pool: str, args: Sequence[Any]) -> _Call:
         keys = self.keys.pool(pool)
-        return self._scripts["park"](
-            keys=[
+        return _Call(
+            "park",
+            [
                 keys.config,
                 keys.waiters,
                 keys.waiter,
@@ -565,8 +624,7 @@ class RedisPoolStore:
                 self.keys.rates,
                 self.keys.paused,
             ],
-            args=args,
-            client=client,
+            args,
         )
 
     def park(
@@ -579,10 +637,12 @@ class RedisPoolStore:
         hand-offs to publish and the holders reclaimed.
         """
         with self._backend(f"park a task in pool {pool!r}"):
-            pipe = self.client.pipeline(transaction=False)
-            self._park_call(pool, [token, _ms(first), entry, "", pool, ""], pipe)
-            self._handoff_call(pool, lease, pipe)
-            (position, _, _), handed = pipe.execute()
+            (position, _, _), handed = self._pipeline(
+                [
+                    self._park_call(pool, [token, _ms(first), entry, "", pool, ""]),
+                    self._handoff_call(pool, lease),
+                ]
+            )
         handoffs, reclaimed = _handoff_reply(pool, handed)
         return int(position), handoffs, reclaimed
 
@@ -620,10 +680,12 @@ class RedisPoolStore:
             if payload is None:
                 payload = entry()
             with self._backend(f"park a task in pool {believed!r}"):
-                pipe = self.client.pipeline(transaction=False)
-                self._park_call(believed, [token, "", payload, instance, believed, wait], pipe)
-                self._handoff_call(believed, lease, pipe)
-                (position, now, detail), handed = pipe.execute()
+                (position, now, detail), handed = self._pipeline(
+                    [
+                        self._park_call(believed, [token, "", payload, instance, believed, wait]),
+                        self._handoff_call(believed, lease),
+                    ]
+                )
             self.clock.observe(now / 1000)
             more_handoffs, more_reclaimed = _handoff_reply(believed, handed)
             handoffs.extend(more_handoffs)

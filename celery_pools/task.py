@@ -54,6 +54,7 @@ class _Slot:
     pool: str
     instance: str
     token: str
+    handed: bool = False  # claimed through a hand-off: others are likely parked behind it
 
 
 class _Wait(Exception):
@@ -234,7 +235,9 @@ class PooledTask(Task):  # type: ignore[misc]
             signals.slot_acquired.send(
                 sender=self, pool=acq.pool, instance=instance, task_id=token, waited=waited
             )
-            return _Slot(pool=acq.pool, instance=instance, token=token)
+            return _Slot(
+                pool=acq.pool, instance=instance, token=token, handed=acq.reason == "handoff"
+            )
         if acq.status is AcquireStatus.UNASSIGNED:
             self._unassigned(ext, instance, state)
             return None
@@ -484,7 +487,10 @@ class PooledTask(Task):  # type: ignore[misc]
         ext = get_extension(self.app)
         try:
             released = ext.store.release(
-                slot.token, slot.pool, handoff_lease=ext.settings.handoff_lease_seconds
+                slot.token,
+                slot.pool,
+                handoff_lease=ext.settings.handoff_lease_seconds,
+                parked_likely=slot.handed,
             )
         except PoolBackendError as exc:
             logger.warning(

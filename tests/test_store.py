@@ -152,3 +152,21 @@ def test_a_stale_instance_cache_is_corrected_by_the_script(env):
     writer.assign("x", "b")
     # reader still believes x -> a; the script answers MOVED and the acquire lands in b.
     assert reader.store.acquire("x", "t2", lease=30).pool == "b"
+
+
+def test_pipelined_scripts_survive_a_redis_that_lost_its_script_cache(pools):
+    """Park, release and hand-off run as EVALSHA in one round trip; after SCRIPT FLUSH (what a
+    restart does) they load the scripts again and every call still happens exactly once."""
+    pools.create("api", limit=1, timeout=60, wait="handoff")
+    pools.assign("inst", "api")
+    store = pools.store
+    assert store.acquire("inst", "holder", lease=30).status is AcquireStatus.OK
+    store.client.script_flush()
+    parking = store.park_at_publish("inst", "parked", entry=lambda: '{"info": {}}')
+    assert (parking.parked, parking.position, parking.handoffs) == (True, 1, ())
+    store.client.script_flush()
+    release = store.release("holder", "api", parked_likely=True)
+    assert release.released
+    assert [handoff.token for handoff in release.handoffs] == ["parked"]
+    status = pools.status("api")
+    assert (status.in_use, status.waiting) == (1, 0)
