@@ -29,7 +29,7 @@ from kombu.serialization import dumps, loads
 
 from . import signals
 from .background import Periodic
-from .store import Handoff, Reclaimed
+from .store import Handoff, Reclaimed, RedisPoolStore
 from .waiting import HEADER
 
 __all__ = [
@@ -160,23 +160,34 @@ def publish_handoffs(app: Any, handoffs: Iterable[Handoff], producer: Any = None
     return published
 
 
-def publish_expired(app: Any, records: Iterable[dict[str, Any]]) -> int:
-    """Publish parked tasks that must fail (deadline, clear, delete); returns how many."""
+def publish_expired(app: Any, store: RedisPoolStore) -> int:
+    """Publish parked tasks that must fail (deadline, clear, delete); returns how many.
+
+    A record whose message cannot be published (the broker is down) goes back to the list, for
+    the next round of any reaper: the task still ends through Celery's failure path, later.
+    """
     published = 0
-    for record in records:
+    unpublished: list[dict[str, Any]] = []
+    for record in store.pop_expired():
         entry = json.loads(record["entry"]) if isinstance(record["entry"], str) else record["entry"]
         fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
         try:
             name = _publish(app, entry, {"fail": fail})
-            published += 1
-            logger.info(
-                "celery-pools: parked task %s of pool %r ends: %s",
-                name,
-                record.get("pool"),
-                record["reason"],
-            )
         except Exception:
-            logger.exception("celery-pools: could not publish an expired parked task")
+            logger.exception(
+                "celery-pools: could not publish an expired parked task; it is tried again"
+            )
+            unpublished.append(record)
+            continue
+        published += 1
+        logger.info(
+            "celery-pools: parked task %s of pool %r ends: %s",
+            name,
+            record.get("pool"),
+            record["reason"],
+        )
+    if unpublished:
+        store.return_expired(unpublished)
     return published
 
 
@@ -202,7 +213,7 @@ class HandoffReaper(Periodic):
         if time.monotonic() - self._pools_read > 5:
             self._pools = store.handoff_pools()
             self._pools_read = time.monotonic()
-        published = publish_expired(self.app, store.pop_expired())
+        published = publish_expired(self.app, store)
         for pool in self._pools:
             handoffs, reclaimed = store.handoff(pool, lease=self.lease)
             log_reclaimed(pool, reclaimed)

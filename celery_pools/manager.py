@@ -123,7 +123,7 @@ class PoolManager:
             return
         from .handoff import publish_expired
 
-        publish_expired(self.app, self.store.pop_expired())
+        publish_expired(self.app, self.store)
 
     def get(self, name: str) -> Pool:
         """A pool's definition."""

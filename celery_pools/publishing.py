@@ -22,7 +22,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from celery.utils import uuid
 from kombu.exceptions import EncodeError
 
 from . import signals
@@ -45,14 +44,15 @@ def park_at_publish(
     task: Any,
     args: Any,
     kwargs: Any,
-    task_id: str | None,
+    task_id: str,
     options: dict[str, Any],
 ) -> Any | None:
     """Park ``task``'s call instead of publishing it, when its pool waits by hand-off.
 
     ``options`` are ``apply_async``'s (``link``, ``link_error``, ``shadow``, ``producer`` ... among
     them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published),
-    None when the caller must publish it as usual.
+    None when the caller must publish it as usual, with the same ``task_id``: if Redis parked it
+    but its answer was lost, the copy published as usual is then recognised and never runs twice.
     """
     app = task._get_app()
     if app.conf.task_always_eager:
@@ -69,7 +69,6 @@ def park_at_publish(
     except (PoolConfigError, LookupError, TypeError, ValueError):
         return None  # the worker reports it through Celery's failure path
     args, kwargs, options = _prepare(task, app, args, kwargs, options)
-    task_id = task_id or uuid()
     producer = options.get("producer")
 
     def entry() -> str:
@@ -83,8 +82,8 @@ def park_at_publish(
             info={"task_name": task.name, "instance": instance},
         )
 
-    ext = get_extension(app)
     try:
+        ext = get_extension(app)
         parking = ext.store.park_at_publish(
             instance,
             task_id,
@@ -92,10 +91,8 @@ def park_at_publish(
             wait=wait or "",
             lease=ext.settings.handoff_lease_seconds,
         )
-    except PoolBackendError as exc:
-        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
-        return None
-    except EncodeError as exc:
+    except (PoolBackendError, PoolConfigError, EncodeError) as exc:
+        # Redis unreachable, no pools settings in this producer, or an unserializable call.
         logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
         return None
     log_reclaimed(parking.pool, parking.reclaimed)
@@ -108,7 +105,7 @@ def park_at_publish(
             # As send_task does: be ready for the result before any worker can store it.
             app.backend.on_task_call(connected, task_id)
         publish_handoffs(app, parking.handoffs, connected)
-    if parking.position > 0:
+    if parking.position > 0 and all(h.token != task_id for h in parking.handoffs):
         signals.slot_waiting.send(
             sender=task,
             pool=parking.pool,

@@ -125,6 +125,8 @@ class Parking:
     position: int = 0
     pool: str = ""
     deadline: float | None = None
+    #: Why it was not parked: "countdown", "limited", "held" (its id holds a slot), "" (no pool).
+    reason: str = ""
     handoffs: tuple[Handoff, ...] = ()
     reclaimed: tuple[Reclaimed, ...] = ()
 
@@ -248,10 +250,14 @@ class RedisPoolStore:
         """Run scripts in one round trip, in order; their replies.
 
         EVALSHA straight away (redis-py's pipelined scripts ask SCRIPT EXISTS first: a second
-        round trip). When Redis lost its script cache (a restart), the scripts are loaded again
-        and the calls that failed run again, in order; every script is safe to repeat and the
-        reaper's next round makes up for one that ran out of its original order.
+        round trip); a single call is redis-py's script call, which loads a missing script. When
+        Redis lost its script cache (a restart), the scripts are loaded again and the calls that
+        failed run again, in order; every script is safe to repeat and the reaper's next round
+        makes up for one that ran out of its original order.
         """
+        if len(calls) == 1:  # no pipeline object: less work on the client
+            (call,) = calls
+            return [self._scripts[call.script](keys=call.keys, args=call.args)]
         pipe = self.client.pipeline(transaction=False)
         for call in calls:
             pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
@@ -620,6 +626,7 @@ class RedisPoolStore:
                 keys.queue,
                 keys.parked,
                 keys.holders,
+                keys.handing,
                 self.keys.instances,
                 self.keys.rates,
                 self.keys.paused,
@@ -693,13 +700,14 @@ class RedisPoolStore:
             if position == -2:
                 self._pool_of[instance] = str(detail)
                 return None
+            if position == -3:
+                return Parking(parked=False, pool=believed, reason=str(detail))
             deadline = float(detail) / 1000 if position > 0 else None
-            return Parking(
-                parked=position >= 0, position=int(position), pool=believed, deadline=deadline
-            )
+            return Parking(parked=True, position=int(position), pool=believed, deadline=deadline)
 
         parking = self._moved(instance, attempt)
-        if not parking.parked and not handoffs and not reclaimed:
+        # Remember what holds for the instance (its pool's mode, its rate limit), not for a token.
+        if not parking.parked and parking.reason != "held" and not handoffs and not reclaimed:
             self._as_usual[key] = time.monotonic() + _AS_USUAL_SECONDS
         return replace(parking, handoffs=tuple(handoffs), reclaimed=tuple(reclaimed))
 
@@ -708,6 +716,15 @@ class RedisPoolStore:
         with self._backend("read expired parked tasks"):
             raw: Any = self.client.lpop(self.keys.expired, count)
         return [json.loads(item) for item in raw or []]
+
+    def return_expired(self, records: Sequence[dict[str, Any]]) -> None:
+        """Put back records taken by :meth:`pop_expired` whose task could not be published."""
+        if records:
+            with self._backend("return expired parked tasks"):
+                self.client.rpush(
+                    self.keys.expired,
+                    *(json.dumps(record, separators=(",", ":")) for record in records),
+                )
 
     def handoff_pools(self) -> list[str]:
         """Names of the pools whose tasks wait by hand-off, or that have parked tasks (a task

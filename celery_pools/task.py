@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
+from celery.utils import uuid
 
 from . import signals
 from .errors import (
@@ -121,6 +122,9 @@ class PooledTask(Task):  # type: ignore[misc]
         (at once, if one is free): see :mod:`celery_pools.publishing`. Its result reads
         ``PENDING`` until it starts.
         """
+        # The id is chosen here, so that a call published as usual keeps the id it was parked
+        # under (see park_at_publish).
+        task_id = task_id or uuid()
         parked = park_at_publish(
             self,
             args,

@@ -4,13 +4,14 @@ publishing it, so the broker only ever carries messages that hold a slot."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
-from celery import chain, chord, group
+from celery import Celery, chain, chord, group
 from celery.signals import before_task_publish
 
-from celery_pools import PoolTimeoutError, signals
+from celery_pools import PooledTask, PoolTimeoutError, signals
 from tests.workerapp import INSTANCE
 
 
@@ -114,7 +115,45 @@ def test_a_parked_call_from_a_task_keeps_its_parent_and_root(env, run_worker):
     assert env.probe().client.hget(f"probe:{env.name}:spawned", child_id) == "parked"
 
 
-@pytest.mark.parametrize("how", ["countdown pool", "rate limit", "eta", "countdown task"])
+def test_a_hand_off_keeps_the_parent_of_its_caller_not_of_the_releasing_task(env, run_worker):
+    _pool(env, limit=1)
+    app = env.app()
+    with run_worker(app, concurrency=3):
+        blocker = app.tasks["t.hold"].delay("blocker", 0.5)
+        top = app.tasks["t.hold"].delay("top")  # parked by this process, outside any task
+        assert top.get(timeout=30) == "top"
+        blocker.get(timeout=30)
+    # The blocker's release published it, from inside the blocker: still no parent.
+    assert "parent_id" not in app.backend.get_task_meta(top.id)
+    assert top.id not in {child.id for child in blocker.children or ()}
+
+
+def test_a_call_reusing_the_id_of_a_running_task_is_published_as_usual(env):
+    """``Task.replace`` and a retry without a countdown send a new run under the running task's
+    id: it must not be taken for a copy of a parked task and dropped."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.acquire(INSTANCE, "running", lease=30).status.value == "OK"
+    parking = store.park_at_publish(INSTANCE, "running", entry=lambda: '{"info": {}}')
+    assert (parking.parked, parking.reason) == (False, "held")
+    # ...and that answer is not remembered for the instance's other tasks.
+    assert store.park_at_publish(INSTANCE, "other", entry=lambda: '{"info": {}}').parked
+
+
+def test_a_producer_without_pools_settings_publishes_as_usual():
+    app = Celery("no-pools", broker="memory://", set_as_current=False)
+
+    @app.task(base=PooledTask, connector_instance="inst", name="np.call", shared=False)
+    def call() -> None:  # pragma: no cover  (never run)
+        pass
+
+    result = call.delay()
+    with app.connection_for_read() as connection:
+        message = connection.SimpleQueue("celery").get(timeout=5)
+    assert message.headers["id"] == result.id
+
+
+@pytest.mark.parametrize("how", ["countdown pool", "rate limit", "eta", "countdown", "task"])
 def test_tasks_that_do_not_wait_by_handoff_are_published_as_usual(env, how):
     manager = _pool(env, limit=1, wait="countdown" if how == "countdown pool" else "handoff")
     if how == "rate limit":
@@ -123,8 +162,10 @@ def test_tasks_that_do_not_wait_by_handoff_are_published_as_usual(env, how):
     task = app.tasks["t.hold"]
     for i in range(3):
         if how == "eta":
-            task.apply_async((f"e{i}",), countdown=0.01)
-        elif how == "countdown task":
+            task.apply_async((f"e{i}",), eta=datetime.now(timezone.utc) + timedelta(seconds=1))
+        elif how == "countdown":
+            task.apply_async((f"c{i}",), countdown=0.01)
+        elif how == "task":  # a task whose pool_wait is "countdown"
             app.tasks["t.hold_countdown"].delay(f"c{i}")
         else:
             task.delay(f"p{i}")

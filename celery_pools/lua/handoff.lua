@@ -51,6 +51,10 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
     local parked = cjson.decode(entry)
     local first = parked['first']
     redis.call('ZADD', KEYS[8], tonumber(parked['place'] or '') or first * 1000, token)
+    if parked['immediate'] then
+      parked['immediate'] = nil  -- it is waiting now
+      entry = cjson.encode(parked)
+    end
     redis.call('HSET', KEYS[9], token, entry)
     redis.call('ZADD', KEYS[5], first + timeout, token)
     redis.call('HINCRBY', KEYS[7], 'handoffs_retried', 1)

@@ -16,9 +16,10 @@ KEYS[3]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[4]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[5]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[6]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
-KEYS[7]  {p}:instances              HASH instance -> pool name
-KEYS[8]  {p}:rates                  HASH instance -> rate limit
-KEYS[9]  {p}:paused                 HASH instance -> paused until (ms)
+KEYS[7]  {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
+KEYS[8]  {p}:instances              HASH instance -> pool name
+KEYS[9]  {p}:rates                  HASH instance -> rate limit
+KEYS[10] {p}:paused                 HASH instance -> paused until (ms)
 
 ARGV[1]  token: the task id
 ARGV[2]  when the task first asked for a slot (ms, Redis clock); "" for now
@@ -34,7 +35,7 @@ Returns {position, now, detail}; position is
    0    parked, holding or handed a slot already (a redelivered or repeated message)
   -1    the pool no longer exists (a worker starts again from acquire.lua)
   -2    at publication: another pool serves the instance; detail is its name ("" for none)
-  -3    at publication: publish as usual; detail says why ("countdown", "limited")
+  -3    at publication: publish as usual; detail says why ("countdown", "limited", "held")
 ]]
 
 local t = redis.call('TIME')
@@ -42,7 +43,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local token, instance = ARGV[1], ARGV[4]
 
 if instance ~= '' then
-  local actual = redis.call('HGET', KEYS[7], instance) or ''
+  local actual = redis.call('HGET', KEYS[8], instance) or ''
   if actual ~= ARGV[5] then
     return {-2, now, actual}
   end
@@ -57,9 +58,14 @@ if instance ~= '' then
   if mode ~= 'handoff' then
     return {-3, now, 'countdown'}
   end
-  if redis.call('HEXISTS', KEYS[8], instance) == 1 or redis.call('HEXISTS', KEYS[9], instance) == 1 then
+  if redis.call('HEXISTS', KEYS[9], instance) == 1 or redis.call('HEXISTS', KEYS[10], instance) == 1 then
     -- A rate-limited or paused instance waits by countdown (acquire.lua): its chance is timed.
     return {-3, now, 'limited'}
+  end
+  if redis.call('ZSCORE', KEYS[6], token) and redis.call('HEXISTS', KEYS[7], token) == 0 then
+    -- Sent again with the id of a task that holds a slot (Task.replace, a retry without a
+    -- countdown): a new run, which must wait for the slot to be given back like any other.
+    return {-3, now, 'held'}
   end
 end
 if redis.call('ZSCORE', KEYS[4], token) or redis.call('ZSCORE', KEYS[6], token) then
