@@ -68,6 +68,14 @@ def park_at_publish(
         instance = task.resolve_connector_instance(tuple(args or ()), dict(kwargs or {}))
     except (PoolConfigError, LookupError, TypeError, ValueError):
         return None  # the worker reports it through Celery's failure path
+    try:
+        ext = get_extension(app)
+        store, lease = ext.store, ext.settings.handoff_lease_seconds
+    except PoolConfigError as exc:  # no (valid) pools settings in this producer
+        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
+        return None
+    if not store.may_park(instance, wait or ""):
+        return None  # known to publish as usual: skip the preparation apply_async does anyway
     args, kwargs, options = _prepare(task, app, args, kwargs, options)
     producer = options.get("producer")
 
@@ -83,16 +91,10 @@ def park_at_publish(
         )
 
     try:
-        ext = get_extension(app)
-        parking = ext.store.park_at_publish(
-            instance,
-            task_id,
-            entry=entry,
-            wait=wait or "",
-            lease=ext.settings.handoff_lease_seconds,
+        parking = store.park_at_publish(
+            instance, task_id, entry=entry, wait=wait or "", lease=lease
         )
-    except (PoolBackendError, PoolConfigError, EncodeError) as exc:
-        # Redis unreachable, no pools settings in this producer, or an unserializable call.
+    except (PoolBackendError, EncodeError) as exc:  # Redis unreachable, unserializable call
         logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
         return None
     log_reclaimed(parking.pool, parking.reclaimed)

@@ -653,6 +653,11 @@ class RedisPoolStore:
         handoffs, reclaimed = _handoff_reply(pool, handed)
         return int(position), handoffs, reclaimed
 
+    def may_park(self, instance: str, wait: str = "") -> bool:
+        """False while a recent :meth:`park_at_publish` answer says that ``instance``'s tasks
+        (waiting in mode ``wait``) are published as usual; no round trip."""
+        return self._as_usual.get((instance, wait), 0.0) <= time.monotonic()
+
     def park_at_publish(
         self,
         instance: str,
@@ -671,8 +676,7 @@ class RedisPoolStore:
         "publish as usual" answer is remembered for a second, so publishing to a countdown pool
         (or an instance with no pool) costs a round trip per instance per second, not per task.
         """
-        key = (instance, wait)
-        if self._as_usual.get(key, 0.0) > time.monotonic():
+        if not self.may_park(instance, wait):
             return Parking(parked=False)
         if not self._pool_of.get(instance):
             self._pool_of.pop(instance, None)  # "no pool" is re-read, never trusted for long
@@ -708,7 +712,7 @@ class RedisPoolStore:
         parking = self._moved(instance, attempt)
         # Remember what holds for the instance (its pool's mode, its rate limit), not for a token.
         if not parking.parked and parking.reason != "held" and not handoffs and not reclaimed:
-            self._as_usual[key] = time.monotonic() + _AS_USUAL_SECONDS
+            self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
         return replace(parking, handoffs=tuple(handoffs), reclaimed=tuple(reclaimed))
 
     def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
