@@ -105,9 +105,12 @@ def _connect_signals() -> None:
         if traced(instance):
             _recorder(instance).released(str(task_id))
 
-    def on_acquired(instance: Any = None, task_id: Any = None, waited: Any = 0, **_: Any) -> None:
+    def on_acquired(
+        instance: Any = None, task_id: Any = None, waited: Any = 0, first: Any = None, **_: Any
+    ) -> None:
         if traced(instance):
-            _recorder(instance).acquired(str(task_id), float(waited or 0.0))
+            asked = float(first) if isinstance(first, int | float) else None
+            _recorder(instance).acquired(str(task_id), float(waited or 0.0), asked)
 
     def on_waiting(instance: Any = None, **_: Any) -> None:
         if traced(instance):

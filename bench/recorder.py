@@ -7,7 +7,8 @@ clock. Records of one run live under ``bench:<instance>:``, the run's connector 
 - ``events``: ``s|<task id>|<sec>|<usec>|<running>`` when a body starts and ``e|...`` when it
   ends, ``running`` being the independent counter after the change;
 - ``releases``: ``<task id>|<sec>|<usec>`` when the pool reports a slot released;
-- ``acquired``: ``<task id>|<sec>|<usec>|<waited>`` when the pool reports a slot taken;
+- ``acquired``: ``<task id>|<sec>|<usec>|<waited>|<first>`` when the pool reports a slot taken
+  (``first``: when the task first asked, as the pool's signal says; empty if it does not say);
 - ``done`` and ``last``: bodies finished, and when the last one finished;
 - ``waits``: times the pool reported a task waiting; ``failed``: failed tasks.
 """
@@ -69,16 +70,20 @@ class Release:
 
 @dataclass(frozen=True)
 class Acquired:
-    """The pool gave ``task_id`` a slot at ``at``, ``waited`` seconds after it first asked."""
+    """The pool gave ``task_id`` a slot at ``at``, ``waited`` seconds after it first asked
+    (``first``, when the pool's signal says it)."""
 
     task_id: str
     at: float
     waited: float
+    first: float | None = None
 
     @property
     def first_ask(self) -> float:
-        """When the task first asked for a slot."""
-        return self.at - self.waited
+        """When the task first asked for a slot: as the pool recorded it (to the millisecond of
+        the pools' Redis clock), else worked out from when this record was stamped, which is a
+        little after the slot was taken."""
+        return self.first if self.first is not None else self.at - self.waited
 
 
 class Recorder:
@@ -116,9 +121,10 @@ class Recorder:
         """The pool released this task's slot."""
         self._stamp(keys=[self.releases_key], args=[task_id, ""])
 
-    def acquired(self, task_id: str, waited: float) -> None:
-        """The pool gave this task a slot after ``waited`` seconds."""
-        self._stamp(keys=[self.acquired_key], args=[task_id, f"|{waited!r}"])
+    def acquired(self, task_id: str, waited: float, first: float | None = None) -> None:
+        """The pool gave this task a slot after ``waited`` seconds; it first asked at ``first``."""
+        tail = f"|{waited!r}|{'' if first is None else repr(first)}"
+        self._stamp(keys=[self.acquired_key], args=[task_id, tail])
 
     def done(self) -> None:
         """A no-op body finished (no start/end events: they would weigh on a no-op)."""
@@ -167,7 +173,10 @@ class Recorder:
     def acquisitions(self) -> list[Acquired]:
         """Every acquisition the pool reported, in the order recorded."""
         rows = (line.split("|") for line in self._lines(self.acquired_key))
-        return [Acquired(tid, _seconds(s, us), float(w)) for tid, s, us, w in rows]
+        return [
+            Acquired(tid, _seconds(s, us), float(w), float(first) if first else None)
+            for tid, s, us, w, first in rows
+        ]
 
     def _lines(self, key: str) -> list[str]:
         return [v if isinstance(v, str) else v.decode() for v in self.client.lrange(key, 0, -1)]

@@ -1,14 +1,14 @@
 """Parking at publication: a task bound for a full hand-off pool never enters the broker.
 
 When ``PooledTask.apply_async`` sends a task whose connector instance is served by a pool that
-waits by hand-off, the task's message is parked in the pool's FIFO in Redis instead of being
-published, and a free slot (if there is one and nobody older waits) is handed to it at once, in
-the same round trip, and its message published with the hand-off id. So the broker only ever
-carries messages that hold a slot: a burst of thousands of tasks costs one broker message each,
-workers never take a message just to park it, and a freed slot's hand-off never queues behind
-them. Everything a task is published with (id, args, kwargs, callbacks, errbacks, chain, chord,
-group, headers, routing, parent and root ids) is kept in the parked entry and used when its
-message is finally published.
+waits by hand-off, and the pool is full or tasks wait in it, the task's message is parked in the
+pool's FIFO in Redis instead of being published. When a slot is free and nobody waits, the slot
+is granted at once (one round trip, nothing parked) and the message published as usual with the
+grant in its header. So the broker only ever carries messages that hold a slot: a burst of
+thousands of tasks costs one broker message each, workers never take a message just to park it,
+and a freed slot's hand-off never queues behind them. Everything a task is published with (id, args,
+kwargs, callbacks, errbacks, chain, chord, group, headers, routing, parent and root ids) is kept in
+the parked entry and used when its message is finally published.
 
 A task is published as usual (and waits, if it must, when a worker runs it) when it is eager,
 has a countdown or ETA, waits by countdown, its instance has no pool or has a rate limit or pause,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from .extension import get_extension
 from .handoff import encode_message, log_reclaimed, publish_handoffs
 from .models import check_wait
 
-__all__ = ["park_at_publish"]
+__all__ = ["Granted", "park_at_publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,30 @@ _LOCAL_OPTIONS = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Granted:
+    """The answer of :func:`park_at_publish` when a slot was granted at once: publish the call as
+    usual, with ``header`` (the wait state, with its hand-off id) under
+    :data:`~celery_pools.waiting.HEADER` in its headers, and its task claims the slot."""
+
+    header: dict[str, Any]
+
+
 def park_at_publish(
     task: Any,
     args: Any,
     kwargs: Any,
     task_id: str,
     options: dict[str, Any],
-) -> Any | None:
+) -> Any | Granted | None:
     """Park ``task``'s call instead of publishing it, when its pool waits by hand-off.
 
     ``options`` are ``apply_async``'s (``link``, ``link_error``, ``shadow``, ``producer`` ... among
-    them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published),
-    None when the caller must publish it as usual, with the same ``task_id``: if Redis parked it
-    but its answer was lost, the copy published as usual is then recognised and never runs twice.
+    them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published);
+    :class:`Granted` when a slot is free and nobody waits: the caller publishes it as usual, with
+    the grant in its headers; None when the caller must publish it as usual, with the same
+    ``task_id``: if Redis parked it but its answer was lost, the copy published as usual is then
+    recognised and never runs twice.
     """
     app = task._get_app()
     if app.conf.task_always_eager:
@@ -76,32 +88,49 @@ def park_at_publish(
         return None
     if not store.may_park(instance, wait or ""):
         return None  # known to publish as usual: skip the preparation apply_async does anyway
-    args, kwargs, options = _prepare(task, app, args, kwargs, options)
-    producer = options.get("producer")
+    _check(task, args, kwargs)  # what apply_async refuses is refused before a slot is taken
+    prepared: list[Any] = []
 
     def entry() -> str:
-        stored = {key: value for key, value in options.items() if key not in _LOCAL_OPTIONS}
+        prepared[:] = _prepare(task, app, args, kwargs, options)
+        call_args, call_kwargs, call_options = prepared
+        stored = {key: value for key, value in call_options.items() if key not in _LOCAL_OPTIONS}
         return encode_message(
             app,
             task.name,
-            args,
-            kwargs,
+            call_args,
+            call_kwargs,
             {**stored, "task_id": task_id},
             info={"task_name": task.name, "instance": instance},
         )
 
     try:
         parking = store.park_at_publish(
-            instance, task_id, entry=entry, wait=wait or "", lease=lease
+            instance,
+            task_id,
+            entry=entry,
+            wait=wait or "",
+            lease=lease,
+            info={"task_name": task.name, "instance": instance},
         )
     except (PoolBackendError, EncodeError) as exc:  # Redis unreachable, unserializable call
         logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
         return None
     log_reclaimed(parking.pool, parking.reclaimed)
+    producer = options.get("producer")
+    if parking.granted is not None:
+        signals.slot_handoff.send(
+            sender=app,
+            pool=parking.pool,
+            task_id=task_id,
+            handoff_id=parking.granted["handoff"],
+        )
+        return Granted(parking.granted)
     if not parking.parked:
         publish_handoffs(app, parking.handoffs, producer)
         return None
-    ignore_result = bool(options.get("ignore_result"))
+    called = prepared[2] if prepared else options
+    ignore_result = bool(called.get("ignore_result", task.ignore_result))
     with app.producer_or_acquire(producer) as connected:
         if not ignore_result:
             # As send_task does: be ready for the result before any worker can store it.
@@ -126,17 +155,23 @@ def park_at_publish(
     return result
 
 
-def _prepare(
-    task: Any, app: Any, args: Any, kwargs: Any, options: dict[str, Any]
-) -> tuple[Any, Any, dict[str, Any]]:
-    """What ``Task.apply_async`` and ``send_task`` do to a call before it is sent, done at
-    parking time so that the message published later is the one that would have been sent now."""
+def _check(task: Any, args: Any, kwargs: Any) -> None:
+    """What ``Task.apply_async`` refuses before sending: a soft time limit above the hard one,
+    arguments that do not fit the task's signature."""
     if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
         raise ValueError("soft_time_limit must be less than or equal to time_limit")
     if task.typing:
         check_arguments: Callable[..., Any] | None = getattr(task, "__header__", None)
         if check_arguments is not None:
             check_arguments(*(args or ()), **(kwargs or {}))
+
+
+def _prepare(
+    task: Any, app: Any, args: Any, kwargs: Any, options: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """What ``Task.apply_async`` and ``send_task`` do to a call before it is sent (after
+    :func:`_check`), done at parking time so that the message published later is the one that
+    would have been sent now."""
     options = dict(task._get_exec_options(), **options)
     options["shadow"] = options.get("shadow") or task.shadow_name(args, kwargs, options)
     dump_pydantic = getattr(task, "_dump_pydantic_arguments", None)

@@ -19,9 +19,10 @@ from celery.utils.dispatch import Signal
 
 __all__ = ["slot_acquired", "slot_handoff", "slot_released", "slot_timeout", "slot_waiting"]
 
-#: A slot was taken. ``waited``: seconds since the task first asked for it.
+#: A slot was taken. ``waited``: seconds since the task first asked for it; ``first``: when it
+#: first asked (epoch seconds, by the Redis server's clock, to the millisecond).
 slot_acquired = Signal(
-    name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited"}
+    name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited", "first"}
 )
 
 #: The pool was full and the task waits: sent again after ``countdown`` seconds, or parked for a

@@ -129,6 +129,9 @@ class Parking:
     reason: str = ""
     handoffs: tuple[Handoff, ...] = ()
     reclaimed: tuple[Reclaimed, ...] = ()
+    #: Not parked, but granted a slot at once: the wait state (``pool``, ``uid``, ``timeout``,
+    #: ``first``, ``handoff``) to publish the message with, as usual, so its task claims the slot.
+    granted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,9 @@ class RedisPoolStore:
         self._pool_of: dict[str, str] = {}
         # (instance, wait) -> until when (monotonic) its tasks are published as usual.
         self._as_usual: dict[tuple[str, str], float] = {}
+        # Pools whose last answer at publication said that tasks wait: park with the entry at
+        # once, rather than first asking for a slot without it.
+        self._contended: set[str] = set()
         self.clock = _Clock()
 
     @classmethod
@@ -630,6 +636,9 @@ class RedisPoolStore:
                 self.keys.instances,
                 self.keys.rates,
                 self.keys.paused,
+                keys.holder,
+                self.keys.held,
+                keys.stats,
             ],
             args,
         )
@@ -666,11 +675,19 @@ class RedisPoolStore:
         entry: Callable[[], str],
         wait: str = "",
         lease: float = 10.0,
+        info: dict[str, Any] | None = None,
     ) -> Parking:
         """Park a task that is being published, instead of sending its message to the broker,
         when ``instance``'s pool waits by hand-off (``wait`` overrides the pool's mode) and the
         instance has no rate limit or pause; in the same round trip, free slots go to the oldest
         parked tasks, which may be this one.
+
+        When nobody waits and a slot is free, the slot is granted at once and nothing is parked:
+        the answer's ``granted`` is the wait state to publish the message with (as usual), and the
+        task claims the slot when it starts; ``info`` (``task_name``, ``instance``) describes the
+        holder meanwhile. Such a grant is asked for without the entry, which is made and sent
+        only when the task must park; while a pool's tasks keep waiting, the entry goes with the
+        first request. Either way one round trip, unless the pool filled up in between.
 
         ``entry`` makes the parked entry (JSON); it is called only when the task may park. A
         "publish as usual" answer is remembered for a second, so publishing to a countdown pool
@@ -683,37 +700,76 @@ class RedisPoolStore:
         payload: str | None = None
         handoffs: list[Handoff] = []
         reclaimed: list[Reclaimed] = []
+        holder = json.dumps(info or {"instance": instance}, separators=(",", ":"))
+        lease_ms = _ms(lease)
 
         def attempt(believed: str) -> Parking | None:
             nonlocal payload
             if not believed:
                 return Parking(parked=False)
+            if payload is None and believed not in self._contended:
+                with self._backend(f"ask for a slot of pool {believed!r}"):
+                    (reply,) = self._pipeline(
+                        [self._park_call(believed, [token, "", "", instance, believed, wait,
+                                                    lease_ms, holder])]
+                    )  # fmt: skip
+                self.clock.observe(reply[1] / 1000)
+                if reply[0] == -4:  # granted
+                    return Parking(
+                        parked=False,
+                        pool=believed,
+                        granted={
+                            "pool": believed,
+                            "uid": reply[3],
+                            "timeout": reply[4] / 1000,
+                            "first": reply[1] / 1000,
+                            "handoff": reply[2],
+                        },
+                    )
+                if reply[0] != -5:
+                    return self._parking_answer(instance, believed, reply)
+                self._contended.add(believed)
             if payload is None:
                 payload = entry()
             with self._backend(f"park a task in pool {believed!r}"):
-                (position, now, detail), handed = self._pipeline(
+                reply, handed = self._pipeline(
                     [
-                        self._park_call(believed, [token, "", payload, instance, believed, wait]),
+                        self._park_call(believed, [token, "", payload, instance, believed, wait,
+                                                   lease_ms, holder]),
                         self._handoff_call(believed, lease),
                     ]
-                )
-            self.clock.observe(now / 1000)
+                )  # fmt: skip
+            self.clock.observe(reply[1] / 1000)
             more_handoffs, more_reclaimed = _handoff_reply(believed, handed)
             handoffs.extend(more_handoffs)
             reclaimed.extend(more_reclaimed)
-            if position == -2:
-                self._pool_of[instance] = str(detail)
-                return None
-            if position == -3:
-                return Parking(parked=False, pool=believed, reason=str(detail))
-            deadline = float(detail) / 1000 if position > 0 else None
-            return Parking(parked=True, position=int(position), pool=believed, deadline=deadline)
+            if reply[0] >= 1 and not any(h.token == token for h in more_handoffs):
+                self._contended.add(believed)  # it waits: so will the next ones, for a while
+            else:
+                self._contended.discard(believed)
+            return self._parking_answer(instance, believed, reply)
 
         parking = self._moved(instance, attempt)
         # Remember what holds for the instance (its pool's mode, its rate limit), not for a token.
-        if not parking.parked and parking.reason != "held" and not handoffs and not reclaimed:
+        if (
+            not parking.parked
+            and parking.granted is None
+            and parking.reason != "held"
+            and not handoffs
+            and not reclaimed
+        ):
             self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
         return replace(parking, handoffs=tuple(handoffs), reclaimed=tuple(reclaimed))
+
+    def _parking_answer(self, instance: str, pool: str, reply: list[Any]) -> Parking | None:
+        position, _, detail = reply[:3]
+        if position == -2:
+            self._pool_of[instance] = str(detail)
+            return None
+        if position == -3:
+            return Parking(parked=False, pool=pool, reason=str(detail))
+        deadline = float(detail) / 1000 if position > 0 else None
+        return Parking(parked=True, position=int(position), pool=pool, deadline=deadline)
 
     def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
         """Take up to ``count`` parked entries whose task must be published to fail."""

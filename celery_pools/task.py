@@ -28,7 +28,7 @@ from .errors import (
 from .extension import PoolsExtension, get_extension, install
 from .handoff import encode_message, log_reclaimed, publish_handoffs
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
-from .publishing import park_at_publish
+from .publishing import Granted, park_at_publish
 from .store import AcquireStatus, Acquisition
 from .waiting import HEADER, WaitState, next_countdown
 
@@ -138,7 +138,9 @@ class PooledTask(Task):  # type: ignore[misc]
                 **options,
             },
         )
-        if parked is not None:
+        if isinstance(parked, Granted):  # a slot is free: publish as usual, with the grant
+            options["headers"] = {**(options.get("headers") or {}), HEADER: parked.header}
+        elif parked is not None:
             return parked
         return super().apply_async(
             args,
@@ -237,7 +239,12 @@ class PooledTask(Task):  # type: ignore[misc]
         if acq.status is AcquireStatus.OK:
             waited = acq.waited if state.first is not None else 0.0
             signals.slot_acquired.send(
-                sender=self, pool=acq.pool, instance=instance, task_id=token, waited=waited
+                sender=self,
+                pool=acq.pool,
+                instance=instance,
+                task_id=token,
+                waited=waited,
+                first=acq.first,
             )
             return _Slot(
                 pool=acq.pool, instance=instance, token=token, handed=acq.reason == "handoff"

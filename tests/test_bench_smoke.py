@@ -72,3 +72,24 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
                 assert info["reason"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "concurrency.png").stat().st_size > 0
+
+
+def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None:
+    """The order of asking is the pool's own record of it; the stamp of the acquisition record,
+    taken a little after the slot was, only stands in for it when the pool does not say."""
+    from bench.measure import order_inversions
+    from bench.recorder import Acquired, Event
+
+    def start(task_id: str, at: float) -> Event:
+        return Event("s", task_id, at, 1)
+
+    # a asked first and started first; its record was stamped 30 ms after its slot was taken,
+    # so the stamp alone would put its asking after b's.
+    acquisitions = [Acquired("a", 10.030, 0.500, first=9.500), Acquired("b", 10.006, 0.504, 9.501)]
+    events = [start("a", 10.001), start("b", 10.010)]
+    assert order_inversions(acquisitions, events) == (0, 2)
+    stamped_only = [Acquired(a.task_id, a.at, a.waited) for a in acquisitions]
+    assert order_inversions(stamped_only, events) == (1, 2)
+    # A real inversion counts either way: b asked after a but started before it.
+    late_start = [start("a", 10.030), start("b", 10.010)]
+    assert order_inversions(acquisitions, late_start) == (1, 2)

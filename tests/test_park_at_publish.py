@@ -3,13 +3,16 @@ publishing it, so the broker only ever carries messages that hold a slot."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 from celery import Celery, chain, chord, group
 from celery.signals import before_task_publish
+from kombu.exceptions import OperationalError
 
 from celery_pools import PooledTask, PoolTimeoutError, signals
 from tests.workerapp import INSTANCE
@@ -199,5 +202,92 @@ def test_with_the_pools_redis_down_tasks_are_published_as_usual(private_env, pri
     try:
         app.tasks["t.hold"].delay("second")
         assert _queued(env) == 2  # published as usual: the worker waits for Redis
+    finally:
+        private_redis.restart()
+
+
+def _wait_for(predicate, timeout=10.0, what="the condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(env):
+    manager = _pool(env, limit=1)
+    store = manager.store
+    keys = store.keys.pool("api")
+
+    def never() -> str:
+        raise AssertionError("a granted call must not be parked")
+
+    granted = store.park_at_publish(INSTANCE, "g1", entry=never, lease=0.3)
+    assert not granted.parked
+    assert granted.granted is not None
+    assert granted.granted["pool"] == "api"
+    assert granted.granted["handoff"].startswith("g1.")
+    assert store.client.hlen(keys.parked) == 0  # nothing of it is stored but its slot
+    assert (manager.status("api").in_use, manager.status("api").waiting) == (1, 0)
+    # The slot is taken: the next call parks, with its entry, in the same answer.
+    parked = store.park_at_publish(INSTANCE, "g2", entry=lambda: '{"info": {}}', lease=0.3)
+    assert (parked.parked, parked.position) == (True, 1)
+
+    # The grant's message never came (its producer died before publishing): when its lease
+    # lapses the slot comes back, without a leak warning, and goes to the parked task.
+    handed: list[str] = []
+
+    def lapsed() -> bool:
+        handoffs, reclaimed = store.handoff("api", lease=30)
+        assert reclaimed == ()
+        handed.extend(h.token for h in handoffs)
+        return bool(handed)
+
+    _wait_for(lapsed, what="the grant to lapse")
+    assert handed == ["g2"]
+    assert store.client.hget(keys.stats, "grants_lapsed") == "1"
+    assert store.client.hlen(keys.handing) == 1  # g2's hand-off, not g1's grant
+
+    # Its message, arriving late after all, does not run on the lapsed grant: it waits.
+    late = store.acquire(INSTANCE, "g1", lease=30, handoff=granted.granted["handoff"])
+    assert (late.status.value, late.reason) == ("FULL", "handoff")
+
+
+def test_a_granted_task_claims_its_slot_and_runs_once(env, run_worker, publications):
+    manager = _pool(env, limit=3)
+    app = env.app()
+    result = app.tasks["t.hold"].delay("granted")
+    with redis.Redis.from_url(env.broker) as broker:
+        (raw,) = broker.lrange(env.queue, 0, -1)
+    headers = json.loads(raw)["headers"]
+    assert headers["celery_pools"]["handoff"].startswith(f"{result.id}.")
+    assert manager.status("api").in_use == 1  # held for it while its message waits
+    with run_worker(app, concurrency=2):
+        assert result.get(timeout=30) == "granted"
+    assert publications.count("t.hold") == 1
+    assert [label for label, _ in env.probe().starts()] == ["granted"]
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 0)
+    assert manager.status("api").in_use == 0
+
+
+def test_a_grant_whose_message_cannot_be_published_raises_and_comes_back(env, private_redis):
+    """Celery's own publish fails as usual (the broker is down), and the slot granted for the
+    call is not lost: it comes back when its hand-off lease lapses."""
+    env.broker = private_redis.url(2)
+    manager = _pool(env, limit=1)
+    app = env.app(pools_handoff_lease_seconds=0.5, broker_connection_timeout=0.5)
+    private_redis.kill()
+    try:
+        with pytest.raises(OperationalError):
+            app.tasks["t.hold"].apply_async(("lost",), retry=False)
+        store, stats = manager.store, manager.store.keys.pool("api").stats
+        assert store.client.hget(stats, "handoffs") == "1"  # a slot was granted for it
+        _wait_for(
+            lambda: store.handoff("api") == ((), ()) and store.client.hget(stats, "grants_lapsed"),
+            what="the grant to lapse",
+        )
+        assert manager.status("api").in_use == 0
+        assert store.client.hlen(store.keys.pool("api").handing) == 0
     finally:
         private_redis.restart()

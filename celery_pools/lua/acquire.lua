@@ -44,7 +44,8 @@ Returns {"MOVED", now, pool} when the instance is served by another pool ("" for
 with that pool's keys. Otherwise
   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, reclaimed JSON...}
   status "OK"         the slot (and token) are taken; reentrant = 1 when the token already held it;
-                      reason "handoff" when it claimed a slot handed to it
+                      reason "handoff" when it claimed a slot handed to it after waiting,
+                      "granted" when the slot was handed to it as it was published
   status "STALE"      a stale copy of a handed-off message: the task holds, or waits for, its slot
                       under another hand-off id; this copy must not run
   status "UNASSIGNED" the instance has no pool (its rate token, if it has a rate limit, is taken)
@@ -185,7 +186,7 @@ if redis.call('ZSCORE', KEYS[8], token) then
     redis.call('HINCRBY', KEYS[12], held['immediate'] and 'acquired_immediate' or 'acquired_waited', 1)
     redis.call('HINCRBY', KEYS[12], 'acquired:' .. instance, 1)
     observe('wait', now - first)
-    return reply('OK', limit, in_use, timeout, uid, 0, 0, 'handoff')
+    return reply('OK', limit, in_use, timeout, uid, 0, 0, held['immediate'] and 'granted' or 'handoff')
   end
   if ARGV[11] ~= '' then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')

@@ -3,8 +3,10 @@ handoff.lua: give free slots straight to the oldest parked tasks, and keep the F
 Run after every release (pipelined with release.lua) and by every worker's reaper.
 
 1. A hand-off not taken up before its lease lapsed (the releasing worker died before publishing,
-   or the message was lost) goes back to the head of the FIFO, keeping its place; other lapsed
-   holders are reclaimed (their process died).
+   or the message was lost) goes back to the head of the FIFO, keeping its place; a slot granted
+   at publication (nothing parked: the producer publishes the message itself) just comes back,
+   and its message, if it arrives late, acquires as any other; other lapsed holders are
+   reclaimed (their process died).
 2. Parked tasks past their deadline leave the FIFO for {p}:expired, so that the caller publishes
    them to fail with PoolTimeoutError through Celery's normal failure path.
 3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
@@ -16,7 +18,8 @@ KEYS[3]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
 KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carries "handoff": id)
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
-KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, reclaimed, timeouts
+KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, grants_lapsed,
+                                         reclaimed, timeouts
 KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
@@ -46,9 +49,12 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
     redis.call('HDEL', KEYS[1], token)
   end
   local entry = redis.call('HGET', KEYS[10], token)
-  if entry then
+  local parked = entry and cjson.decode(entry)
+  if parked and parked['direct'] then
     redis.call('HDEL', KEYS[10], token)
-    local parked = cjson.decode(entry)
+    redis.call('HINCRBY', KEYS[7], 'grants_lapsed', 1)
+  elseif parked then
+    redis.call('HDEL', KEYS[10], token)
     local first = parked['first']
     redis.call('ZADD', KEYS[8], tonumber(parked['place'] or '') or first * 1000, token)
     if parked['immediate'] then

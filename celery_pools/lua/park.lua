@@ -20,15 +20,22 @@ KEYS[7]  {p}:pool:<name>:handing    HASH task id handed a slot, not started -> e
 KEYS[8]  {p}:instances              HASH instance -> pool name
 KEYS[9]  {p}:rates                  HASH instance -> rate limit
 KEYS[10] {p}:paused                 HASH instance -> paused until (ms)
+KEYS[11] {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carries "handoff": id)
+KEYS[12] {p}:held                   HASH task id -> pool name
+KEYS[13] {p}:pool:<name>:stats      HASH counters: handoffs
 
 ARGV[1]  token: the task id
 ARGV[2]  when the task first asked for a slot (ms, Redis clock); "" for now
 ARGV[3]  entry JSON: {"info": {task_name, instance, ...}, "msg": <the serialized message>};
          "first", "place" and "state" ({pool, uid, timeout}: the task's wait state) are added, and
-         "immediate" when a producer parks it with a slot free and nobody waiting
+         "immediate" when a producer parks it with a slot free and nobody waiting.
+         At publication it may be "": grant a free slot at once if nobody waits (the message is
+         then published as usual, with the grant in its header), else answer -5 and park nothing
 ARGV[4]  at publication: the connector instance; "" when a worker parks
 ARGV[5]  the pool's name (at publication: the pool the caller believes serves the instance)
 ARGV[6]  at publication: how the task waits ("countdown", "handoff", "" for the pool's mode)
+ARGV[7]  at publication: the hand-off lease (ms) of a slot granted at once
+ARGV[8]  at publication: the holder JSON of a slot granted at once ({task_name, instance})
 
 Returns {position, now, detail}; position is
   >= 1  parked: its place in the FIFO (1 = next); detail is its deadline (ms)
@@ -36,6 +43,10 @@ Returns {position, now, detail}; position is
   -1    the pool no longer exists (a worker starts again from acquire.lua)
   -2    at publication: another pool serves the instance; detail is its name ("" for none)
   -3    at publication: publish as usual; detail says why ("countdown", "limited", "held")
+  -4    at publication, no entry: a slot is granted (a hand-off taken up by the task's claim,
+        which lapses like any other if the task does not start in time); detail is the hand-off
+        id, and the reply goes on with the pool's uid and timeout (ms): {-4, now, id, uid, timeout}
+  -5    at publication, no entry: the pool is full or tasks wait; call again with the entry
 ]]
 
 local t = redis.call('TIME')
@@ -70,6 +81,23 @@ if instance ~= '' then
 end
 if redis.call('ZSCORE', KEYS[4], token) or redis.call('ZSCORE', KEYS[6], token) then
   return {0, now, ''}
+end
+if ARGV[3] == '' then
+  if instance == '' or redis.call('ZCARD', KEYS[4]) > 0
+      or redis.call('ZCARD', KEYS[6]) >= tonumber(cfg[1]) then
+    return {-5, now, ''}
+  end
+  -- Nobody waits and a slot is free: grant it now. Nothing is parked, so the grant needs no
+  -- message: if it lapses (the task never started, or not in time) the slot simply comes back
+  -- (handoff.lua), and a late message acquires as any other would.
+  local id = token .. '.' .. redis.call('HINCRBY', KEYS[13], 'handoffs', 1)
+  local info = cjson.decode(ARGV[8])
+  info['since'], info['handoff'], info['immediate'] = now, id, 1
+  redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), token)
+  redis.call('HSET', KEYS[11], token, cjson.encode(info))
+  redis.call('HSET', KEYS[12], token, ARGV[5])
+  redis.call('HSET', KEYS[7], token, cjson.encode({direct = 1, first = now, info = info}))
+  return {-4, now, id, cfg[3], timeout}
 end
 local first = tonumber(ARGV[2]) or now
 -- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes
