@@ -48,7 +48,9 @@ def _concurrency(result: dict[str, Any]) -> str:
 
 
 def _inversions(result: dict[str, Any]) -> str:
-    return f"{result['order_inversions']} ({result['inversion_fraction']:.0%} of pairs)"
+    share = result["inversion_fraction"]
+    shown = f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.2%}"
+    return f"{result['order_inversions']} ({shown} of pairs)"
 
 
 def _cpu(result: dict[str, Any]) -> str:

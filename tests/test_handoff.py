@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -146,6 +147,29 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "handoff")
     again = store.acquire(INSTANCE, "parked", lease=30, handoff=handoff.handoff_id)
     assert again.status is AcquireStatus.STALE
+
+
+def test_a_task_parked_in_milliseconds_by_an_earlier_version_keeps_its_place(env):
+    """Before the FIFO was ordered in microseconds it was ordered in milliseconds: a task parked
+    then must neither look past its deadline nor lose its place after an upgrade."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    keys = store.keys.pool("api")
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    seconds, micros = store.client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    store.client.zadd(keys.queue, {"legacy": now_ms})  # as the earlier park.lua placed it
+    store.client.hset(keys.parked, "legacy", json.dumps({"info": {}, "first": now_ms}))
+    store.client.zadd(keys.waiters, {"legacy": now_ms + 30_000})
+    position, _, _ = store.park("newer", pool="api", first=now_ms / 1000 + 0.5, entry='{"info":{}}')
+    assert position == 2
+
+    assert store.handoff("api") == ((), ())  # the pool is full: nothing to hand, nothing expired
+    assert store.pop_expired() == []
+    assert store.client.zscore(keys.queue, "legacy") == now_ms * 1000
+    assert manager.status("api").waiting == 2
+    handed = store.release("holder", "api", parked_likely=True).handoffs
+    assert [h.token for h in handed] == ["legacy"]
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    and its message, if it arrives late, acquires as any other; other lapsed holders are
    reclaimed (their process died).
 2. Parked tasks past their deadline leave the FIFO for {p}:expired, so that the caller publishes
-   them to fail with PoolTimeoutError through Celery's normal failure path.
+   them to fail with PoolTimeoutError through Celery's normal failure path. (A task placed by a
+   version that ordered the FIFO in milliseconds looks past its deadline by its place: its own
+   first request says otherwise, and it is placed again, in microseconds.)
 3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
    its entry is returned for the caller to publish at once.
 
@@ -73,15 +75,22 @@ end
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeout) * 1000, 'LIMIT', 0, 100)) do
   local entry = redis.call('HGET', KEYS[9], token)
-  redis.call('ZREM', KEYS[8], token)
-  redis.call('HDEL', KEYS[9], token)
-  redis.call('ZREM', KEYS[5], token)
-  redis.call('HDEL', KEYS[6], token)
-  redis.call('HINCRBY', KEYS[7], 'timeouts', 1)
-  if entry then
-    redis.call('RPUSH', KEYS[11], cjson.encode({
-      reason = 'timeout', pool = ARGV[1], limit = limit, timeout = timeout, at = now, entry = entry,
-    }))
+  local first = entry and tonumber(cjson.decode(entry)['first'])
+  if first and first + timeout > now then
+    -- Placed by a version that ordered the FIFO in milliseconds, and not past its deadline:
+    -- keep it, in its place in microseconds (before the hand-outs below).
+    redis.call('ZADD', KEYS[8], first * 1000, token)
+  else
+    redis.call('ZREM', KEYS[8], token)
+    redis.call('HDEL', KEYS[9], token)
+    redis.call('ZREM', KEYS[5], token)
+    redis.call('HDEL', KEYS[6], token)
+    redis.call('HINCRBY', KEYS[7], 'timeouts', 1)
+    if entry then
+      redis.call('RPUSH', KEYS[11], cjson.encode({
+        reason = 'timeout', pool = ARGV[1], limit = limit, timeout = timeout, at = now, entry = entry,
+      }))
+    end
   end
 end
 
