@@ -253,6 +253,24 @@ def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(en
     assert (late.status.value, late.reason) == ("FULL", "handoff")
 
 
+def test_a_grant_whose_answer_was_lost_is_claimed_by_the_message_published_as_usual(env):
+    """Redis granted the slot but its answer never reached the producer, which then publishes
+    the call as usual, without the grant's id: that one message must claim the slot, not be
+    taken for a stale copy (it is the only one there is)."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.park_at_publish(INSTANCE, "lost", entry=lambda: "{}").granted is not None
+    claimed = store.acquire(INSTANCE, "lost", lease=30)  # no hand-off id in its headers
+    assert (claimed.status.value, claimed.reason) == ("OK", "granted")
+    assert manager.status("api").in_use == 1
+    (metrics,) = store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 0)
+    # A second copy of it (a redelivery) shares that slot; it never takes another.
+    again = store.acquire(INSTANCE, "lost", lease=30)
+    assert (again.status.value, again.reentrant) == ("OK", True)
+    assert manager.status("api").in_use == 1
+
+
 def test_a_granted_task_claims_its_slot_and_runs_once(env, run_worker, publications):
     manager = _pool(env, limit=3)
     app = env.app()

@@ -173,7 +173,10 @@ local in_use = redis.call('ZCARD', KEYS[8])
 if redis.call('ZSCORE', KEYS[8], token) then
   local held = cjson.decode(redis.call('HGET', KEYS[9], token) or '{}')
   if held['handoff'] then
-    if held['handoff'] ~= ARGV[11] then
+    -- A slot granted at publication has one message, which claims it even without the grant's
+    -- id (the producer lost Redis's answer and published it as usual); a parked task's copies
+    -- other than the one published with its hand-off are stale.
+    if held['handoff'] ~= ARGV[11] and not held['direct'] then
       return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
     end
     -- Claim the slot handed to this task.

@@ -92,7 +92,7 @@ if ARGV[3] == '' then
   -- (handoff.lua), and a late message acquires as any other would.
   local id = token .. '.' .. redis.call('HINCRBY', KEYS[13], 'handoffs', 1)
   local info = cjson.decode(ARGV[8])
-  info['since'], info['handoff'], info['immediate'] = now, id, 1
+  info['since'], info['handoff'], info['immediate'], info['direct'] = now, id, 1, 1
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), token)
   redis.call('HSET', KEYS[11], token, cjson.encode(info))
   redis.call('HSET', KEYS[12], token, ARGV[5])
