@@ -73,6 +73,9 @@ def collect_families(
     cleared = counter("cleared_waiters_total", "Waiting tasks ended by a clear.")
     released = counter("releases_total", "Slots given back by their holders.")
     reclaimed = counter("reclaimed_leases_total", "Slots taken back from dead holders (leaks).")
+    handoffs = counter("handoffs_total", "Slots handed to parked tasks or granted at publication.")
+    retried = counter("handoffs_retried_total", "Hand-offs not taken up in time, handed again.")
+    lapsed = counter("grants_lapsed_total", "Slots granted at publication, never claimed.")
     wait = HistogramMetricFamily(
         f"{_NS}_wait_seconds", "Time from a task's first request to its slot.", labels=["pool"]
     )
@@ -97,10 +100,14 @@ def collect_families(
         cleared.add_metric(pool, m.cleared_waiters)
         released.add_metric(pool, m.released)
         reclaimed.add_metric(pool, m.reclaimed)
+        handoffs.add_metric(pool, m.handoffs)
+        retried.add_metric(pool, m.handoffs_retried)
+        lapsed.add_metric(pool, m.grants_lapsed)
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
     yield from (limit, in_use, free, waiting, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
+    yield from (handoffs, retried, lapsed)
     yield from (wait, hold)
 
 

@@ -82,6 +82,15 @@ class PoolMetrics(_Model):
     cleared_holders: int
     released: int
     reclaimed: int
+    handoffs: int = Field(
+        default=0, description="Slots handed to parked tasks, or granted at publication."
+    )
+    handoffs_retried: int = Field(
+        default=0, description="Hand-offs not taken up in time, handed out again."
+    )
+    grants_lapsed: int = Field(
+        default=0, description="Slots granted at publication whose task never claimed them."
+    )
     acquired_by_instance: dict[str, int]
     wait: Histogram
     hold: Histogram
@@ -134,6 +143,9 @@ def parse_stats(status: PoolStatus, stats: Mapping[str, str]) -> PoolMetrics:
         cleared_holders=counter("cleared_holders"),
         released=counter("released"),
         reclaimed=counter("reclaimed"),
+        handoffs=counter("handoffs"),
+        handoffs_retried=counter("handoffs_retried"),
+        grants_lapsed=counter("grants_lapsed"),
         acquired_by_instance={
             field.split(":", 1)[1]: int(value)
             for field, value in stats.items()

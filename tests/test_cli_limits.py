@@ -265,6 +265,9 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
         "cleared_holders": 0,
         "released": 1,
         "reclaimed": 0,
+        "handoffs": 0,
+        "handoffs_retried": 0,
+        "grants_lapsed": 0,
         "suspicious_after": 900.0,
         "suspicious_holders": [],
     }

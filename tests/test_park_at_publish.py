@@ -245,7 +245,8 @@ def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(en
 
     _wait_for(lapsed, what="the grant to lapse")
     assert handed == ["g2"]
-    assert store.client.hget(keys.stats, "grants_lapsed") == "1"
+    (metrics,) = store.metrics(["api"])
+    assert (metrics.handoffs, metrics.handoffs_retried, metrics.grants_lapsed) == (2, 0, 1)
     assert store.client.hlen(keys.handing) == 1  # g2's hand-off, not g1's grant
 
     # Its message, arriving late after all, does not run on the lapsed grant: it waits.
