@@ -76,6 +76,7 @@ def collect_families(
     handoffs = counter("handoffs_total", "Slots handed to parked tasks or granted at publication.")
     retried = counter("handoffs_retried_total", "Hand-offs not taken up in time, handed again.")
     lapsed = counter("grants_lapsed_total", "Slots granted at publication, never claimed.")
+    withdrawn = counter("grants_withdrawn_total", "Slots granted at publication, given back.")
     wait = HistogramMetricFamily(
         f"{_NS}_wait_seconds", "Time from a task's first request to its slot.", labels=["pool"]
     )
@@ -103,11 +104,12 @@ def collect_families(
         handoffs.add_metric(pool, m.handoffs)
         retried.add_metric(pool, m.handoffs_retried)
         lapsed.add_metric(pool, m.grants_lapsed)
+        withdrawn.add_metric(pool, m.grants_withdrawn)
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
     yield from (limit, in_use, free, waiting, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
-    yield from (handoffs, retried, lapsed)
+    yield from (handoffs, retried, lapsed, withdrawn)
     yield from (wait, hold)
 
 

@@ -91,6 +91,9 @@ class PoolMetrics(_Model):
     grants_lapsed: int = Field(
         default=0, description="Slots granted at publication whose task never claimed them."
     )
+    grants_withdrawn: int = Field(
+        default=0, description="Slots granted at publication, given back: the publish failed."
+    )
     acquired_by_instance: dict[str, int]
     wait: Histogram
     hold: Histogram
@@ -146,6 +149,7 @@ def parse_stats(status: PoolStatus, stats: Mapping[str, str]) -> PoolMetrics:
         handoffs=counter("handoffs"),
         handoffs_retried=counter("handoffs_retried"),
         grants_lapsed=counter("grants_lapsed"),
+        grants_withdrawn=counter("grants_withdrawn"),
         acquired_by_instance={
             field.split(":", 1)[1]: int(value)
             for field, value in stats.items()

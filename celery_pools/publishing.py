@@ -31,7 +31,7 @@ from .extension import get_extension
 from .handoff import encode_message, log_reclaimed, publish_handoffs
 from .models import check_wait
 
-__all__ = ["Granted", "park_at_publish"]
+__all__ = ["Granted", "park_at_publish", "withdraw_grant"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,32 @@ def park_at_publish(
         if parent:
             parent.add_trail(result)
     return result
+
+
+def withdraw_grant(task: Any, task_id: str, granted: Granted) -> None:
+    """Give back the slot granted to a call whose message could not be published, at once
+    rather than when the grant lapses (unless its task claimed it already). Best effort: it never
+    raises, so the caller's own error is the one that reaches the application."""
+    app = task._get_app()
+    try:
+        ext = get_extension(app)
+        _, handoffs, reclaimed = ext.store.withdraw_grant(
+            task_id,
+            granted.header["pool"],
+            granted.header["handoff"],
+            lease=ext.settings.handoff_lease_seconds,
+        )
+    except PoolBackendError as exc:
+        logger.warning(
+            "celery-pools: could not give back the slot granted to %s[%s] (%s); it comes back "
+            "when its hand-off lease lapses",
+            task.name,
+            task_id,
+            exc,
+        )
+        return
+    log_reclaimed(granted.header["pool"], reclaimed)
+    publish_handoffs(app, handoffs)
 
 
 def _check(task: Any, args: Any, kwargs: Any) -> None:

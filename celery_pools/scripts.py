@@ -21,6 +21,7 @@ SCRIPT_NAMES = (
     "pause",
     "park",
     "handoff",
+    "ungrant",
 )
 
 

@@ -761,6 +761,28 @@ class RedisPoolStore:
             self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
         return replace(parking, handoffs=tuple(handoffs), reclaimed=tuple(reclaimed))
 
+    def withdraw_grant(
+        self, token: str, pool: str, handoff_id: str, *, lease: float = 10.0
+    ) -> tuple[bool, tuple[Handoff, ...], tuple[Reclaimed, ...]]:
+        """Take back the slot granted to ``token`` at publication (hand-off id ``handoff_id``)
+        when its message could not be published, unless the task claimed it already; in the same
+        round trip the slot goes to the oldest parked task. Returns whether the grant was taken
+        back, and the hand-offs to publish."""
+        keys = self.keys.pool(pool)
+        with self._backend(f"withdraw a slot granted in pool {pool!r}"):
+            withdrawn, handed = self._pipeline(
+                [
+                    _Call(
+                        "ungrant",
+                        [self.keys.held, keys.holders, keys.holder, keys.stats],
+                        [token, handoff_id, pool],
+                    ),
+                    self._handoff_call(pool, lease),
+                ]
+            )
+        handoffs, reclaimed = _handoff_reply(pool, handed)
+        return bool(withdrawn), handoffs, reclaimed
+
     def _parking_answer(self, instance: str, pool: str, reply: list[Any]) -> Parking | None:
         position, _, detail = reply[:3]
         if position == -2:

@@ -28,7 +28,7 @@ from .errors import (
 from .extension import PoolsExtension, get_extension, install
 from .handoff import encode_message, log_reclaimed, publish_handoffs
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
-from .publishing import Granted, park_at_publish
+from .publishing import Granted, park_at_publish, withdraw_grant
 from .store import AcquireStatus, Acquisition
 from .waiting import HEADER, WaitState, next_countdown
 
@@ -117,10 +117,12 @@ class PooledTask(Task):  # type: ignore[misc]
     ) -> Any:
         """Send the task, as :meth:`celery.app.task.Task.apply_async` does.
 
-        When the task's pool waits by hand-off, the task is parked in the pool's FIFO in Redis
-        instead of being published, and its message is published when a slot is handed to it
-        (at once, if one is free): see :mod:`celery_pools.publishing`. Its result reads
-        ``PENDING`` until it starts.
+        When the task's pool waits by hand-off and has a free slot nobody waits for, the slot
+        is granted to the call and the message published as usual, with the grant (given back
+        at once if the publication fails). When the pool is full, or tasks wait in it, the task
+        is parked in the pool's FIFO in Redis instead of being published, and its message is
+        published when a slot is handed to it; its result reads ``PENDING`` until it starts. See
+        :mod:`celery_pools.publishing`.
         """
         # The id is chosen here, so that a call published as usual keeps the id it was parked
         # under (see park_at_publish).
@@ -138,20 +140,26 @@ class PooledTask(Task):  # type: ignore[misc]
                 **options,
             },
         )
-        if isinstance(parked, Granted):  # a slot is free: publish as usual, with the grant
-            options["headers"] = {**(options.get("headers") or {}), HEADER: parked.header}
+        granted = parked if isinstance(parked, Granted) else None
+        if granted is not None:  # a slot is free: publish as usual, with the grant
+            options["headers"] = {**(options.get("headers") or {}), HEADER: granted.header}
         elif parked is not None:
             return parked
-        return super().apply_async(
-            args,
-            kwargs,
-            task_id=task_id,
-            producer=producer,
-            link=link,
-            link_error=link_error,
-            shadow=shadow,
-            **options,
-        )
+        try:
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id=task_id,
+                producer=producer,
+                link=link,
+                link_error=link_error,
+                shadow=shadow,
+                **options,
+            )
+        except BaseException:
+            if granted is not None:
+                withdraw_grant(self, task_id, granted)  # the slot is not held for nothing
+            raise
 
     # -- the life of one execution ----------------------------------------------------------
 

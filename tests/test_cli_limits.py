@@ -268,6 +268,7 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
         "handoffs": 0,
         "handoffs_retried": 0,
         "grants_lapsed": 0,
+        "grants_withdrawn": 0,
         "suspicious_after": 900.0,
         "suspicious_holders": [],
     }

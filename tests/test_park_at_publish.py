@@ -12,9 +12,10 @@ import pytest
 import redis
 from celery import Celery, chain, chord, group
 from celery.signals import before_task_publish
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 
 from celery_pools import PooledTask, PoolTimeoutError, signals
+from celery_pools.extension import get_extension
 from tests.workerapp import INSTANCE
 
 
@@ -228,6 +229,7 @@ def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(en
     assert granted.granted["pool"] == "api"
     assert granted.granted["handoff"].startswith("g1.")
     assert store.client.hlen(keys.parked) == 0  # nothing of it is stored but its slot
+    assert store.client.hlen(keys.handing) == 0
     assert (manager.status("api").in_use, manager.status("api").waiting) == (1, 0)
     # The slot is taken: the next call parks, with its entry, in the same answer.
     parked = store.park_at_publish(INSTANCE, "g2", entry=lambda: '{"info": {}}', lease=0.3)
@@ -266,7 +268,7 @@ def test_a_grant_whose_answer_was_lost_is_claimed_by_the_message_published_as_us
     assert manager.status("api").in_use == 1
     (metrics,) = store.metrics(["api"])
     assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 0)
-    # A second copy of it (a redelivery) shares that slot; it never takes another.
+    # A copy delivered again under the same id (a redelivery) takes no second slot.
     again = store.acquire(INSTANCE, "lost", lease=30)
     assert (again.status.value, again.reentrant) == ("OK", True)
     assert manager.status("api").in_use == 1
@@ -290,23 +292,95 @@ def test_a_granted_task_claims_its_slot_and_runs_once(env, run_worker, publicati
     assert manager.status("api").in_use == 0
 
 
-def test_a_grant_whose_message_cannot_be_published_raises_and_comes_back(env, private_redis):
+def test_a_grant_whose_message_cannot_be_published_raises_and_gives_the_slot_back(
+    env, private_redis
+):
     """Celery's own publish fails as usual (the broker is down), and the slot granted for the
-    call is not lost: it comes back when its hand-off lease lapses."""
+    call is given back at once, to the next task parked behind it if there is one."""
     env.broker = private_redis.url(2)
     manager = _pool(env, limit=1)
-    app = env.app(pools_handoff_lease_seconds=0.5, broker_connection_timeout=0.5)
+    store = manager.store
+    app = env.app(broker_connection_timeout=0.5)
     private_redis.kill()
     try:
         with pytest.raises(OperationalError):
             app.tasks["t.hold"].apply_async(("lost",), retry=False)
-        store, stats = manager.store, manager.store.keys.pool("api").stats
-        assert store.client.hget(stats, "handoffs") == "1"  # a slot was granted for it
-        _wait_for(
-            lambda: store.handoff("api") == ((), ()) and store.client.hget(stats, "grants_lapsed"),
-            what="the grant to lapse",
-        )
-        assert manager.status("api").in_use == 0
-        assert store.client.hlen(store.keys.pool("api").handing) == 0
     finally:
         private_redis.restart()
+    (metrics,) = store.metrics(["api"])
+    assert (metrics.handoffs, metrics.grants_withdrawn) == (1, 1)  # granted, and given back
+    assert manager.status("api").in_use == 0
+    assert _queued(env) == 0
+    result = app.tasks["t.hold"].delay("next")
+    assert _queued(env) == 1  # the next call is granted the slot, not parked
+    assert manager.status("api").in_use == 1
+    assert result.id in store.client.hgetall(manager.store.keys.held)
+
+
+def test_an_unserializable_call_gives_its_granted_slot_back(env):
+    manager = _pool(env, limit=1)
+    app = env.app()
+    with pytest.raises(EncodeError):
+        app.tasks["t.hold"].delay(object())  # the json serializer refuses it
+    assert manager.status("api").in_use == 0
+    app.tasks["t.hold"].delay("next")
+    assert _queued(env) == 1
+
+
+def test_the_same_id_sent_again_while_its_grant_is_unclaimed_runs_once(
+    env, run_worker, publications
+):
+    """A slot was granted for a call whose publication then failed (and was not given back:
+    the producer died); the application sends the call again under the same id. It must be
+    published, not taken for a parked copy, and claim the grant."""
+    manager = _pool(env, limit=2)
+    store = manager.store
+    first = store.park_at_publish(INSTANCE, "same-id", entry=lambda: "{}")
+    assert first.granted is not None
+    app = env.app()
+    result = app.tasks["t.hold"].apply_async(("again",), task_id="same-id")
+    assert _queued(env) == 1
+    with run_worker(app, concurrency=2):
+        assert result.get(timeout=30) == "again"
+    assert [label for label, _ in env.probe().starts()] == ["again"]
+    assert publications.count("t.hold") == 1
+    (metrics,) = store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited, metrics.grants_lapsed) == (1, 0, 0)
+    assert manager.status("api").in_use == 0
+
+
+def test_a_call_whose_grant_answer_was_lost_is_published_as_usual_and_runs_once(
+    env, run_worker, publications
+):
+    """Redis grants the slot but the answer never reaches the producer (the connection drops
+    after the script ran): the call is published as usual, and that message claims the grant."""
+    manager = _pool(env, limit=2)
+    app = env.app()
+    store = get_extension(app).store
+    real = store._pipeline
+    lost: list[bool] = []
+
+    def drop_the_first_grant_answer(calls):
+        replies = real(calls)
+        if not lost and calls[0].script == "park" and replies[0][0] == -4:
+            lost.append(True)
+            raise redis.ConnectionError("connection lost after the script ran")
+        return replies
+
+    store._pipeline = drop_the_first_grant_answer
+    try:
+        result = app.tasks["t.hold"].delay("lost-answer")
+    finally:
+        del store._pipeline
+    assert lost == [True]
+    with redis.Redis.from_url(env.broker) as broker:
+        (raw,) = broker.lrange(env.queue, 0, -1)
+    assert "celery_pools" not in json.loads(raw)["headers"]  # published as usual
+    assert manager.status("api").in_use == 1  # the grant, waiting for its claim
+    with run_worker(app, concurrency=2):
+        assert result.get(timeout=30) == "lost-answer"
+    assert [label for label, _ in env.probe().starts()] == ["lost-answer"]
+    assert publications.count("t.hold") == 1
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.grants_lapsed) == (1, 0)
+    assert manager.status("api").in_use == 0

@@ -45,7 +45,7 @@ with that pool's keys. Otherwise
   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, reclaimed JSON...}
   status "OK"         the slot (and token) are taken; reentrant = 1 when the token already held it;
                       reason "handoff" when it claimed a slot handed to it after waiting,
-                      "granted" when the slot was handed to it as it was published
+                      "granted" when the slot was granted to it as it was published
   status "STALE"      a stale copy of a handed-off message: the task holds, or waits for, its slot
                       under another hand-off id; this copy must not run
   status "UNASSIGNED" the instance has no pool (its rate token, if it has a rate limit, is taken)
@@ -156,7 +156,11 @@ for _, holder in ipairs(lapsed) do
   if redis.call('HGET', KEYS[2], holder) == actual then
     redis.call('HDEL', KEYS[2], holder)
   end
-  reclaimed[#reclaimed + 1] = cjson.encode({token = holder, info = info or ''})
+  if info and cjson.decode(info)['direct'] then
+    redis.call('HINCRBY', KEYS[12], 'grants_lapsed', 1)  -- granted at publication, never claimed
+  else
+    reclaimed[#reclaimed + 1] = cjson.encode({token = holder, info = info or ''})
+  end
   end
 end
 if #reclaimed > 0 then
@@ -189,7 +193,7 @@ if redis.call('ZSCORE', KEYS[8], token) then
     redis.call('HINCRBY', KEYS[12], held['immediate'] and 'acquired_immediate' or 'acquired_waited', 1)
     redis.call('HINCRBY', KEYS[12], 'acquired:' .. instance, 1)
     observe('wait', now - first)
-    return reply('OK', limit, in_use, timeout, uid, 0, 0, held['immediate'] and 'granted' or 'handoff')
+    return reply('OK', limit, in_use, timeout, uid, 0, 0, held['direct'] and 'granted' or 'handoff')
   end
   if ARGV[11] ~= '' then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')

@@ -52,9 +52,8 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
   end
   local entry = redis.call('HGET', KEYS[10], token)
   local parked = entry and cjson.decode(entry)
-  if parked and parked['direct'] then
-    redis.call('HDEL', KEYS[10], token)
-    redis.call('HINCRBY', KEYS[7], 'grants_lapsed', 1)
+  if not parked and info ~= '' and cjson.decode(info)['direct'] then
+    redis.call('HINCRBY', KEYS[7], 'grants_lapsed', 1)  -- granted at publication, never claimed
   elseif parked then
     redis.call('HDEL', KEYS[10], token)
     local first = parked['first']

@@ -88,15 +88,16 @@ if ARGV[3] == '' then
     return {-5, now, ''}
   end
   -- Nobody waits and a slot is free: grant it now. Nothing is parked, so the grant needs no
-  -- message: if it lapses (the task never started, or not in time) the slot simply comes back
-  -- (handoff.lua), and a late message acquires as any other would.
+  -- message and no hand-off entry: if it lapses (the task never started, or not in time) the
+  -- slot simply comes back (handoff.lua, acquire.lua), and a late message acquires as any other
+  -- would. The same id sent again while the grant is unclaimed finds it held ("held" above) and
+  -- is published as usual; whichever copy starts first claims the grant (acquire.lua).
   local id = token .. '.' .. redis.call('HINCRBY', KEYS[13], 'handoffs', 1)
   local info = cjson.decode(ARGV[8])
   info['since'], info['handoff'], info['immediate'], info['direct'] = now, id, 1, 1
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), token)
   redis.call('HSET', KEYS[11], token, cjson.encode(info))
   redis.call('HSET', KEYS[12], token, ARGV[5])
-  redis.call('HSET', KEYS[7], token, cjson.encode({direct = 1, first = now, info = info}))
   return {-4, now, id, cfg[3], timeout}
 end
 local first = tonumber(ARGV[2]) or now
