@@ -172,6 +172,45 @@ def test_a_task_parked_in_milliseconds_by_an_earlier_version_keeps_its_place(env
     assert [h.token for h in handed] == ["legacy"]
 
 
+@pytest.mark.parametrize("how", ["handed", "granted"])
+def test_a_clear_keeps_a_task_that_was_handed_its_slot_but_not_yet_started(env, how):
+    """A clear drops waiting tasks; one already handed (or granted) a slot holds it, like any
+    holder, and runs. Failing it instead left its slot taken until the hand-off lapsed, and a
+    lapsed hand-off went back to the FIFO: the task failed, then ran (or failed again)."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    if how == "granted":
+        granted = store.park_at_publish(INSTANCE, "t", entry=lambda: "{}").granted
+        assert granted is not None
+        state = {"handoff": granted["handoff"], "first": granted["first"], "uid": granted["uid"]}
+    else:
+        assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+        full = store.acquire(INSTANCE, "t", lease=30)
+        store.park("t", pool="api", first=full.first, entry='{"info":{}}')
+        (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
+        state = {"handoff": handoff.handoff_id, "first": full.first, "uid": full.uid}
+    manager.clear("api")
+    claimed = store.acquire(
+        INSTANCE,
+        "t",
+        lease=30,
+        first=state["first"],
+        waited_uid=state["uid"],
+        handoff=state["handoff"],
+    )
+    assert claimed.status is AcquireStatus.OK
+    # With release_held the slot is gone, and so the task (still waiting, then) is cleared.
+    store.release("t", "api")
+    other = store.park_at_publish(INSTANCE, "u", entry=lambda: "{}").granted
+    assert other is not None
+    manager.clear("api", release_held=True)
+    ended = store.acquire(
+        INSTANCE, "u", lease=30, first=other["first"], waited_uid=other["uid"],
+        handoff=other["handoff"],
+    )  # fmt: skip
+    assert ended.status is AcquireStatus.CLEARED
+
+
 @pytest.mark.slow
 def test_handoff_across_three_prefork_workers_keeps_the_limit(env):
     _pool(env, limit=3, timeout=120)

@@ -335,10 +335,10 @@ def test_the_same_id_sent_again_while_its_grant_is_unclaimed_runs_once(
     published, not taken for a parked copy, and claim the grant."""
     manager = _pool(env, limit=2)
     store = manager.store
-    first = store.park_at_publish(INSTANCE, "same-id", entry=lambda: "{}")
+    first = store.park_at_publish(INSTANCE, f"same-id-{env.name}", entry=lambda: "{}")
     assert first.granted is not None
     app = env.app()
-    result = app.tasks["t.hold"].apply_async(("again",), task_id="same-id")
+    result = app.tasks["t.hold"].apply_async(("again",), task_id=f"same-id-{env.name}")
     assert _queued(env) == 1
     with run_worker(app, concurrency=2):
         assert result.get(timeout=30) == "again"

@@ -127,7 +127,9 @@ if mode == 'handoff' and (redis.call('HEXISTS', KEYS[3], instance) == 1
   mode = 'countdown'
 end
 
-if cleared and ARGV[6] == uid and first <= cleared then
+-- A task that holds a slot (handed or granted to it, or its own from an earlier delivery) is no
+-- longer waiting: a clear keeps it, as it keeps every holder unless asked to release them.
+if cleared and ARGV[6] == uid and first <= cleared and not redis.call('ZSCORE', KEYS[8], token) then
   redis.call('ZREM', KEYS[10], token)
   redis.call('HDEL', KEYS[11], token)
   return reply('CLEARED', limit, 0, timeout, uid, 0, 0, '')
