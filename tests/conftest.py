@@ -7,6 +7,7 @@ session server cannot see each other's pools, messages or counters.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +33,10 @@ def redis_server() -> Iterator[RedisServer]:
     """The session's private Redis server."""
     with RedisServer() as server:
         yield server
+        # Results the tests let go of unsubscribe from the result backend when they are
+        # collected: let that happen while the server still answers, not at pytest's exit,
+        # where each one retried its reconnection for a while.
+        gc.collect()
 
 
 @pytest.fixture
