@@ -90,6 +90,7 @@ def park_at_publish(
         return None  # known to publish as usual: skip the preparation apply_async does anyway
     _check(task, args, kwargs)  # what apply_async refuses is refused before a slot is taken
     prepared: list[Any] = []
+    info = {"task_name": task.name, "instance": instance}
 
     def entry() -> str:
         prepared[:] = _prepare(task, app, args, kwargs, options)
@@ -101,7 +102,7 @@ def park_at_publish(
             call_args,
             call_kwargs,
             {**stored, "task_id": task_id},
-            info={"task_name": task.name, "instance": instance},
+            info=info,
         )
 
     try:
@@ -111,7 +112,7 @@ def park_at_publish(
             entry=entry,
             wait=wait or "",
             lease=lease,
-            info={"task_name": task.name, "instance": instance},
+            info=info,
         )
     except (PoolBackendError, EncodeError) as exc:  # Redis unreachable, unserializable call
         logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
