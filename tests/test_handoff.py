@@ -145,8 +145,30 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     assert wrong.status is AcquireStatus.STALE
     claimed = store.acquire(INSTANCE, "parked", lease=30, handoff=handoff.handoff_id)
     assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "handoff")
-    again = store.acquire(INSTANCE, "parked", lease=30, handoff=handoff.handoff_id)
-    assert again.status is AcquireStatus.STALE
+    # After the claim, a copy carrying another hand-off id is still stale...
+    assert store.acquire(INSTANCE, "parked", lease=30, handoff="parked.999").status is (
+        AcquireStatus.STALE
+    )
+
+
+def test_the_claimed_hand_off_delivered_again_runs_in_its_slot(env):
+    """A worker died running a handed-off task (acks_late): the broker delivers the same message
+    again while the dead worker's lease still holds the slot. It must run, in that slot, not be
+    dropped as a stale copy: that would lose the task."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "task", lease=30)
+    store.park("task", pool="api", first=full.first, entry='{"info":{}}')
+    (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
+    first_run = store.acquire(INSTANCE, "task", lease=30, handoff=handoff.handoff_id)
+    assert (first_run.status, first_run.reentrant) == (AcquireStatus.OK, False)
+    again = store.acquire(INSTANCE, "task", lease=30, handoff=handoff.handoff_id)
+    assert (again.status, again.reentrant) == (AcquireStatus.OK, True)
+    assert manager.status("api").in_use == 1  # the same slot, not a second one
+    assert store.acquire(INSTANCE, "task", lease=30, handoff="task.0").status is (
+        AcquireStatus.STALE
+    )
 
 
 def test_a_task_parked_in_milliseconds_by_an_earlier_version_keeps_its_place(env):

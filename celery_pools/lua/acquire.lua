@@ -185,9 +185,11 @@ if redis.call('ZSCORE', KEYS[8], token) then
     if held['handoff'] ~= ARGV[11] and not held['direct'] then
       return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
     end
-    -- Claim the slot handed to this task.
+    -- Claim the slot handed to this task; remember under which hand-off id, so that the same
+    -- message delivered again is known from a stale copy.
     local info = cjson.decode(ARGV[7])
     info['since'] = now
+    info['claimed'] = ARGV[11]
     redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), token)
     redis.call('HSET', KEYS[9], token, cjson.encode(info))
     redis.call('HDEL', KEYS[15], token)
@@ -197,7 +199,10 @@ if redis.call('ZSCORE', KEYS[8], token) then
     observe('wait', now - first)
     return reply('OK', limit, in_use, timeout, uid, 0, 0, held['direct'] and 'granted' or 'handoff')
   end
-  if ARGV[11] ~= '' then
+  -- Claimed already: a copy under an earlier hand-off id is stale; the claimed message itself,
+  -- delivered again (a worker died running it, acks_late), takes no second slot, as any
+  -- redelivered message.
+  if ARGV[11] ~= '' and ARGV[11] ~= held['claimed'] then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
   end
   redis.call('ZADD', KEYS[8], now + tonumber(ARGV[4]), token)
