@@ -703,16 +703,18 @@ class RedisPoolStore:
         holder = json.dumps(info or {"instance": instance}, separators=(",", ":"))
         lease_ms = _ms(lease)
 
+        def park_call(pool: str, payload: str) -> _Call:
+            # An empty payload asks for a slot at once, parking nothing (park.lua's -4 / -5).
+            args = [token, "", payload, instance, pool, wait, lease_ms, holder]
+            return self._park_call(pool, args)
+
         def attempt(believed: str) -> Parking | None:
             nonlocal payload
             if not believed:
                 return Parking(parked=False)
             if payload is None and believed not in self._contended:
                 with self._backend(f"ask for a slot of pool {believed!r}"):
-                    (reply,) = self._pipeline(
-                        [self._park_call(believed, [token, "", "", instance, believed, wait,
-                                                    lease_ms, holder])]
-                    )  # fmt: skip
+                    (reply,) = self._pipeline([park_call(believed, "")])
                 self.clock.observe(reply[1] / 1000)
                 if reply[0] == -4:  # granted
                     return Parking(
@@ -733,12 +735,8 @@ class RedisPoolStore:
                 payload = entry()
             with self._backend(f"park a task in pool {believed!r}"):
                 reply, handed = self._pipeline(
-                    [
-                        self._park_call(believed, [token, "", payload, instance, believed, wait,
-                                                   lease_ms, holder]),
-                        self._handoff_call(believed, lease),
-                    ]
-                )  # fmt: skip
+                    [park_call(believed, payload), self._handoff_call(believed, lease)]
+                )
             self.clock.observe(reply[1] / 1000)
             more_handoffs, more_reclaimed = _handoff_reply(believed, handed)
             handoffs.extend(more_handoffs)
