@@ -163,11 +163,7 @@ def test_seed_example_limit_10_and_60_per_minute_across_three_workers(env):
     pools.assign(INSTANCE, "api")
     pools.set_rate_limit(INSTANCE, "60/m")
     for _ in range(3):
-        # As the README advises for tasks that wait by countdown: with Celery's default prefetch
-        # a worker whose processes are all busy keeps taking countdown messages, which then wait
-        # for one of its processes while another worker idles (seen here: one worker idle for the
-        # whole run, 8 slots of 10 used, 49 starts in the busiest minute).
-        env.worker(concurrency=4, extra_args=["--disable-prefetch"])
+        env.worker(concurrency=4)
     app = env.app()
     results = [app.tasks["t.hold"].delay(f"s{i}", 10.0) for i in range(125)]
     for result in results:
