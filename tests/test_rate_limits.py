@@ -157,11 +157,16 @@ def test_seed_example_limit_10_and_60_per_minute_across_three_workers(env):
     limits bind. Starts are counted by the tasks themselves. A start is recorded a few
     milliseconds after its token was granted, so a rolling window is checked 0.25 s short of a
     minute; a fixed-window limiter would still show up to twice the rate across a window edge.
+
+    The workers run as the README prescribes for saturated countdown pools: with
+    ``worker_eta_task_limit`` at their prefetch count (4), so that a worker whose processes are
+    all busy does not keep the retries another, idle worker could run.
     """
     pools = env.manager()
     pools.create("api", limit=10, timeout=300)
     pools.assign(INSTANCE, "api")
     pools.set_rate_limit(INSTANCE, "60/m")
+    env.extra_worker_env["CP_ETA_TASK_LIMIT"] = "4"  # concurrency 4 x prefetch multiplier 1
     for _ in range(3):
         env.worker(concurrency=4)
     app = env.app()

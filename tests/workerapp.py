@@ -216,6 +216,7 @@ def _from_env() -> Celery:
         lease_seconds=float(env.get("CP_LEASE_SECONDS", "60")),
         pools_handoff_lease_seconds=float(env.get("CP_HANDOFF_LEASE_SECONDS", "10")),
         pools_suspicious_hold_seconds=float(env.get("CP_SUSPICIOUS_HOLD_SECONDS", "900")),
+        worker_eta_task_limit=int(env["CP_ETA_TASK_LIMIT"]) if "CP_ETA_TASK_LIMIT" in env else None,
     )
 
 
