@@ -34,6 +34,8 @@ ENV = {
     "record_url": "BENCH_RECORD_URL",
     "queue": "BENCH_QUEUE",
 }
+#: The workers' ``worker_eta_task_limit``, when set (see :func:`bench.modes.worker_settings`).
+ETA_TASK_LIMIT_ENV = "BENCH_ETA_TASK_LIMIT"
 #: Connector instances with this prefix are traced (body start/end and pool signals).
 TRACE_PREFIX = "trace."
 
@@ -58,14 +60,26 @@ def _instance_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return str(kwargs["instance"])
 
 
-def create_app(*, broker: str, backend: str, pools_url: str, record_url: str, queue: str) -> Celery:
-    """The benchmark app: plain and pooled no-op tasks, and a pooled task that works a while."""
+def create_app(
+    *,
+    broker: str,
+    backend: str,
+    pools_url: str,
+    record_url: str,
+    queue: str,
+    eta_task_limit: int | None = None,
+) -> Celery:
+    """The benchmark app: plain and pooled no-op tasks, and a pooled task that works a while.
+
+    ``eta_task_limit`` is Celery's ``worker_eta_task_limit`` (unlimited by default).
+    """
     _Records.client = redis.Redis.from_url(record_url, decode_responses=True)
     app = Celery("bench", broker=broker, backend=backend, set_as_current=False)
     app.conf.update(
         pools_redis_url=pools_url,
         task_default_queue=queue,
         broker_connection_retry_on_startup=True,
+        worker_eta_task_limit=eta_task_limit,
     )
 
     @app.task(name="bench.noop_plain", shared=False)  # type: ignore[untyped-decorator, unused-ignore]
@@ -131,7 +145,11 @@ def _from_env() -> Celery:
     if ENV["pools_url"] not in os.environ:
         # Imported outside a benchmark run (by a linter or a test's collection): a placeholder.
         return Celery("bench", set_as_current=False)
-    return create_app(**{name: os.environ[variable] for name, variable in ENV.items()})
+    limit = os.environ.get(ETA_TASK_LIMIT_ENV)
+    return create_app(
+        **{name: os.environ[variable] for name, variable in ENV.items()},
+        eta_task_limit=int(limit) if limit else None,
+    )
 
 
 app = _from_env()

@@ -12,7 +12,9 @@ __all__ = ["MODES", "SCENARIOS", "BenchConfig"]
 SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog")
 #: Every waiting mode the benchmark knows; a mode the installed celery-pools lacks is reported as
 #: not available.
-MODES: tuple[str, ...] = ("countdown", "handoff")
+#: ``countdown-eta`` is countdown waiting on workers with ``worker_eta_task_limit`` at their
+#: prefetch count, as the README prescribes for saturated countdown pools.
+MODES: tuple[str, ...] = ("countdown", "countdown-eta", "handoff")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,33 @@ from typing import Any
 
 from celery_pools import PoolManager
 
-__all__ = ["ModeUnavailableError", "create_pool", "has_wait_parameter", "unavailable_reason"]
+__all__ = [
+    "ModeUnavailableError",
+    "create_pool",
+    "has_wait_parameter",
+    "pool_mode",
+    "unavailable_reason",
+    "worker_settings",
+]
 
 #: The mode every celery-pools has: waiting by countdown retries.
 CORE_MODE = "countdown"
+#: Countdown waiting on workers whose ``worker_eta_task_limit`` is their prefetch count.
+ETA_LIMITED_MODE = "countdown-eta"
+#: Celery's default ``worker_prefetch_multiplier``, which the benchmark's workers keep.
+PREFETCH_MULTIPLIER = 4
+
+
+def pool_mode(mode: str) -> str:
+    """The ``wait`` of the pools a benchmark ``mode`` creates."""
+    return CORE_MODE if mode == ETA_LIMITED_MODE else mode
+
+
+def worker_settings(mode: str, concurrency: int) -> dict[str, int]:
+    """Celery settings the workers of ``mode`` run with, beyond the benchmark's own."""
+    if mode == ETA_LIMITED_MODE:
+        return {"worker_eta_task_limit": concurrency * PREFETCH_MULTIPLIER}
+    return {}
 
 
 class ModeUnavailableError(RuntimeError):
@@ -33,7 +56,7 @@ def unavailable_reason(mode: str) -> str | None:
     Detection is by signature here; :func:`create_pool` is the final word, since a ``wait``
     parameter may still refuse a value.
     """
-    if mode == CORE_MODE or has_wait_parameter():
+    if pool_mode(mode) == CORE_MODE or has_wait_parameter():
         return None
     return "PoolManager.create() has no 'wait' parameter in this celery-pools"
 
@@ -44,6 +67,7 @@ def create_pool(manager: PoolManager, name: str, *, limit: int, timeout: float, 
     Raises :class:`ModeUnavailableError` when the installed celery-pools refuses the mode.
     """
     options: dict[str, Any] = {}
+    mode = pool_mode(mode)
     if has_wait_parameter():
         options["wait"] = mode
     elif mode != CORE_MODE:

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from bench.config import MODES, SCENARIOS, BenchConfig
-from bench.modes import ModeUnavailableError, unavailable_reason
+from bench.modes import ModeUnavailableError, unavailable_reason, worker_settings
 from bench.plot import plot
 from bench.report import markdown, table
 from bench.system import git_revision, machine_info
@@ -155,7 +155,11 @@ def _run_mode(
     if reason is not None:
         print(f"   {mode}: not available: {reason}", flush=True)
         results = {s: {"available": False, "reason": reason} for s in scenarios}
-    results["_mode"] = {"available": reason is None, "reason": reason}
+    results["_mode"] = {
+        "available": reason is None,
+        "reason": reason,
+        "worker_settings": worker_settings(mode, config.concurrency),
+    }
     return results
 
 
@@ -185,7 +189,7 @@ def _slotops(config: BenchConfig, mode: str, servers: dict[str, LocalRedis]) -> 
 def _worker_scenarios(
     config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
 ) -> dict[str, Any]:
-    from bench.benchapp import ENV, create_app
+    from bench.benchapp import ENV, ETA_TASK_LIMIT_ENV, create_app
     from bench.harness import Bench
     from bench.scenarios import run_backlog, run_overhead, run_saturation
     from bench.workers import WorkerGroup
@@ -198,11 +202,21 @@ def _worker_scenarios(
         "record_url": servers["records"].url(0),
         "queue": "bench.default",
     }
-    app = create_app(**urls)
+    app = create_app(
+        broker=urls["broker"],
+        backend=urls["backend"],
+        pools_url=urls["pools_url"],
+        record_url=urls["record_url"],
+        queue=urls["queue"],
+    )
     runners = {"overhead": run_overhead, "saturation": run_saturation, "backlog": run_backlog}
     log_dir = Path(tempfile.mkdtemp(prefix="celery-pools-bench-"))
+    env = {ENV[name]: url for name, url in urls.items()}
+    limit = worker_settings(mode, config.concurrency).get("worker_eta_task_limit")
+    if limit is not None:
+        env[ETA_TASK_LIMIT_ENV] = str(limit)
     workers = WorkerGroup(
-        {ENV[name]: url for name, url in urls.items()},
+        env,
         count=config.workers,
         concurrency=config.concurrency,
         queue=urls["queue"],
@@ -211,7 +225,12 @@ def _worker_scenarios(
     results: dict[str, Any] = {}
     with workers:
         workers.start(app)
-        print(f"   {config.workers} workers x {config.concurrency} ready (logs {log_dir})")
+        extra = worker_settings(mode, config.concurrency)
+        print(
+            f"   {config.workers} workers x {config.concurrency} ready"
+            + "".join(f", {name}={value}" for name, value in extra.items())
+            + f" (logs {log_dir})"
+        )
         bench = Bench(
             config=config,
             mode=mode,

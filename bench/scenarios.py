@@ -54,15 +54,19 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
     pool, _ = bench.pool("ample", cfg.overhead_limit, 30, traced=False)
     rates: dict[str, list[float]] = {"plain": [], "pooled": []}
     cpu: dict[str, list[Any]] = {"plain": [], "pooled": []}
+    waited: list[int] = []
     for repeat in range(cfg.overhead_repeats):
         for kind in ("plain", "pooled"):
             # A fresh instance per batch, so each batch counts into keys of its own.
             instance = f"ample.{pool}.{kind}.{repeat}"
             if kind == "pooled":
                 bench.manager.assign(instance, pool)
+                before = _waited(bench, pool)
             rate, busy = _noop_rate(bench, kind, instance, cfg.overhead_tasks)
             rates[kind].append(rate)
             cpu[kind].append(busy)
+            if kind == "pooled":
+                waited.append(_waited(bench, pool) - before)
     plain = statistics.median(rates["plain"])
     pooled = statistics.median(rates["pooled"])
     return {
@@ -75,7 +79,15 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         "pooled_batches_cpu": cpu["pooled"],
         "throughput_ratio": pooled / plain,
         "overhead_pct": (1 - pooled / plain) * 100,
+        # Pooled tasks that found the pool full: none, if the pool was ample as intended.
+        "pooled_batches_waited": waited,
     }
+
+
+def _waited(bench: Bench, pool: str) -> int:
+    """How many tasks of ``pool`` have waited for a slot so far (its own counter)."""
+    (metrics,) = bench.manager.store.metrics([pool])
+    return metrics.acquired_waited
 
 
 def run_saturation(bench: Bench) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class PoolsSettings(_Model):
     suspicious_hold_seconds: float = Field(default=900.0, gt=0.0)
     handoff_lease_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
     reaper_interval: float = Field(default=0.25, gt=0.0, le=60.0)
+    freeze_gc: bool = True
     declare: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("key_prefix")

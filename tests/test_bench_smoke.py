@@ -61,6 +61,9 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["redis_server"]
     assert report["modes"]["countdown"]["available"]
+    # The eta-limited mode's workers ran with the README's setting: their prefetch count.
+    assert report["modes"]["countdown-eta"]["worker_settings"] == {"worker_eta_task_limit": 3 * 4}
+    assert report["modes"]["countdown"]["worker_settings"] == {}
     assert set(report["results"]) == {"slotops", "overhead", "saturation", "backlog"}
     for mode, info in report["modes"].items():
         for scenario, by_mode in report["results"].items():

@@ -136,6 +136,7 @@ def test_settings_without_any_redis_name_the_setting_to_set():
         ({"pools_declare": {"p": {"limit": 0}}}, "pools_declare['p'].limit"),
         ({"pools_declare": {"p": {"limit": 1, "size": 2}}}, "pools_declare['p']"),
         ({"pools_retry_backoff_min": 9, "pools_retry_backoff_max": 1}, "pools_retry_backoff_min"),
+        ({"pools_freeze_gc": "sometimes"}, "pools_freeze_gc"),
     ],
 )
 def test_bad_settings_name_the_setting(conf, field):

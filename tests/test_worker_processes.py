@@ -185,3 +185,20 @@ def test_worker_refuses_to_start_without_a_redis_for_pools(env):
     code = worker.wait_exit(timeout=60)
     assert code != 0
     assert "pools_redis_url" in worker.log_text()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux's smaps")
+def test_a_childs_garbage_collection_does_not_copy_the_main_processs_memory(env):
+    """Before forking, the main process's objects are frozen out of the collector: a full
+    collection in a fresh child then writes to none of them, so it copies (almost) nothing."""
+    frozen = env.worker(concurrency=1)
+    copied = env.app().tasks["t.gc_copy"].delay().get(timeout=30)
+    frozen.stop()
+    env.extra_worker_env["CP_FREEZE_GC"] = "0"
+    env.worker(concurrency=1)
+    unfrozen = env.app().tasks["t.gc_copy"].delay().get(timeout=30)
+    assert copied["frozen"] > 10_000  # the app, Celery, kombu... are left out
+    assert unfrozen["frozen"] == 0
+    # Without freezing, the collection touches every inherited object and copies its page.
+    assert unfrozen["copied_kb"] > 8 * 1024, unfrozen
+    assert copied["copied_kb"] < unfrozen["copied_kb"] / 4, (copied, unfrozen)

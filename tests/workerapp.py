@@ -8,6 +8,7 @@ can count concurrency and body runs without trusting celery-pools.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -172,6 +173,14 @@ def create_app(  # noqa: PLR0915  (one test task after another)
         probe_client.hset(f"probe:{probe_name}:spawned", child.id, "parked" if parked else "sent")
         return str(child.id)
 
+    @app.task(name="t.gc_copy", shared=False)
+    def gc_copy() -> dict[str, int]:
+        """In a worker child: the private memory (kB) one full collection adds, and how many
+        objects the collector leaves out as frozen."""
+        before = _private_dirty_kb()
+        gc.collect()
+        return {"copied_kb": _private_dirty_kb() - before, "frozen": gc.get_freeze_count()}
+
     @app.task(name="t.record_error", shared=False)
     def record_error(request: Any, exc: BaseException, traceback: str) -> None:
         probe_client.rpush(
@@ -179,6 +188,15 @@ def create_app(  # noqa: PLR0915  (one test task after another)
         )
 
     return app
+
+
+def _private_dirty_kb() -> int:
+    """This process's private dirty memory (kB): pages it wrote, its own or copied on write."""
+    with open("/proc/self/smaps_rollup", encoding="ascii") as rollup:
+        for line in rollup:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
 
 
 def _connect_test_hooks(app: Celery, probe_client: redis.Redis, probe_name: str) -> None:
@@ -217,6 +235,7 @@ def _from_env() -> Celery:
         pools_handoff_lease_seconds=float(env.get("CP_HANDOFF_LEASE_SECONDS", "10")),
         pools_suspicious_hold_seconds=float(env.get("CP_SUSPICIOUS_HOLD_SECONDS", "900")),
         worker_eta_task_limit=int(env["CP_ETA_TASK_LIMIT"]) if "CP_ETA_TASK_LIMIT" in env else None,
+        pools_freeze_gc=env.get("CP_FREEZE_GC", "1") == "1",
     )
 
 
