@@ -234,6 +234,10 @@ class PooledTask(Task):  # type: ignore[misc]
         except PoolBackendError as exc:
             self._wait_for_backend(ext, instance, state, exc)
         log_reclaimed(acq.pool, acq.reclaimed)
+        if state.handoff and acq.status in (AcquireStatus.RATE, AcquireStatus.TIMEOUT):
+            # Its instance was paused or rate-limited after it was parked or granted: it gave
+            # back the slot it was handed, and the next parked task gets it now.
+            self._hand_on(ext, acq.pool)
         if acq.status is AcquireStatus.STALE:
             logger.info(
                 "celery-pools: ignoring a stale copy of %s[%s]: its slot is held or awaited under "
@@ -290,9 +294,9 @@ class PooledTask(Task):  # type: ignore[misc]
                 waited=acq.waited,
                 timeout=acq.timeout,
             )
-        # FULL or RATE: wait and try again.
+        # FULL or RATE: wait and try again (by countdown: no hand-off of its own any more).
         next_state = state.next_attempt(
-            first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout
+            first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
         )
         if acq.status is AcquireStatus.RATE:
             # The token is due at a known time: come back then, not earlier or later.
@@ -328,6 +332,16 @@ class PooledTask(Task):  # type: ignore[misc]
                 f"{countdown:.2f} s"
             ),
         )
+
+    def _hand_on(self, ext: PoolsExtension, pool: str) -> None:
+        """Give ``pool``'s free slots to its oldest parked tasks now (else a reaper does, within
+        its interval)."""
+        try:
+            handoffs, reclaimed = ext.store.handoff(pool, lease=ext.settings.handoff_lease_seconds)
+        except PoolBackendError:
+            return
+        log_reclaimed(pool, reclaimed)
+        publish_handoffs(self.app, handoffs)
 
     def _park(
         self, ext: PoolsExtension, call: _Call, state: WaitState, acq: Acquisition

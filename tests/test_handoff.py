@@ -124,6 +124,44 @@ def test_growing_a_pool_hands_the_new_slots_to_parked_tasks(env, run_worker):
     assert env.probe().max_concurrency() == 4
 
 
+@pytest.mark.parametrize("limit_by", ["pause", "rate"])
+def test_a_pause_or_rate_limit_set_after_tasks_were_granted_or_parked_still_holds_them(
+    env, run_worker, limit_by
+):
+    """A task granted its slot at publication, or parked, before its instance was paused or
+    rate-limited gives the slot back when it would claim it and waits like the instance's other
+    tasks; the slot goes on to the next parked task, of another instance, at once."""
+    manager = _pool(env, limit=1)
+    manager.assign("inst-b", "api")
+    app = env.app()
+    granted = app.tasks["t.hold"].delay("granted", 0)  # a free slot, nobody waiting
+    parked = app.tasks["t.hold"].delay("parked", 0)  # the slot is granted: it parks
+    other = app.tasks["t.hold_on"].delay("other", 0, instance="inst-b")
+    status = manager.status("api")
+    assert [h.task_id for h in status.holders] == [granted.id]
+    assert status.waiting == 2
+    if limit_by == "pause":
+        until = manager.pause(INSTANCE, 5.0)
+    else:
+        manager.set_rate_limit(INSTANCE, "1/3s")
+    with run_worker(app, concurrency=3):
+        assert [r.get(timeout=30) for r in (other, granted, parked)] == [
+            "other",
+            "granted",
+            "parked",
+        ]
+    starts = dict(env.probe().starts())
+    if limit_by == "pause":
+        assert starts["other"] < until
+        assert min(starts["granted"], starts["parked"]) >= until - 0.001
+    else:
+        # "granted" took the first token; "parked", handed the slot after it, waited for the
+        # next one (3 s later) without holding the slot, which "other" used meanwhile.
+        assert starts["parked"] - starts["granted"] >= 3.0 - 0.05
+        assert starts["granted"] < starts["other"] < starts["parked"]
+    assert env.probe().max_concurrency() == 1
+
+
 def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     manager = _pool(env, limit=1)
     store = manager.store

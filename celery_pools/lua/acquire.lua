@@ -53,7 +53,9 @@ with that pool's keys. Otherwise
                       until first + timeout; with reason "handoff" it must park (park.lua). In
                       hand-off mode a task also parks while older tasks are parked (FIFO).
   status "RATE"       a slot is free but the rate limit or a pause says wait retry_ms; reason is
-                      "rate" or "paused"; nothing was taken
+                      "rate" or "paused"; nothing was taken. A task handed or granted a slot
+                      whose instance was paused or rate-limited since gives the slot back (the
+                      caller hands it on) and gets this answer, as do TIMEOUTs past its deadline
   status "TIMEOUT"    first + timeout has passed; reason is "pool", "rate" or "paused"
   status "CLEARED"    the pool was cleared after this task began to wait in it
 ]]
@@ -175,6 +177,24 @@ for _, waiter in ipairs(stale) do
   redis.call('HDEL', KEYS[11], waiter)
 end
 
+local deadline = first + timeout
+local function give_up(reason)
+  redis.call('ZREM', KEYS[10], token)
+  redis.call('HDEL', KEYS[11], token)
+  redis.call('HINCRBY', KEYS[12], 'timeouts', 1)
+  if reason ~= 'pool' then
+    redis.call('HINCRBY', KEYS[12], 'rate_timeouts', 1)
+  end
+end
+local function wait_here()
+  redis.call('ZADD', KEYS[10], deadline, token)
+  if redis.call('HEXISTS', KEYS[11], token) == 0 then
+    local info = cjson.decode(ARGV[7])
+    info['since'] = first
+    redis.call('HSET', KEYS[11], token, cjson.encode(info))
+  end
+end
+
 local in_use = redis.call('ZCARD', KEYS[8])
 if redis.call('ZSCORE', KEYS[8], token) then
   local held = cjson.decode(redis.call('HGET', KEYS[9], token) or '{}')
@@ -184,6 +204,23 @@ if redis.call('ZSCORE', KEYS[8], token) then
     -- other than the one published with its hand-off are stale.
     if held['handoff'] ~= ARGV[11] and not held['direct'] then
       return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+    end
+    -- Paused, or rate-limited, since it was parked or granted: it gives the slot back (a reaper
+    -- hands it to the next parked task) and waits by countdown, as the instance's tasks now do.
+    local retry, reason = hold_back()
+    if retry > 0 then
+      redis.call('ZREM', KEYS[8], token)
+      redis.call('HDEL', KEYS[9], token)
+      redis.call('HDEL', KEYS[15], token)
+      if redis.call('HGET', KEYS[2], token) == actual then
+        redis.call('HDEL', KEYS[2], token)
+      end
+      if now >= deadline then
+        give_up(reason)
+        return reply('TIMEOUT', limit, in_use - 1, timeout, uid, 0, retry, reason)
+      end
+      wait_here()
+      return reply('RATE', limit, in_use - 1, timeout, uid, 0, retry, reason)
     end
     -- Claim the slot handed to this task; remember under which hand-off id, so that the same
     -- message delivered again is known from a stale copy.
@@ -213,23 +250,6 @@ if redis.call('ZSCORE', KEYS[13], token) then
 end
 local queued = mode == 'handoff' and redis.call('ZCARD', KEYS[13]) or 0
 
-local deadline = first + timeout
-local function give_up(reason)
-  redis.call('ZREM', KEYS[10], token)
-  redis.call('HDEL', KEYS[11], token)
-  redis.call('HINCRBY', KEYS[12], 'timeouts', 1)
-  if reason ~= 'pool' then
-    redis.call('HINCRBY', KEYS[12], 'rate_timeouts', 1)
-  end
-end
-local function wait_here()
-  redis.call('ZADD', KEYS[10], deadline, token)
-  if redis.call('HEXISTS', KEYS[11], token) == 0 then
-    local info = cjson.decode(ARGV[7])
-    info['since'] = first
-    redis.call('HSET', KEYS[11], token, cjson.encode(info))
-  end
-end
 
 if in_use < limit and queued == 0 then
   local retry, reason = hold_back()
