@@ -42,5 +42,61 @@ def test_pool_limit_and_waiting_work_with_rabbitmq_as_the_broker(rabbit_env, run
         assert [r.get(timeout=60) for r in results] == [f"r{i}" for i in range(8)]
     assert env.probe().max_concurrency() == 2
     assert manager.status("api").in_use == 0
+    _delete_queue(app, env.queue)
+
+
+def _delete_queue(app, queue):
     with app.connection() as connection:  # leave nothing behind on the shared RabbitMQ
-        connection.default_channel.queue_delete(env.queue)
+        connection.default_channel.queue_delete(queue)
+
+
+def _pool(env, limit, wait):
+    manager = env.manager()
+    manager.create("api", limit=limit, timeout=120, wait=wait)
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wait", ["countdown", "handoff"])
+def test_prefork_workers_keep_the_limit_with_rabbitmq_as_the_broker(rabbit_env, wait):
+    env = rabbit_env
+    manager = _pool(env, limit=2, wait=wait)
+    for _ in range(2):
+        env.worker(concurrency=3)
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"r{i}", 0.2) for i in range(20)]
+    assert [r.get(timeout=120) for r in results] == [f"r{i}" for i in range(20)]
+    probe = env.probe()
+    assert probe.count() == 20
+    assert probe.max_concurrency() == 2
+    assert manager.status("api").in_use == 0
+    _delete_queue(app, env.queue)
+
+
+@pytest.mark.slow
+def test_a_handed_off_task_redelivered_after_its_worker_died_runs_in_its_slot(rabbit_env):
+    """``acks_late``: the worker running a task that was handed its slot is killed; RabbitMQ gives
+    the same message to another worker at once, while the dead run's lease still holds the slot.
+    The message runs there, in that slot (not dropped as a stale copy, not given a second one)."""
+    env = rabbit_env
+    manager = _pool(env, limit=1, wait="handoff")
+    doomed = env.worker(concurrency=1)
+    app = env.app()
+    app.tasks["t.hold"].delay("blocker", 0.5)  # granted the free slot at publication
+    victim = app.tasks["t.hold_late"].delay("victim", 60)  # parked, then handed the slot
+    assert manager.status("api").waiting == 1
+    wait_until(
+        lambda: "victim" in {label for label, _ in env.probe().starts()},
+        30,
+        message="the handed-off task never started",
+    )
+    env.worker(concurrency=1)
+    doomed.kill()
+    assert victim.get(timeout=60) == "victim:redelivered"
+    assert [label for label, _ in env.probe().starts()].count("victim") == 2
+    status = manager.status("api")
+    assert (status.in_use, status.waiting) == (0, 0)
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 1)  # no second slot
+    _delete_queue(app, env.queue)

@@ -70,6 +70,21 @@ def create_app(  # noqa: PLR0915  (one test task after another)
 
     @app.task(
         base=PooledTask,
+        connector_instance=INSTANCE,
+        bind=True,
+        name="t.hold_late",
+        acks_late=True,
+        shared=False,
+    )
+    def hold_late(self: Any, label: str, seconds: float = 0.0) -> str:
+        """``hold`` acknowledged after it runs; a redelivered message does not sleep."""
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        with probe().track(label):
+            time.sleep(0.0 if redelivered else seconds)
+        return f"{label}:{'redelivered' if redelivered else 'first'}"
+
+    @app.task(
+        base=PooledTask,
         connector_instance=lambda args, kwargs: kwargs["instance"],
         name="t.hold_on",
         shared=False,
