@@ -99,7 +99,11 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         # Raises PoolConfigError, naming the setting to set, when no Redis is configured: the
         # worker must not start and run pooled tasks unthrottled.
-        self.redis_url = get_extension(worker.app).redis_url
+        ext = get_extension(worker.app)
+        self.redis_url = ext.redis_url
+        # Steps are built before any starts: before the pool forks its first child.
+        if ext.settings.freeze_gc:
+            _ForkFreeze.armed = True
         self.keeper: LeaseKeeper | None = None
         self.reaper: HandoffReaper | None = None
 
@@ -205,15 +209,26 @@ def connect_worker_signals(app: Any) -> None:
     def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         release(getattr(request, "id", None), sender, "revoke")
 
-    def before_fork(**_: Any) -> None:
-        if get_extension(app).settings.freeze_gc:
-            freeze_before_fork()
-
     task_failure.connect(on_failure, weak=False, dispatch_uid=f"celery_pools.failure.{id(app)}")
     task_revoked.connect(on_revoked, weak=False, dispatch_uid=f"celery_pools.revoked.{id(app)}")
     worker_before_create_process.connect(
-        before_fork, weak=False, dispatch_uid=f"celery_pools.before_fork.{id(app)}"
+        _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
     )
+
+
+class _ForkFreeze:
+    """Whether this process builds a worker that freezes before forking, and has frozen."""
+
+    armed = False
+    done = False
+
+
+def _before_fork(**_: Any) -> None:
+    # Celery sends worker_before_create_process before every fork; only a worker built with a
+    # PoolsWorkerStep whose app keeps pools_freeze_gc on is armed, and it freezes once.
+    if _ForkFreeze.armed and not _ForkFreeze.done:
+        freeze_before_fork()
+        _ForkFreeze.done = True
 
 
 def freeze_before_fork() -> None:
@@ -223,9 +238,11 @@ def freeze_before_fork() -> None:
     collection in the child writes to every object it tracks: each child then ends up with its
     own copy of the main process's memory. Countdown waiting makes every wait a ``RETRY`` and its
     exception info, which brings those collections on (about 85 MiB more per child of the
-    benchmark's workers over a 10,000-task backlog). Frozen objects are left out of collections;
-    collecting first keeps today's garbage from being frozen with them. Celery sends
-    ``worker_before_create_process`` before each fork, so a replacement child shares as much.
+    benchmark's workers over a 10,000-task backlog). Frozen objects are left out of collections,
+    for good; collecting first keeps today's garbage from being frozen with them. The worker
+    does this once, before its first child: children forked later (``max_tasks_per_child``,
+    autoscaling) share what was frozen then, and freezing again would also freeze the objects of
+    work in flight, whose cycles would then never be collected.
     """
     gc.collect()
     gc.freeze()

@@ -220,6 +220,12 @@ if redis.call('ZSCORE', KEYS[8], token) then
         return reply('TIMEOUT', limit, in_use - 1, timeout, uid, 0, retry, reason)
       end
       wait_here()
+      if ARGV[11] ~= '' then
+        -- Copies under an earlier hand-off id stay stale while it waits (see below).
+        local waiting = cjson.decode(redis.call('HGET', KEYS[11], token))
+        waiting['returned'] = ARGV[11]
+        redis.call('HSET', KEYS[11], token, cjson.encode(waiting))
+      end
       return reply('RATE', limit, in_use - 1, timeout, uid, 0, retry, reason)
     end
     -- Claim the slot handed to this task; remember under which hand-off id, so that the same
@@ -247,6 +253,15 @@ if redis.call('ZSCORE', KEYS[8], token) then
 end
 if redis.call('ZSCORE', KEYS[13], token) then
   return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+end
+if ARGV[11] ~= '' then
+  -- It gave back a slot handed to it under hand-off id "returned" and now waits by countdown
+  -- (its own retries carry no id): a message under another id is a stale copy.
+  local waiting = redis.call('HGET', KEYS[11], token)
+  local returned = waiting and cjson.decode(waiting)['returned']
+  if returned and returned ~= ARGV[11] then
+    return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+  end
 end
 local queued = mode == 'handoff' and redis.call('ZCARD', KEYS[13]) or 0
 
