@@ -161,7 +161,8 @@ def publish_handoffs(app: Any, handoffs: Iterable[Handoff], producer: Any = None
 
 
 def publish_expired(app: Any, store: RedisPoolStore) -> int:
-    """Publish parked tasks that must fail (deadline, clear, delete); returns how many.
+    """Publish parked tasks that must fail (deadline, clear, delete), or that leave the FIFO to
+    wait by countdown because their instance is paused; returns how many.
 
     A record whose message cannot be published (the broker is down) goes back to the list, for
     the next round of any reaper: the task still ends through Celery's failure path, later.
@@ -171,8 +172,9 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
     for record in store.pop_expired():
         entry = json.loads(record["entry"]) if isinstance(record["entry"], str) else record["entry"]
         fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
+        waits = record["reason"] == "paused"  # not an end: published without a slot, it waits
         try:
-            name = _publish(app, entry, {"fail": fail})
+            name = _publish(app, entry, {} if waits else {"fail": fail})
         except Exception:
             logger.exception(
                 "celery-pools: could not publish an expired parked task; it is tried again"
@@ -181,10 +183,10 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
             continue
         published += 1
         logger.info(
-            "celery-pools: parked task %s of pool %r ends: %s",
+            "celery-pools: parked task %s of pool %r %s",
             name,
             record.get("pool"),
-            record["reason"],
+            "waits by countdown: its instance is paused" if waits else f"ends: {record['reason']}",
         )
     if unpublished:
         store.return_expired(unpublished)

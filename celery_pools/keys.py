@@ -20,6 +20,7 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:parked     HASH  parked task id -> entry JSON (info, message)
     {celery_pools}:pool:<name>:handing    HASH  task id handed a slot, not started -> entry JSON
     {celery_pools}:expired                LIST  parked entries to publish so their task fails
+                                                (or, its instance paused, waits by countdown)
 
 Pool names cannot contain ``:``, so one pool's keys never collide with another's.
 """

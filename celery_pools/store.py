@@ -608,6 +608,7 @@ class RedisPoolStore:
                 keys.parked,
                 keys.handing,
                 self.keys.expired,
+                self.keys.paused,
             ],
             [pool, _ms(lease)],
         )
@@ -792,7 +793,8 @@ class RedisPoolStore:
         return Parking(parked=True, position=int(position), pool=pool, deadline=deadline)
 
     def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
-        """Take up to ``count`` parked entries whose task must be published to fail."""
+        """Take up to ``count`` parked entries whose task must be published: to fail, or (reason
+        "paused") to wait by countdown."""
         with self._backend("read expired parked tasks"):
             raw: Any = self.client.lpop(self.keys.expired, count)
         return [json.loads(item) for item in raw or []]

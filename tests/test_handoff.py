@@ -211,6 +211,35 @@ def test_a_task_that_gave_back_its_handed_slot_still_tells_stale_copies(env):
     assert store.acquire(INSTANCE, "parked", **retry).status is AcquireStatus.OK
 
 
+def test_parked_tasks_of_a_paused_instance_leave_the_fifo_and_the_slot_goes_on(env):
+    """A freed slot skips the parked tasks of a paused instance: they leave the FIFO, in order,
+    to be published without a slot (and wait by countdown), and the next task gets the slot."""
+    manager = _pool(env, limit=1)
+    manager.assign("inst-b", "api")
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    for token, instance in (("a1", INSTANCE), ("a2", INSTANCE), ("b1", "inst-b")):
+        full = store.acquire(instance, token, lease=30)
+        entry = json.dumps({"info": {"instance": instance}})
+        store.park(token, pool="api", first=full.first, entry=entry)
+    manager.pause(INSTANCE, 30)
+    (handoff,) = store.release("holder", "api").handoffs
+    assert handoff.token == "b1"
+    sent_back = store.pop_expired()
+    assert [(r["reason"], json.loads(r["entry"])["info"]["instance"]) for r in sent_back] == [
+        ("paused", INSTANCE),
+        ("paused", INSTANCE),
+    ]
+    assert manager.status("api").waiting == 0
+    # Once the pause is over, parked tasks of the instance get slots again.
+    manager.resume(INSTANCE)
+    full = store.acquire(INSTANCE, "a3", lease=30)
+    store.park("a3", pool="api", first=full.first, entry=json.dumps({"info": {}}))
+    store.acquire("inst-b", "b1", lease=30, handoff=handoff.handoff_id)
+    (again,) = store.release("b1", "api").handoffs
+    assert again.token == "a3"
+
+
 def test_the_claimed_hand_off_delivered_again_runs_in_its_slot(env):
     """A worker died running a handed-off task (acks_late): the broker delivers the same message
     again while the dead worker's lease still holds the slot. It must run, in that slot, not be

@@ -12,7 +12,10 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    version that ordered the FIFO in milliseconds looks past its deadline by its place: its own
    first request says otherwise, and it is placed again, in microseconds.)
 3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
-   its entry is returned for the caller to publish at once.
+   its entry is returned for the caller to publish at once. A parked task whose instance is
+   paused gets no slot: it leaves the FIFO for {p}:expired (reason "paused", at most 100 per
+   call), to be published without a hand-off and wait by countdown like the instance's other
+   tasks, and the slot goes on to the next task.
 
 KEYS[1]  {p}:held                   HASH task id -> pool name
 KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
@@ -25,7 +28,8 @@ KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, g
 KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
-KEYS[11] {p}:expired                LIST entries whose task must be published to fail
+KEYS[11] {p}:expired                LIST entries whose task must be published to fail, or to wait
+KEYS[12] {p}:paused                 HASH instance -> paused until (ms)
 
 ARGV[1]  pool name
 ARGV[2]  hand-off lease (ms): how long a handed-off task has to start and claim its slot
@@ -94,6 +98,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeo
 end
 
 local free = limit - redis.call('ZCARD', KEYS[3])
+local sent_back = 0
 while free > 0 do
   local head = redis.call('ZRANGE', KEYS[8], 0, 0)
   if #head == 0 then break end
@@ -103,10 +108,14 @@ while free > 0 do
   redis.call('HDEL', KEYS[9], token)
   redis.call('ZREM', KEYS[5], token)
   redis.call('HDEL', KEYS[6], token)
-  if entry then
+  local decoded = entry and cjson.decode(entry)
+  local info = decoded and decoded['info'] or {}
+  local paused = info['instance'] and tonumber(redis.call('HGET', KEYS[12], info['instance']) or '')
+  if decoded and paused and paused > now and sent_back < 100 then
+    redis.call('RPUSH', KEYS[11], cjson.encode({reason = 'paused', pool = ARGV[1], entry = entry}))
+    sent_back = sent_back + 1
+  elseif decoded then
     local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
-    local decoded = cjson.decode(entry)
-    local info = decoded['info'] or {}
     info['since'] = now
     info['handoff'] = id
     info['immediate'] = decoded['immediate']
