@@ -161,35 +161,41 @@ def publish_handoffs(app: Any, handoffs: Iterable[Handoff], producer: Any = None
 
 
 def publish_expired(app: Any, store: RedisPoolStore) -> int:
-    """Publish parked tasks that must fail (deadline, clear, delete), or that leave the FIFO to
-    wait by countdown because their instance is paused; returns how many.
+    """Publish parked tasks that must fail (deadline, clear, delete), and those sent back from
+    the FIFO to wait by countdown because their instance is paused; returns how many.
 
-    A record whose message cannot be published (the broker is down) goes back to the list, for
-    the next round of any reaper: the task still ends through Celery's failure path, later.
+    A record whose message cannot be published (the broker is down) goes back to its list, for
+    the next round of any reaper: the task still ends through Celery's failure path, or waits,
+    later.
     """
     published = 0
-    unpublished: list[dict[str, Any]] = []
-    for record in store.pop_expired():
-        entry = json.loads(record["entry"]) if isinstance(record["entry"], str) else record["entry"]
-        fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
-        waits = record["reason"] == "paused"  # not an end: published without a slot, it waits
-        try:
-            name = _publish(app, entry, {} if waits else {"fail": fail})
-        except Exception:
-            logger.exception(
-                "celery-pools: could not publish an expired parked task; it is tried again"
+    for sent_back in (False, True):
+        unpublished: list[dict[str, Any]] = []
+        for record in store.pop_expired(sent_back=sent_back):
+            entry = record["entry"]
+            entry = json.loads(entry) if isinstance(entry, str) else entry
+            fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
+            try:
+                # Sent back: not an end; published without a slot, the task waits.
+                name = _publish(app, entry, {} if sent_back else {"fail": fail})
+            except Exception:
+                logger.exception(
+                    "celery-pools: could not publish a parked task (%s); it is tried again",
+                    record.get("reason"),
+                )
+                unpublished.append(record)
+                continue
+            published += 1
+            logger.info(
+                "celery-pools: parked task %s of pool %r %s",
+                name,
+                record.get("pool"),
+                "waits by countdown: its instance is paused"
+                if sent_back
+                else f"ends: {record.get('reason')}",
             )
-            unpublished.append(record)
-            continue
-        published += 1
-        logger.info(
-            "celery-pools: parked task %s of pool %r %s",
-            name,
-            record.get("pool"),
-            "waits by countdown: its instance is paused" if waits else f"ends: {record['reason']}",
-        )
-    if unpublished:
-        store.return_expired(unpublished)
+        if unpublished:
+            store.return_expired(unpublished, sent_back=sent_back)
     return published
 
 

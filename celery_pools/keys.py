@@ -20,7 +20,8 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:parked     HASH  parked task id -> entry JSON (info, message)
     {celery_pools}:pool:<name>:handing    HASH  task id handed a slot, not started -> entry JSON
     {celery_pools}:expired                LIST  parked entries to publish so their task fails
-                                                (or, its instance paused, waits by countdown)
+    {celery_pools}:sent_back              LIST  parked entries of paused instances, to publish so
+                                                that their task waits by countdown
 
 Pool names cannot contain ``:``, so one pool's keys never collide with another's.
 """
@@ -92,6 +93,11 @@ class KeySpace:
     def expired(self) -> str:
         """LIST of parked entries whose task must be published to fail (timeout, clear, delete)."""
         return f"{self._root}:expired"
+
+    @property
+    def sent_back(self) -> str:
+        """LIST of parked entries of paused instances, to publish to wait by countdown."""
+        return f"{self._root}:sent_back"
 
     @property
     def rates(self) -> str:

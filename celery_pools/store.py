@@ -609,6 +609,7 @@ class RedisPoolStore:
                 keys.handing,
                 self.keys.expired,
                 self.keys.paused,
+                self.keys.sent_back,
             ],
             [pool, _ms(lease)],
         )
@@ -792,19 +793,20 @@ class RedisPoolStore:
         deadline = float(detail) / 1000 if position > 0 else None
         return Parking(parked=True, position=int(position), pool=pool, deadline=deadline)
 
-    def pop_expired(self, count: int = 100) -> list[dict[str, Any]]:
-        """Take up to ``count`` parked entries whose task must be published: to fail, or (reason
-        "paused") to wait by countdown."""
-        with self._backend("read expired parked tasks"):
-            raw: Any = self.client.lpop(self.keys.expired, count)
+    def pop_expired(self, count: int = 100, *, sent_back: bool = False) -> list[dict[str, Any]]:
+        """Take up to ``count`` parked entries whose task must be published to fail; with
+        ``sent_back``, entries of paused instances, whose task must be published to wait."""
+        key = self.keys.sent_back if sent_back else self.keys.expired
+        with self._backend("read parked tasks to publish"):
+            raw: Any = self.client.lpop(key, count)
         return [json.loads(item) for item in raw or []]
 
-    def return_expired(self, records: Sequence[dict[str, Any]]) -> None:
+    def return_expired(self, records: Sequence[dict[str, Any]], *, sent_back: bool = False) -> None:
         """Put back records taken by :meth:`pop_expired` whose task could not be published."""
         if records:
-            with self._backend("return expired parked tasks"):
+            with self._backend("return parked tasks to publish"):
                 self.client.rpush(
-                    self.keys.expired,
+                    self.keys.sent_back if sent_back else self.keys.expired,
                     *(json.dumps(record, separators=(",", ":")) for record in records),
                 )
 

@@ -255,11 +255,12 @@ if redis.call('ZSCORE', KEYS[13], token) then
   return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
 end
 if ARGV[11] ~= '' then
-  -- It gave back a slot handed to it under hand-off id "returned" and now waits by countdown
-  -- (its own retries carry no id): a message under another id is a stale copy.
+  -- It gave back a slot handed to it under hand-off id "returned", or ("*") was sent back from
+  -- the FIFO, its instance paused, and now waits by countdown (its own messages carry no id): a
+  -- message under another id is a stale copy.
   local waiting = redis.call('HGET', KEYS[11], token)
   local returned = waiting and cjson.decode(waiting)['returned']
-  if returned and returned ~= ARGV[11] then
+  if returned and (returned == '*' or returned ~= ARGV[11]) then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
   end
 end

@@ -13,9 +13,10 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    first request says otherwise, and it is placed again, in microseconds.)
 3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
    its entry is returned for the caller to publish at once. A parked task whose instance is
-   paused gets no slot: it leaves the FIFO for {p}:expired (reason "paused", at most 100 per
-   call), to be published without a hand-off and wait by countdown like the instance's other
-   tasks, and the slot goes on to the next task.
+   paused gets no slot: it leaves the FIFO for {p}:sent_back (at most 100 per call), to be
+   published without a hand-off and wait by countdown like the instance's other tasks, and the
+   slot goes on to the next task. It stays a waiter, marked so that a copy of its message under
+   any hand-off id (one that lapsed before it was sent back) is known to be stale.
 
 KEYS[1]  {p}:held                   HASH task id -> pool name
 KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
@@ -28,8 +29,9 @@ KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, g
 KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
-KEYS[11] {p}:expired                LIST entries whose task must be published to fail, or to wait
+KEYS[11] {p}:expired                LIST entries whose task must be published to fail
 KEYS[12] {p}:paused                 HASH instance -> paused until (ms)
+KEYS[13] {p}:sent_back              LIST entries of paused instances, to publish to wait
 
 ARGV[1]  pool name
 ARGV[2]  hand-off lease (ms): how long a handed-off task has to start and claim its slot
@@ -112,7 +114,12 @@ while free > 0 do
   local info = decoded and decoded['info'] or {}
   local paused = info['instance'] and tonumber(redis.call('HGET', KEYS[12], info['instance']) or '')
   if decoded and paused and paused > now and sent_back < 100 then
-    redis.call('RPUSH', KEYS[11], cjson.encode({reason = 'paused', pool = ARGV[1], entry = entry}))
+    redis.call('RPUSH', KEYS[13], cjson.encode({reason = 'paused', pool = ARGV[1], entry = entry}))
+    local first = tonumber(decoded['first']) or now
+    info['since'] = first
+    info['returned'] = '*'  -- its message goes out without a hand-off id
+    redis.call('ZADD', KEYS[5], first + timeout, token)
+    redis.call('HSET', KEYS[6], token, cjson.encode(info))
     sent_back = sent_back + 1
   elseif decoded then
     local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
