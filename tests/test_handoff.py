@@ -56,11 +56,17 @@ def test_parked_tasks_start_in_fifo_order_and_never_exceed_the_limit(env, run_wo
     else:
         send, state = (lambda label, s: app.send_task("t.hold", (label, s))), "RETRY"
     with run_worker(app, concurrency=6):
-        blocker = app.tasks["t.hold"].delay("blocker", 0.5)
+        blocker = app.tasks["t.hold"].delay("blocker", 3.0)
         wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
         labels = [f"w{i}" for i in range(6)]
         waiters = _park_in_order(env, app, manager, labels, seconds=0.05, send=send)
-        assert [w.state for w in waiters] == [state] * 6
+        # A task parked by a worker is stored as RETRY just after it parked: wait for the store.
+        wait_until(
+            lambda: [w.state for w in waiters] == [state] * 6,
+            10,
+            message=f"parked tasks never all read {state}",
+        )
+        assert not blocker.ready()  # so none of them can have been handed its slot yet
         blocker.get(timeout=30)
         assert [w.get(timeout=30) for w in waiters] == labels
     starts = [label for label, _ in env.probe().starts()]
