@@ -7,9 +7,9 @@
   moving when a worker dies mid-hand-off and fails parked tasks past their deadline.
 - Signal handlers that release the slot of a task that ended where its own process could not
   release it: a hard time limit, ``revoke(terminate=True)``, a child process killed.
-- Before the prefork pool forks a child, the main process's objects are frozen out of the
-  garbage collector (``pools_freeze_gc``), so that the children's collections do not copy the
-  memory they share with it.
+- Before the prefork pool forks its first child, the main process's objects are frozen out of
+  the garbage collector (``pools_freeze_gc``), so that the children's collections do not copy
+  the memory they share with it.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def declare_pools(app: Any) -> list[str]:
 
 def connect_worker_signals(app: Any) -> None:
     """Release slots of pooled tasks of ``app`` that end in the worker's main process, and
-    freeze the main process's objects before each fork (``pools_freeze_gc``)."""
+    freeze the main process's objects before its first fork (``pools_freeze_gc``)."""
 
     def release(task_id: str | None, task: Any, why: str) -> None:
         if not task_id or getattr(task, "app", None) is not app or not _is_pooled(task):

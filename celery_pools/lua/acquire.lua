@@ -55,7 +55,7 @@ with that pool's keys. Otherwise
   status "RATE"       a slot is free but the rate limit or a pause says wait retry_ms; reason is
                       "rate" or "paused"; nothing was taken. A task handed or granted a slot
                       whose instance was paused or rate-limited since gives the slot back (the
-                      caller hands it on) and gets this answer, as do TIMEOUTs past its deadline
+                      caller hands it on) and gets this answer (TIMEOUT past its deadline)
   status "TIMEOUT"    first + timeout has passed; reason is "pool", "rate" or "paused"
   status "CLEARED"    the pool was cleared after this task began to wait in it
 ]]
@@ -265,7 +265,6 @@ if ARGV[11] ~= '' then
   end
 end
 local queued = mode == 'handoff' and redis.call('ZCARD', KEYS[13]) or 0
-
 
 if in_use < limit and queued == 0 then
   local retry, reason = hold_back()
