@@ -160,6 +160,14 @@ def publish_handoffs(app: Any, handoffs: Iterable[Handoff], producer: Any = None
     return published
 
 
+def hand_off(app: Any, store: RedisPoolStore, pool: str, lease: float) -> int:
+    """Run ``pool``'s hand-off now (free slots to its oldest parked tasks, lapsed hand-offs
+    again) and publish what it hands out; returns how many messages were published."""
+    handoffs, reclaimed = store.handoff(pool, lease=lease)
+    log_reclaimed(pool, reclaimed)
+    return publish_handoffs(app, handoffs)
+
+
 def publish_expired(app: Any, store: RedisPoolStore) -> int:
     """Publish parked tasks that must fail (deadline, clear, delete), and those sent back from
     the FIFO to wait by countdown because their instance is paused; returns how many.
@@ -223,7 +231,5 @@ class HandoffReaper(Periodic):
             self._pools_read = time.monotonic()
         published = publish_expired(self.app, store)
         for pool in self._pools:
-            handoffs, reclaimed = store.handoff(pool, lease=self.lease)
-            log_reclaimed(pool, reclaimed)
-            published += publish_handoffs(self.app, handoffs)
+            published += hand_off(self.app, store, pool, self.lease)
         return published

@@ -110,11 +110,9 @@ class PoolManager:
         the workers' reapers do it within their interval)."""
         if self.app is None:
             return
-        from .handoff import publish_handoffs
+        from .handoff import hand_off
 
-        ext = get_extension(self.app)
-        handoffs, _ = self.store.handoff(name, lease=ext.settings.handoff_lease_seconds)
-        publish_handoffs(self.app, handoffs)
+        hand_off(self.app, self.store, name, get_extension(self.app).settings.handoff_lease_seconds)
 
     def _end_parked(self) -> None:
         """Publish parked tasks that must now fail (cleared, deleted pools) at once, when this

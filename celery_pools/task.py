@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from .errors import (
     UnassignedInstanceError,
 )
 from .extension import PoolsExtension, get_extension, install
-from .handoff import encode_message, log_reclaimed, publish_handoffs
+from .handoff import encode_message, hand_off, log_reclaimed, publish_handoffs
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
 from .publishing import Granted, park_at_publish, withdraw_grant
 from .store import AcquireStatus, Acquisition
@@ -336,12 +337,8 @@ class PooledTask(Task):  # type: ignore[misc]
     def _hand_on(self, ext: PoolsExtension, pool: str) -> None:
         """Give ``pool``'s free slots to its oldest parked tasks now (else a reaper does, within
         its interval)."""
-        try:
-            handoffs, reclaimed = ext.store.handoff(pool, lease=ext.settings.handoff_lease_seconds)
-        except PoolBackendError:
-            return
-        log_reclaimed(pool, reclaimed)
-        publish_handoffs(self.app, handoffs)
+        with contextlib.suppress(PoolBackendError):
+            hand_off(self.app, ext.store, pool, ext.settings.handoff_lease_seconds)
 
     def _park(
         self, ext: PoolsExtension, call: _Call, state: WaitState, acq: Acquisition
