@@ -212,9 +212,9 @@ def _worker_scenarios(
     runners = {"overhead": run_overhead, "saturation": run_saturation, "backlog": run_backlog}
     log_dir = Path(tempfile.mkdtemp(prefix="celery-pools-bench-"))
     env = {ENV[name]: url for name, url in urls.items()}
-    limit = worker_settings(mode, config.concurrency).get("worker_eta_task_limit")
-    if limit is not None:
-        env[ETA_TASK_LIMIT_ENV] = str(limit)
+    extra = worker_settings(mode, config.concurrency)
+    if "worker_eta_task_limit" in extra:
+        env[ETA_TASK_LIMIT_ENV] = str(extra["worker_eta_task_limit"])
     workers = WorkerGroup(
         env,
         count=config.workers,
@@ -225,7 +225,6 @@ def _worker_scenarios(
     results: dict[str, Any] = {}
     with workers:
         workers.start(app)
-        extra = worker_settings(mode, config.concurrency)
         print(
             f"   {config.workers} workers x {config.concurrency} ready"
             + "".join(f", {name}={value}" for name, value in extra.items())
