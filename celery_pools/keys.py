@@ -22,6 +22,8 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:expired                LIST  parked entries to publish so their task fails
     {celery_pools}:sent_back              LIST  parked entries of paused instances, to publish so
                                                 that their task waits by countdown
+    {celery_pools}:stale                  ZSET  lapsed or ended hand-off id -> forget at (ms): a
+                                                message carrying it never runs
 
 Pool names cannot contain ``:``, so one pool's keys never collide with another's.
 """
@@ -98,6 +100,11 @@ class KeySpace:
     def sent_back(self) -> str:
         """LIST of parked entries of paused instances, to publish to wait by countdown."""
         return f"{self._root}:sent_back"
+
+    @property
+    def stale(self) -> str:
+        """ZSET of hand-off ids whose message must never run -> when to forget them (ms)."""
+        return f"{self._root}:stale"
 
     @property
     def rates(self) -> str:

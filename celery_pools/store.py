@@ -48,6 +48,10 @@ T = TypeVar("T")
 _MAX_MOVED_ROUNDS = 5
 # How long a producer remembers that an instance's tasks are published as usual (not parked).
 _AS_USUAL_SECONDS = 1.0
+#: How long a lapsed (or cleared, or deleted) hand-off's id is remembered, so that a copy of its
+#: message arriving late never runs: longer than a broker keeps an unacknowledged message before
+#: delivering it again (Redis transport's visibility timeout: 1 hour by default).
+STALE_HANDOFF_SECONDS = 24 * 3600.0
 
 
 class AcquireStatus(str, enum.Enum):
@@ -368,8 +372,15 @@ class RedisPoolStore:
         keys = self.keys.pool(name)
         found, instances, holders, waiters = self._run(
             "delete",
-            [self.keys.pools, self.keys.instances, self.keys.held, *keys.all(), self.keys.expired],
-            [name],
+            [
+                self.keys.pools,
+                self.keys.instances,
+                self.keys.held,
+                *keys.all(),
+                self.keys.expired,
+                self.keys.stale,
+            ],
+            [name, _ms(STALE_HANDOFF_SECONDS)],
         )
         self._pool_of.clear()
         if not found:
@@ -392,8 +403,10 @@ class RedisPoolStore:
                 keys.queue,
                 keys.parked,
                 self.keys.expired,
+                keys.handing,
+                self.keys.stale,
             ],
-            [name, "1" if release_held else "0"],
+            [name, "1" if release_held else "0", _ms(STALE_HANDOFF_SECONDS)],
         )
         if not found:
             return None
@@ -504,7 +517,7 @@ class RedisPoolStore:
         def attempt(believed: str) -> Acquisition | None:
             reply = self._run(
                 "acquire",
-                [*instance_keys, *self._pool_keys(believed).all()],
+                [*instance_keys, *self._pool_keys(believed).all(), self.keys.stale],
                 [
                     instance,
                     believed,
@@ -610,8 +623,9 @@ class RedisPoolStore:
                 self.keys.expired,
                 self.keys.paused,
                 self.keys.sent_back,
+                self.keys.stale,
             ],
-            [pool, _ms(lease)],
+            [pool, _ms(lease), _ms(STALE_HANDOFF_SECONDS)],
         )
 
     def handoff(

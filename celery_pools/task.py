@@ -241,8 +241,8 @@ class PooledTask(Task):  # type: ignore[misc]
             self._hand_on(ext, acq.pool)
         if acq.status is AcquireStatus.STALE:
             logger.info(
-                "celery-pools: ignoring a stale copy of %s[%s]: its slot is held or awaited under "
-                "another hand-off",
+                "celery-pools: ignoring a stale copy of %s[%s]: its hand-off lapsed, or its slot "
+                "is held or awaited under another hand-off",
                 self.name,
                 token,
             )

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
+from celery_pools.handoff import publish_handoffs
 from celery_pools.store import AcquireStatus
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
@@ -193,6 +194,70 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     assert store.acquire(INSTANCE, "parked", lease=30, handoff="parked.999").status is (
         AcquireStatus.STALE
     )
+
+
+def test_a_copy_of_a_lapsed_hand_off_never_runs_even_after_its_task_ended(env):
+    """A hand-off lapses (its message was late, or its releaser died), the task is handed its
+    slot again and runs. The first message, arriving after the task ended, must not run it a
+    second time: nothing about the task is left in the pool by then but the lapsed id."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "task", lease=30)
+    store.park("task", pool="api", first=full.first, entry='{"info":{}}')
+    (lapsing,) = store.release("holder", "api", handoff_lease=0.05, parked_likely=True).handoffs
+    handed_again: list = []
+
+    def handed() -> bool:
+        handed_again.extend(store.handoff("api", lease=30)[0])
+        return bool(handed_again)
+
+    wait_until(handed, 5, message="the lapsed hand-off was never handed out again")
+    (again,) = handed_again
+    assert (again.token, again.handoff_id != lapsing.handoff_id) == ("task", True)
+    claimed = store.acquire(INSTANCE, "task", lease=30, first=full.first, handoff=again.handoff_id)
+    assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "handoff")
+    assert store.release("task", "api").released
+    late = store.acquire(INSTANCE, "task", lease=30, first=full.first, handoff=lapsing.handoff_id)
+    assert late.status is AcquireStatus.STALE
+    assert manager.status("api").in_use == 0
+    # The id is forgotten after a day (the Redis transport redelivers within an hour).
+    expiry = store.client.zscore(store.keys.stale, lapsing.handoff_id)
+    seconds, _ = store.client.time()
+    assert 23 * 3600 < expiry / 1000 - seconds <= 24 * 3600 + 1
+
+
+@pytest.mark.parametrize("end", ["delete", "clear"])
+def test_a_hand_off_in_flight_when_its_pool_ends_fails_its_task_once(env, run_worker, end):
+    """The pool is deleted (or cleared, releasing held slots) between a slot's hand-off and its
+    task's start. Whether or not the releasing worker lived to publish the message, the task fails
+    once through Celery's failure path (link_error once), and its body never runs."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    app = env.app()
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    parked = app.tasks["t.hold"].apply_async(
+        ("parked", 0), link_error=app.tasks["t.record_error"].s()
+    )
+    wait_until(lambda: manager.status("api").waiting == 1, 15, message="the task never parked")
+    # The releasing worker reserved the slot for it, and dies before publishing its message.
+    (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
+    assert handoff.token == parked.id
+    if end == "delete":
+        manager.delete("api")
+        expected: type[Exception] = PoolDeletedError
+    else:
+        manager.clear("api", release_held=True)
+        expected = PoolClearedError
+    with run_worker(app, concurrency=1):
+        with pytest.raises(expected):
+            parked.get(timeout=30)
+        # Or it did publish it: that copy is stale. A task sent after it runs after it (one
+        # process), so once that one is done the copy was taken and dropped.
+        publish_handoffs(app, [handoff])
+        assert app.tasks["t.add"].delay(1, 2).get(timeout=30) == 3
+    assert not _started(env, "parked")
+    assert [e.split("|")[:2] for e in _errbacks(env)] == [[parked.id, expected.__name__]]
 
 
 def test_a_task_that_gave_back_its_handed_slot_still_tells_stale_copies(env):

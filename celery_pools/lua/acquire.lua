@@ -18,6 +18,7 @@ KEYS[12] {p}:pool:<name>:stats      HASH counters and histogram buckets
 KEYS[13] {p}:pool:<name>:queue      ZSET parked task id -> place in line (us): the hand-off FIFO
 KEYS[14] {p}:pool:<name>:parked     HASH (unused here; keeps every pool script's key order)
 KEYS[15] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
+KEYS[16] {p}:stale                  ZSET hand-off ids whose message must never run
 
 ARGV[1]  connector instance
 ARGV[2]  pool name the caller believes serves the instance ("" for none); KEYS[6..12] are its keys
@@ -46,8 +47,10 @@ with that pool's keys. Otherwise
   status "OK"         the slot (and token) are taken; reentrant = 1 when the token already held it;
                       reason "handoff" when it claimed a slot handed to it after waiting,
                       "granted" when the slot was granted to it as it was published
-  status "STALE"      a stale copy of a handed-off message: the task holds, or waits for, its slot
-                      under another hand-off id; this copy must not run
+  status "STALE"      a stale copy of a handed-off message: its hand-off lapsed (the task was
+                      handed its slot again, or ended by its deadline, a clear or a delete), or
+                      the task holds, or waits for, its slot under another hand-off id; this
+                      copy must not run
   status "UNASSIGNED" the instance has no pool (its rate token, if it has a rate limit, is taken)
   status "FULL"       no free slot; with reason "countdown" the task is registered as a waiter
                       until first + timeout; with reason "handoff" it must park (park.lua). In
@@ -100,6 +103,12 @@ local function reply(status, limit, in_use, timeout, uid, reentrant, retry, reas
   local out = {status, now, first, limit, in_use, timeout, uid, reentrant, retry, reason}
   for _, r in ipairs(reclaimed) do out[#out + 1] = r end
   return out
+end
+
+-- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
+-- instance's pool is now: the task was handed its slot again, or ended, under another message.
+if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[16], ARGV[11]) then
+  return reply('STALE', 0, 0, 0, '', 0, 0, '')
 end
 
 if actual == '' then

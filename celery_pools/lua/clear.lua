@@ -13,12 +13,18 @@ KEYS[7]  {p}:pool:<name>:stats      HASH counters: clears, cleared_waiters, clea
 KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:expired                LIST entries whose task must be published to fail
+KEYS[11] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
+KEYS[12] {p}:stale                  ZSET hand-off ids whose message must never run
 
 Parked tasks (hand-off mode) move to {p}:expired with reason "cleared": a worker's reaper
-publishes them and they fail with PoolClearedError.
+publishes them and they fail with PoolClearedError. A task handed a slot, whose message may be
+on its way, holds that slot and keeps it unless held slots are released too: then it goes the
+same way as a parked task, and its hand-off id joins {p}:stale, so that the message, if it was
+published, never runs (the task fails once, whichever way it went).
 
 ARGV[1]  pool name
 ARGV[2]  "1" to release held slots too
+ARGV[3]  how long a hand-off id stays in {p}:stale (ms)
 
 Returns {found, waiters dropped, holders released}; found is 0 when the pool does not exist.
 ]]
@@ -40,6 +46,16 @@ end
 redis.call('DEL', KEYS[8], KEYS[9])
 local released = 0
 if ARGV[2] == '1' then
+  local handing = redis.call('HGETALL', KEYS[11])
+  for i = 1, #handing, 2 do
+    local info = redis.call('HGET', KEYS[4], handing[i])
+    local id = info and cjson.decode(info)['handoff']
+    if id then
+      redis.call('ZADD', KEYS[12], now + tonumber(ARGV[3]), id)
+    end
+    redis.call('RPUSH', KEYS[10], cjson.encode({reason = 'cleared', pool = ARGV[1], entry = handing[i + 1]}))
+  end
+  redis.call('DEL', KEYS[11])
   for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
     if redis.call('HGET', KEYS[1], holder) == ARGV[1] then
       redis.call('HDEL', KEYS[1], holder)

@@ -16,12 +16,17 @@ KEYS[11] {p}:pool:<name>:queue          ZSET parked task id -> place in line (us
 KEYS[12] {p}:pool:<name>:parked         HASH parked task id -> entry JSON
 KEYS[13] {p}:pool:<name>:handing        HASH handed-off task id -> entry JSON
 KEYS[14] {p}:expired                    LIST entries whose task must be published to fail
+KEYS[15] {p}:stale                      ZSET hand-off ids whose message must never run
 
 Parked tasks (hand-off mode) move to {p}:expired with reason "deleted": a worker's reaper
-publishes them and they fail with PoolDeletedError. A task handed a slot whose message is on its
-way fails the same way when it starts (its pool is gone).
+publishes them and they fail with PoolDeletedError. So do tasks handed a slot whose message may
+or may not be on its way (the releasing worker may have died before publishing it): their
+hand-off id joins {p}:stale, so that the message, if it was published, never runs, and the task
+fails once, whichever way it went. A slot granted at publication has one message, published by
+the producer: its task fails with PoolDeletedError when it starts (its pool is gone).
 
 ARGV[1]  pool name
+ARGV[2]  how long a hand-off id stays in {p}:stale (ms)
 
 Returns {found, instances unassigned, holders, waiters}; found is 0 when there was no such pool.
 ]]
@@ -42,6 +47,17 @@ for _, holder in ipairs(holders) do
   end
 end
 local waiters = redis.call('ZCARD', KEYS[8])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local handing = redis.call('HGETALL', KEYS[13])
+for i = 1, #handing, 2 do
+  local info = redis.call('HGET', KEYS[7], handing[i])
+  local id = info and cjson.decode(info)['handoff']
+  if id then
+    redis.call('ZADD', KEYS[15], now + tonumber(ARGV[2]), id)
+  end
+  redis.call('RPUSH', KEYS[14], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = handing[i + 1]}))
+end
 for _, token in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
   local entry = redis.call('HGET', KEYS[12], token)
   if entry then

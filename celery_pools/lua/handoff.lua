@@ -3,7 +3,8 @@ handoff.lua: give free slots straight to the oldest parked tasks, and keep the F
 Run after every release (pipelined with release.lua) and by every worker's reaper.
 
 1. A hand-off not taken up before its lease lapsed (the releasing worker died before publishing,
-   or the message was lost) goes back to the head of the FIFO, keeping its place; a slot granted
+   or the message was lost) goes back to the head of the FIFO, keeping its place, and its id
+   joins {p}:stale, so that its message, should it still arrive, never runs; a slot granted
    at publication (nothing parked: the producer publishes the message itself) just comes back,
    and its message, if it arrives late, acquires as any other; other lapsed holders are
    reclaimed (their process died).
@@ -32,9 +33,11 @@ KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> e
 KEYS[11] {p}:expired                LIST entries whose task must be published to fail
 KEYS[12] {p}:paused                 HASH instance -> paused until (ms)
 KEYS[13] {p}:sent_back              LIST entries of paused instances, to publish to wait
+KEYS[14] {p}:stale                  ZSET hand-off id whose message must never run -> forget at (ms)
 
 ARGV[1]  pool name
 ARGV[2]  hand-off lease (ms): how long a handed-off task has to start and claim its slot
+ARGV[3]  how long a lapsed hand-off id stays in {p}:stale (ms)
 
 Returns {{token, hand-off id, entry JSON, ...}, {token, holder JSON, ...}}: the hand-offs to
 publish now, then the holders reclaimed from dead processes.
@@ -48,6 +51,7 @@ if not cfg[1] then
   return {handoffs, reclaimed}
 end
 local limit, timeout = tonumber(cfg[1]), tonumber(cfg[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', now)
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
   local info = redis.call('HGET', KEYS[4], token) or ''
@@ -62,6 +66,10 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
     redis.call('HINCRBY', KEYS[7], 'grants_lapsed', 1)  -- granted at publication, never claimed
   elseif parked then
     redis.call('HDEL', KEYS[10], token)
+    local lapsed = info ~= '' and cjson.decode(info)['handoff']
+    if lapsed then
+      redis.call('ZADD', KEYS[14], now + tonumber(ARGV[3]), lapsed)
+    end
     local first = parked['first']
     redis.call('ZADD', KEYS[8], tonumber(parked['place'] or '') or first * 1000, token)
     if parked['immediate'] then
