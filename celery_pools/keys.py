@@ -19,6 +19,8 @@ script may touch any of them. Layout, with the default prefix ``celery_pools``::
     {celery_pools}:pool:<name>:queue      ZSET  parked task id -> place in line (us): hand-off FIFO
     {celery_pools}:pool:<name>:parked     HASH  parked task id -> entry JSON (info, message)
     {celery_pools}:pool:<name>:handing    HASH  task id handed a slot, not started -> entry JSON
+    {celery_pools}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks parked in the
+                                                FIFO (at most RATE_PARKED_MAX each)
     {celery_pools}:expired                LIST  parked entries to publish so their task fails
     {celery_pools}:sent_back              LIST  parked entries of paused instances, to publish so
                                                 that their task waits by countdown
@@ -49,6 +51,7 @@ class PoolKeys:
     queue: str
     parked: str
     handing: str
+    rate_parked: str
 
     def all(self) -> list[str]:
         """All of the pool's keys, in script order."""
@@ -63,6 +66,7 @@ class PoolKeys:
             self.queue,
             self.parked,
             self.handing,
+            self.rate_parked,
         ]
 
 
@@ -134,4 +138,5 @@ class KeySpace:
             queue=f"{base}:queue",
             parked=f"{base}:parked",
             handing=f"{base}:handing",
+            rate_parked=f"{base}:rate_parked",
         )

@@ -11,8 +11,9 @@ kwargs, callbacks, errbacks, chain, chord, group, headers, routing, parent and r
 the parked entry and used when its message is finally published.
 
 A task is published as usual (and waits, if it must, when a worker runs it) when it is eager,
-has a countdown or ETA, waits by countdown, its instance has no pool or has a rate limit or pause,
-its message cannot be serialized, or the pools' Redis cannot be reached.
+has a countdown or ETA, waits by countdown, its instance has no pool or is paused (or has a rate
+limit while a slot is free and nobody waits), its message cannot be serialized, or the pools'
+Redis cannot be reached.
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""Loads the Lua scripts shipped in ``celery_pools/lua`` (read once per process)."""
+"""Loads the Lua scripts shipped in ``celery_pools/lua`` (read once per process).
+
+A script may share a piece of Lua with others: a line ``-- include: <piece>.lua`` is replaced by
+that file of ``celery_pools/lua`` (``gcra.lua``, the rate-limit algorithm, is one).
+"""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib.resources import files
 
@@ -25,7 +30,14 @@ SCRIPT_NAMES = (
 )
 
 
+_INCLUDE = re.compile(r"^-- include: (\w+)\.lua$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return files("celery_pools").joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
 @cache
 def script_source(name: str) -> str:
-    """The source of ``lua/<name>.lua``."""
-    return files("celery_pools").joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The source of ``lua/<name>.lua``, with its included pieces inlined."""
+    return _INCLUDE.sub(lambda match: _read(match.group(1)), _read(name))

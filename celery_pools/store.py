@@ -52,6 +52,11 @@ _AS_USUAL_SECONDS = 1.0
 #: message arriving late never runs: longer than a broker keeps an unacknowledged message before
 #: delivering it again (Redis transport's visibility timeout: 1 hour by default).
 STALE_HANDOFF_SECONDS = 24 * 3600.0
+#: How many tasks of one rate-limited instance may be parked in a hand-off pool's FIFO at a time.
+#: A hand-off passes over those whose rate token is not due, so this keeps that pass short; the
+#: instance's other tasks wait by countdown and park in their place (their first request) as
+#: room comes.
+RATE_PARKED_MAX = 10
 
 
 class AcquireStatus(str, enum.Enum):
@@ -129,7 +134,8 @@ class Parking:
     position: int = 0
     pool: str = ""
     deadline: float | None = None
-    #: Why it was not parked: "countdown", "limited", "held" (its id holds a slot), "" (no pool).
+    #: Why it was not parked: "countdown", "limited" (paused), "rate" (rate-limited, a slot
+    #: free and nobody waiting), "held" (its id holds a slot), "" (no pool).
     reason: str = ""
     handoffs: tuple[Handoff, ...] = ()
     reclaimed: tuple[Reclaimed, ...] = ()
@@ -405,6 +411,7 @@ class RedisPoolStore:
                 self.keys.expired,
                 keys.handing,
                 self.keys.stale,
+                keys.rate_parked,
             ],
             [name, "1" if release_held else "0", _ms(STALE_HANDOFF_SECONDS)],
         )
@@ -530,6 +537,7 @@ class RedisPoolStore:
                     _ms(unassigned_timeout),
                     wait,
                     handoff,
+                    RATE_PARKED_MAX,
                 ],
             )
             status, now = reply[0], reply[1] / 1000
@@ -624,8 +632,10 @@ class RedisPoolStore:
                 self.keys.paused,
                 self.keys.sent_back,
                 self.keys.stale,
+                self.keys.rates,
+                keys.rate_parked,
             ],
-            [pool, _ms(lease), _ms(STALE_HANDOFF_SECONDS)],
+            [pool, _ms(lease), _ms(STALE_HANDOFF_SECONDS), self.keys.rate_state("")],
         )
 
     def handoff(
@@ -655,6 +665,7 @@ class RedisPoolStore:
                 keys.holder,
                 self.keys.held,
                 keys.stats,
+                keys.rate_parked,
             ],
             args,
         )
@@ -695,8 +706,8 @@ class RedisPoolStore:
     ) -> Parking:
         """Park a task that is being published, instead of sending its message to the broker,
         when ``instance``'s pool waits by hand-off (``wait`` overrides the pool's mode) and the
-        instance has no rate limit or pause; in the same round trip, free slots go to the oldest
-        parked tasks, which may be this one.
+        instance is not paused; in the same round trip, free slots go to the oldest parked tasks,
+        which may be this one (a rate-limited instance's task gets one with a rate token).
 
         When nobody waits and a slot is free, the slot is granted at once and nothing is parked:
         the answer's ``granted`` is the wait state to publish the message with (as usual), and the
@@ -721,7 +732,7 @@ class RedisPoolStore:
 
         def park_call(pool: str, payload: str) -> _Call:
             # An empty payload asks for a slot at once, parking nothing (park.lua's -4 / -5).
-            args = [token, "", payload, instance, pool, wait, lease_ms, holder]
+            args = [token, "", payload, instance, pool, wait, lease_ms, holder, RATE_PARKED_MAX]
             return self._park_call(pool, args)
 
         def attempt(believed: str) -> Parking | None:
@@ -768,7 +779,7 @@ class RedisPoolStore:
         if (
             not parking.parked
             and parking.granted is None
-            and parking.reason != "held"
+            and parking.reason not in ("held", "rate")
             and not handoffs
             and not reclaimed
         ):

@@ -9,7 +9,7 @@ import pytest
 
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
 from celery_pools.handoff import publish_handoffs
-from celery_pools.store import AcquireStatus
+from celery_pools.store import RATE_PARKED_MAX, AcquireStatus
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -194,6 +194,114 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     assert store.acquire(INSTANCE, "parked", lease=30, handoff="parked.999").status is (
         AcquireStatus.STALE
     )
+
+
+def test_a_hand_off_takes_a_rate_limited_tasks_token_and_lets_others_pass_until_it_is_due(env):
+    """In a pool shared with a rate-limited instance, a parked task of that instance gets a slot
+    in its FIFO turn with a rate token taken by the hand-off (its claim takes no second one);
+    while its instance's next token is not due it keeps its place and the slot goes on."""
+    manager = _pool(env, limit=1)
+    manager.assign("inst-b", "api")
+    manager.set_rate_limit("inst-b", "1/s")
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    for index, (token, instance) in enumerate(
+        (("b1", "inst-b"), ("a1", INSTANCE), ("b2", "inst-b"))
+    ):
+        full = store.acquire(instance, token, lease=30)
+        assert (full.status, full.reason) == (AcquireStatus.FULL, "handoff")
+        entry = json.dumps({"info": {"instance": instance}})
+        # Places a millisecond apart: asked for in one millisecond, they would tie.
+        store.park(token, pool="api", first=full.first + index / 1000, entry=entry)
+
+    (b1,) = store.release("holder", "api", parked_likely=True).handoffs
+    b1_handed = time.monotonic()
+    claimed = store.acquire("inst-b", "b1", lease=30, handoff=b1.handoff_id)
+    assert (b1.token, claimed.status) == ("b1", AcquireStatus.OK)  # no second token asked
+    # b2's token is a second away: a1, parked after it, goes first; b2 keeps its place.
+    (a1,) = store.release("b1", "api", parked_likely=True).handoffs
+    assert a1.token == "a1"
+    assert [w.task_id for w in manager.status("api").waiters] == ["b2"]
+    store.acquire(INSTANCE, "a1", lease=30, handoff=a1.handoff_id)
+    assert store.release("a1", "api", parked_likely=True).handoffs == ()
+    # The free slot goes to b2 once its token is due (here asked for by polling, as a reaper).
+    handed: list = []
+    wait_until(lambda: handed.extend(store.handoff("api")[0]) or handed, 5, interval=0.02)
+    assert [h.token for h in handed] == ["b2"]
+    assert time.monotonic() - b1_handed >= 0.95
+    b2 = store.acquire("inst-b", "b2", lease=30, handoff=handed[0].handoff_id)
+    assert (b2.status, b2.reason) == (AcquireStatus.OK, "handoff")
+
+
+def test_only_a_few_tasks_of_a_rate_limited_instance_park_at_a_time(env):
+    """A hand-off passes over parked tasks whose rate token is not due; so that this stays short
+    (and never holds up the other instances' tasks behind them), at most RATE_PARKED_MAX tasks
+    of one rate-limited instance are parked at a time. The others wait by countdown and park as
+    room comes; the count follows every way out of the FIFO."""
+    manager = _pool(env, limit=1)
+    manager.assign("inst-b", "api")
+    manager.set_rate_limit("inst-b", "1/m")
+    store = manager.store
+    counts = store.keys.pool("api").rate_parked
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    entry = json.dumps({"info": {"instance": "inst-b"}})
+    for index in range(RATE_PARKED_MAX):
+        full = store.acquire("inst-b", f"b{index}", lease=30)
+        assert (full.status, full.reason) == (AcquireStatus.FULL, "handoff")
+        store.park(f"b{index}", pool="api", first=full.first, entry=entry)
+    assert store.client.hgetall(counts) == {"inst-b": str(RATE_PARKED_MAX)}
+    over = store.acquire("inst-b", "over", lease=30)
+    assert (over.status, over.reason) == (AcquireStatus.FULL, "countdown")
+    published = store.park_at_publish("inst-b", "published", entry=lambda: entry)
+    assert (published.parked, published.reason) == (False, "rate")
+    # Another instance's task is not held up: it parks behind them and gets the next slot.
+    full = store.acquire(INSTANCE, "a0", lease=30)
+    store.park("a0", pool="api", first=full.first, entry=json.dumps({"info": {}}))
+    (b0,) = store.release("holder", "api", parked_likely=True).handoffs  # b0 takes the token
+    assert store.client.hget(counts, "inst-b") == str(RATE_PARKED_MAX - 1)
+    store.acquire("inst-b", "b0", lease=30, handoff=b0.handoff_id)
+    (a0,) = store.release("b0", "api", parked_likely=True).handoffs
+    assert a0.token == "a0"  # b1.. wait a minute for their tokens: passed over
+    full = store.acquire(INSTANCE, "a1", lease=30)  # asks after "over" did
+    store.park("a1", pool="api", first=full.first, entry=json.dumps({"info": {}}))
+    # Room again: the waiting task parks, in its place (its first request, before a1's).
+    retried = store.acquire("inst-b", "over", lease=30, first=over.first, waited_uid=over.uid)
+    assert (retried.status, retried.reason) == (AcquireStatus.FULL, "handoff")
+    store.park("over", pool="api", first=over.first, entry=entry)
+    queue = store.client.zrange(store.keys.pool("api").queue, 0, -1)
+    assert queue.index("over") < queue.index("a1")
+    assert store.client.hget(counts, "inst-b") == str(RATE_PARKED_MAX)
+    manager.clear("api")
+    assert store.client.exists(counts) == 0
+
+
+def test_a_rate_limited_instance_sharing_a_busy_hand_off_pool_is_not_starved(env, run_worker):
+    """Before rate-aware hand-offs, tasks of a rate-limited instance waited by countdown in a
+    hand-off pool and found a slot free only once nothing else was parked: under steady
+    contention they ran last, or timed out. Now they take their FIFO turn, at their rate."""
+    manager = _pool(env, limit=1)
+    manager.assign("inst-b", "api")
+    manager.set_rate_limit("inst-b", "1/s")
+    app = env.app()
+    hold_on = app.tasks["t.hold_on"]
+
+    def send(label: str, seconds: float) -> object:
+        return hold_on.delay(label, seconds, instance="inst-b" if label[0] == "b" else INSTANCE)
+
+    labels = [*(f"a{i}" for i in range(6)), "b0", "b1", *(f"a{i}" for i in range(6, 12))]
+    with run_worker(app, concurrency=4):
+        blocker = hold_on.delay("blocker", 1.0, instance=INSTANCE)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        results = _park_in_order(env, app, manager, labels, 0.25, send=send)
+        for result in [blocker, *results]:
+            result.get(timeout=60)
+    starts = env.probe().starts()
+    order = [label for label, _ in starts]
+    at = dict(starts)
+    assert order[: len(labels[:7]) + 1] == ["blocker", *labels[:7]]  # b0 in its FIFO turn
+    assert order.index("b1") < order.index("a11")  # not left until everything else ran
+    assert at["b1"] - at["b0"] >= 1.0 - 0.05  # at its rate
+    assert env.probe().max_concurrency() == 1
 
 
 def test_a_copy_of_a_lapsed_hand_off_never_runs_even_after_its_task_ended(env):

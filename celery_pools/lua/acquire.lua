@@ -18,7 +18,8 @@ KEYS[12] {p}:pool:<name>:stats      HASH counters and histogram buckets
 KEYS[13] {p}:pool:<name>:queue      ZSET parked task id -> place in line (us): the hand-off FIFO
 KEYS[14] {p}:pool:<name>:parked     HASH (unused here; keeps every pool script's key order)
 KEYS[15] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
-KEYS[16] {p}:stale                  ZSET hand-off ids whose message must never run
+KEYS[16] {p}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks parked in the FIFO
+KEYS[17] {p}:stale                  ZSET hand-off ids whose message must never run
 
 ARGV[1]  connector instance
 ARGV[2]  pool name the caller believes serves the instance ("" for none); KEYS[6..12] are its keys
@@ -31,6 +32,9 @@ ARGV[8]  histogram bucket upper bounds (ms, ascending, comma-separated)
 ARGV[9]  timeout (ms) for an instance with no pool that waits for its rate limit or a pause
 ARGV[10] how this task waits: "countdown", "handoff", or "" for the pool's own mode
 ARGV[11] the hand-off id the task's message carries ("" when it was not handed a slot)
+ARGV[12] how many tasks of one rate-limited instance may be parked in a pool at a time: past
+         that, a task that would park waits by countdown, and parks in its place (its first
+         request) when there is room
 
 The Redis server's clock decides every lease, deadline and rate decision. Holders whose lease has
 lapsed are reclaimed first. A token that already holds a slot keeps it (a redelivered message
@@ -73,8 +77,11 @@ if actual ~= ARGV[2] then
 end
 local first = tonumber(ARGV[5]) or now
 
--- How long the rate limit or a pause holds this call back (0: it may go). Takes the token.
-local function hold_back()
+-- include: gcra.lua
+
+-- How long the rate limit or a pause holds this call back (0: it may go). Takes the token,
+-- unless `rated` says the call has it already (a hand-off took it).
+local function hold_back(rated)
   local paused = tonumber(redis.call('HGET', KEYS[4], instance) or '')
   if paused then
     if paused > now then
@@ -82,20 +89,12 @@ local function hold_back()
     end
     redis.call('HDEL', KEYS[4], instance)
   end
-  local spec = redis.call('HGET', KEYS[3], instance)
+  local spec = not rated and redis.call('HGET', KEYS[3], instance)
   if not spec then
     return 0, ''
   end
-  local interval, tolerance = string.match(spec, '^([^/]+)/([^/]+)/')
-  interval, tolerance = tonumber(interval), tonumber(tolerance)
-  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if tat < now then tat = now end
-  if tat - now > tolerance then
-    return math.ceil(tat - now - tolerance), 'rate'
-  end
-  tat = tat + interval
-  redis.call('SET', KEYS[5], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
-  return 0, ''
+  local retry = take_rate_token(KEYS[5], spec, now)
+  return retry, retry > 0 and 'rate' or ''
 end
 
 local reclaimed = {}
@@ -107,7 +106,7 @@ end
 
 -- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
 -- instance's pool is now: the task was handed its slot again, or ended, under another message.
-if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[16], ARGV[11]) then
+if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[17], ARGV[11]) then
   return reply('STALE', 0, 0, 0, '', 0, 0, '')
 end
 
@@ -132,11 +131,15 @@ local timeout = tonumber(cfg[2])
 local uid = cfg[3]
 local cleared = tonumber(cfg[4] or '')
 local mode = ARGV[10] ~= '' and ARGV[10] or (cfg[5] or 'countdown')
-if mode == 'handoff' and (redis.call('HEXISTS', KEYS[3], instance) == 1
-    or redis.call('HEXISTS', KEYS[4], instance) == 1) then
-  -- A rate-limited or paused instance waits by countdown: its next chance is known in time.
+if mode == 'handoff' and redis.call('HEXISTS', KEYS[4], instance) == 1 then
+  -- A paused instance waits by countdown: its next chance is known in time. (A rate-limited
+  -- one parks: a hand-off takes its rate token, in FIFO order among the tokens that are due.)
   mode = 'countdown'
 end
+-- Enough tasks of this rate-limited instance are parked already (they keep the pool's FIFO short
+-- to scan, handoff.lua): this one keeps to the FIFO but waits by countdown if it must wait.
+local overflow = mode == 'handoff' and redis.call('HEXISTS', KEYS[3], instance) == 1
+  and tonumber(redis.call('HGET', KEYS[16], instance) or '0') >= tonumber(ARGV[12])
 
 -- A task that holds a slot (handed or granted to it, or its own from an earlier delivery) is no
 -- longer waiting: a clear keeps it, as it keeps every holder unless asked to release them.
@@ -214,9 +217,10 @@ if redis.call('ZSCORE', KEYS[8], token) then
     if held['handoff'] ~= ARGV[11] and not held['direct'] then
       return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
     end
-    -- Paused, or rate-limited, since it was parked or granted: it gives the slot back (a reaper
-    -- hands it to the next parked task) and waits by countdown, as the instance's tasks now do.
-    local retry, reason = hold_back()
+    -- Paused, or rate-limited, since it was parked or granted (a hand-off that took its rate
+    -- token says so): it gives the slot back (the caller hands it to the next parked task) and
+    -- waits by countdown until the pause ends or its token is due, then asks again.
+    local retry, reason = hold_back(held['rated'])
     if retry > 0 then
       redis.call('ZREM', KEYS[8], token)
       redis.call('HDEL', KEYS[9], token)
@@ -302,7 +306,7 @@ if now >= deadline then
   give_up('pool')
   return reply('TIMEOUT', limit, in_use, timeout, uid, 0, 0, 'pool')
 end
-if mode == 'handoff' then
+if mode == 'handoff' and not overflow then
   return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'handoff')
 end
 wait_here()

@@ -15,6 +15,7 @@ KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:expired                LIST entries whose task must be published to fail
 KEYS[11] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
 KEYS[12] {p}:stale                  ZSET hand-off ids whose message must never run
+KEYS[13] {p}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks parked in the FIFO
 
 Parked tasks (hand-off mode) move to {p}:expired with reason "cleared": a worker's reaper
 publishes them and they fail with PoolClearedError. A task handed a slot, whose message may be
@@ -43,7 +44,7 @@ for _, token in ipairs(redis.call('ZRANGE', KEYS[8], 0, -1)) do
     redis.call('RPUSH', KEYS[10], cjson.encode({reason = 'cleared', pool = ARGV[1], entry = entry}))
   end
 end
-redis.call('DEL', KEYS[8], KEYS[9])
+redis.call('DEL', KEYS[8], KEYS[9], KEYS[13])
 local released = 0
 if ARGV[2] == '1' then
   local handing = redis.call('HGETALL', KEYS[11])

@@ -15,8 +15,9 @@ KEYS[10] {p}:pool:<name>:stats          HASH counters and histograms
 KEYS[11] {p}:pool:<name>:queue          ZSET parked task id -> place in line (us: first request)
 KEYS[12] {p}:pool:<name>:parked         HASH parked task id -> entry JSON
 KEYS[13] {p}:pool:<name>:handing        HASH handed-off task id -> entry JSON
-KEYS[14] {p}:expired                    LIST entries whose task must be published to fail
-KEYS[15] {p}:stale                      ZSET hand-off ids whose message must never run
+KEYS[14] {p}:pool:<name>:rate_parked    HASH rate-limited instance -> its tasks parked
+KEYS[15] {p}:expired                    LIST entries whose task must be published to fail
+KEYS[16] {p}:stale                      ZSET hand-off ids whose message must never run
 
 Parked tasks (hand-off mode) move to {p}:expired with reason "deleted": a worker's reaper
 publishes them and they fail with PoolDeletedError. So do tasks handed a slot whose message may
@@ -54,17 +55,17 @@ for i = 1, #handing, 2 do
   local info = redis.call('HGET', KEYS[7], handing[i])
   local id = info and cjson.decode(info)['handoff']
   if id then
-    redis.call('ZADD', KEYS[15], now + tonumber(ARGV[2]), id)
+    redis.call('ZADD', KEYS[16], now + tonumber(ARGV[2]), id)
   end
-  redis.call('RPUSH', KEYS[14], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = handing[i + 1]}))
+  redis.call('RPUSH', KEYS[15], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = handing[i + 1]}))
 end
 for _, token in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
   local entry = redis.call('HGET', KEYS[12], token)
   if entry then
-    redis.call('RPUSH', KEYS[14], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = entry}))
+    redis.call('RPUSH', KEYS[15], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = entry}))
   end
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11],
-  KEYS[12], KEYS[13])
+  KEYS[12], KEYS[13], KEYS[14])
 redis.call('SREM', KEYS[1], ARGV[1])
 return {1, #instances, #holders, waiters}

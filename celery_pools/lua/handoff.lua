@@ -18,6 +18,13 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    published without a hand-off and wait by countdown like the instance's other tasks, and the
    slot goes on to the next task. It stays a waiter, marked so that a copy of its message under
    any hand-off id (one that lapsed before it was sent back) is known to be stale.
+   A parked task whose instance has a rate limit gets the slot only with a rate token, taken
+   here (its claim does not take another): while its instance's next token is not due it keeps
+   its place and the slot goes on to the next task. So a rate-limited instance sharing a busy
+   pool gets slots in FIFO order among the calls its rate allows; a slot left free meanwhile is
+   handed out by the next call of this script (a release, a park, or a reaper round). Passing
+   over stays cheap: at most a few tasks of each rate-limited instance are parked at a time
+   (KEYS[16], park.lua), and at most 100 are passed over per call.
 
 KEYS[1]  {p}:held                   HASH task id -> pool name
 KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
@@ -34,14 +41,22 @@ KEYS[11] {p}:expired                LIST entries whose task must be published to
 KEYS[12] {p}:paused                 HASH instance -> paused until (ms)
 KEYS[13] {p}:sent_back              LIST entries of paused instances, to publish to wait
 KEYS[14] {p}:stale                  ZSET hand-off id whose message must never run -> forget at (ms)
+KEYS[15] {p}:rates                  HASH instance -> "<interval ms>/<tolerance ms>/<count>/<period ms>"
+KEYS[16] {p}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks parked in the FIFO
+         {p}:rate:<instance>        STRING GCRA state of a parked task's instance: not declared,
+                                    as the instances are only known here; like every key it has
+                                    the {p} hash tag, so it is in the same Redis Cluster slot
 
 ARGV[1]  pool name
 ARGV[2]  hand-off lease (ms): how long a handed-off task has to start and claim its slot
 ARGV[3]  how long a lapsed hand-off id stays in {p}:stale (ms)
+ARGV[4]  the prefix of the instances' rate state keys: "{p}:rate:"
 
 Returns {{token, hand-off id, entry JSON, ...}, {token, holder JSON, ...}}: the hand-offs to
 publish now, then the holders reclaimed from dead processes.
 ]]
+
+-- include: gcra.lua
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,6 +67,14 @@ if not cfg[1] then
 end
 local limit, timeout = tonumber(cfg[1]), tonumber(cfg[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', now)
+
+-- A parked task of a rate-limited instance is counted while it is in the FIFO (park.lua).
+local function count_parked(parked, by)
+  local of = parked and parked['rate_parked']
+  if of and redis.call('HINCRBY', KEYS[16], of, by) <= 0 then
+    redis.call('HDEL', KEYS[16], of)
+  end
+end
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
   local info = redis.call('HGET', KEYS[4], token) or ''
@@ -78,6 +101,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT'
     end
     redis.call('HSET', KEYS[9], token, entry)
     redis.call('ZADD', KEYS[5], first + timeout, token)
+    count_parked(parked, 1)
     redis.call('HINCRBY', KEYS[7], 'handoffs_retried', 1)
   else
     redis.call('HINCRBY', KEYS[7], 'reclaimed', 1)
@@ -88,7 +112,8 @@ end
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeout) * 1000, 'LIMIT', 0, 100)) do
   local entry = redis.call('HGET', KEYS[9], token)
-  local first = entry and tonumber(cjson.decode(entry)['first'])
+  local parked = entry and cjson.decode(entry)
+  local first = parked and tonumber(parked['first'])
   if first and first + timeout > now then
     -- Placed by a version that ordered the FIFO in milliseconds, and not past its deadline:
     -- keep it, in its place in microseconds (before the hand-outs below).
@@ -99,6 +124,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeo
     redis.call('ZREM', KEYS[5], token)
     redis.call('HDEL', KEYS[6], token)
     redis.call('HINCRBY', KEYS[7], 'timeouts', 1)
+    count_parked(parked, -1)
     if entry then
       redis.call('RPUSH', KEYS[11], cjson.encode({
         reason = 'timeout', pool = ARGV[1], limit = limit, timeout = timeout, at = now, entry = entry,
@@ -108,20 +134,31 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeo
 end
 
 local free = limit - redis.call('ZCARD', KEYS[3])
-local sent_back = 0
-while free > 0 do
-  local head = redis.call('ZRANGE', KEYS[8], 0, 0)
-  if #head == 0 then break end
-  local token = head[1]
-  local entry = redis.call('HGET', KEYS[9], token)
+local sent_back, passed_over = 0, 0
+local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
+local function leave_fifo(token, parked)
   redis.call('ZREM', KEYS[8], token)
   redis.call('HDEL', KEYS[9], token)
   redis.call('ZREM', KEYS[5], token)
   redis.call('HDEL', KEYS[6], token)
+  count_parked(parked, -1)
+end
+while free > 0 and passed_over < 100 do
+  -- The oldest parked task not passed over (for its rate limit) in this call.
+  local head = redis.call('ZRANGE', KEYS[8], passed_over, passed_over)
+  if #head == 0 then break end
+  local token = head[1]
+  local entry = redis.call('HGET', KEYS[9], token)
   local decoded = entry and cjson.decode(entry)
   local info = decoded and decoded['info'] or {}
-  local paused = info['instance'] and tonumber(redis.call('HGET', KEYS[12], info['instance']) or '')
-  if decoded and paused and paused > now and sent_back < 100 then
+  local instance = info['instance']
+  local paused = instance and tonumber(redis.call('HGET', KEYS[12], instance) or '')
+  local spec = instance and not (paused and paused > now) and redis.call('HGET', KEYS[15], instance)
+  if spec and (not_due[instance] or take_rate_token(ARGV[4] .. instance, spec, now) > 0) then
+    not_due[instance] = true
+    passed_over = passed_over + 1  -- keeps its place: its instance's next call is not due yet
+  elseif decoded and paused and paused > now and sent_back < 100 then
+    leave_fifo(token, decoded)
     redis.call('RPUSH', KEYS[13], cjson.encode({reason = 'paused', pool = ARGV[1], entry = entry}))
     local first = tonumber(decoded['first']) or now
     info['since'] = first
@@ -130,10 +167,12 @@ while free > 0 do
     redis.call('HSET', KEYS[6], token, cjson.encode(info))
     sent_back = sent_back + 1
   elseif decoded then
+    leave_fifo(token, decoded)
     local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
     info['since'] = now
     info['handoff'] = id
     info['immediate'] = decoded['immediate']
+    info['rated'] = spec and 1 or nil  -- its rate token is taken: its claim takes no other
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), token)
     redis.call('HSET', KEYS[4], token, cjson.encode(info))
     redis.call('HSET', KEYS[1], token, ARGV[1])
@@ -142,6 +181,8 @@ while free > 0 do
     handoffs[#handoffs + 1] = id
     handoffs[#handoffs + 1] = entry
     free = free - 1
+  else
+    leave_fifo(token)  -- its entry is gone: nothing to publish
   end
 end
 return {handoffs, reclaimed}

@@ -5,8 +5,12 @@ handoff.lua later gives the oldest parked task a slot and returns its message to
 Two callers park:
 - a producer, at publication (PooledTask.apply_async), before the message ever reaches the
   broker. ARGV[4] names the connector instance; the task parks only when this pool serves the
-  instance, waits by hand-off and the instance has no rate limit or pause. Otherwise the caller
-  publishes as usual and the task waits (if it must) when a worker runs it.
+  instance, waits by hand-off and the instance is not paused. Otherwise the caller publishes as
+  usual and the task waits (if it must) when a worker runs it. A task of a rate-limited instance
+  parks only when the pool is full or tasks wait (handoff.lua then takes its rate token when it
+  hands it a slot), and while fewer than ARGV[9] of its instance's tasks are parked; otherwise
+  it is published as usual and takes the slot and the token, or waits by countdown, when a
+  worker runs it (acquire.lua applies the same bound).
 - a worker, whose task found the pool full (acquire.lua answered FULL with reason "handoff").
 Callers run handoff.lua right after (pipelined), so a free slot goes straight to the oldest task.
 
@@ -23,6 +27,7 @@ KEYS[10] {p}:paused                 HASH instance -> paused until (ms)
 KEYS[11] {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carries "handoff": id)
 KEYS[12] {p}:held                   HASH task id -> pool name
 KEYS[13] {p}:pool:<name>:stats      HASH counters: handoffs
+KEYS[14] {p}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks parked in the FIFO
 
 ARGV[1]  token: the task id
 ARGV[2]  when the task first asked for a slot (ms, Redis clock); "" for now
@@ -36,13 +41,16 @@ ARGV[5]  the pool's name (at publication: the pool the caller believes serves th
 ARGV[6]  at publication: how the task waits ("countdown", "handoff", "" for the pool's mode)
 ARGV[7]  at publication: the hand-off lease (ms) of a slot granted at once
 ARGV[8]  at publication: the holder JSON of a slot granted at once ({task_name, instance})
+ARGV[9]  at publication: how many tasks of one rate-limited instance may be parked at a time
 
 Returns {position, now, detail}; position is
   >= 1  parked: its place in the FIFO (1 = next); detail is its deadline (ms)
    0    parked, holding or handed a slot already (a redelivered or repeated message)
   -1    the pool no longer exists (a worker starts again from acquire.lua)
   -2    at publication: another pool serves the instance; detail is its name ("" for none)
-  -3    at publication: publish as usual; detail says why ("countdown", "limited", "held")
+  -3    at publication: publish as usual; detail says why ("countdown", "limited": paused,
+        "rate": rate-limited with a slot free and nobody waiting, or with enough of its
+        instance's tasks parked, "held")
   -4    at publication, no entry: a slot is granted (a hand-off taken up by the task's claim,
         which lapses like any other if the task does not start in time); detail is the hand-off
         id, and the reply goes on with the pool's uid and timeout (ms): {-4, now, id, uid, timeout}
@@ -69,8 +77,8 @@ if instance ~= '' then
   if mode ~= 'handoff' then
     return {-3, now, 'countdown'}
   end
-  if redis.call('HEXISTS', KEYS[9], instance) == 1 or redis.call('HEXISTS', KEYS[10], instance) == 1 then
-    -- A rate-limited or paused instance waits by countdown (acquire.lua): its chance is timed.
+  if redis.call('HEXISTS', KEYS[10], instance) == 1 then
+    -- A paused instance waits by countdown (acquire.lua): its chance is timed.
     return {-3, now, 'limited'}
   end
   if redis.call('ZSCORE', KEYS[6], token) and redis.call('HEXISTS', KEYS[7], token) == 0 then
@@ -81,6 +89,13 @@ if instance ~= '' then
 end
 if redis.call('ZSCORE', KEYS[4], token) or redis.call('ZSCORE', KEYS[6], token) then
   return {0, now, ''}
+end
+if instance ~= '' and redis.call('HEXISTS', KEYS[9], instance) == 1 and (
+    (redis.call('ZCARD', KEYS[4]) == 0 and redis.call('ZCARD', KEYS[6]) < tonumber(cfg[1]))
+    or tonumber(redis.call('HGET', KEYS[14], instance) or '0') >= tonumber(ARGV[9])) then
+  -- Rate-limited, and a slot free with nobody waiting (no grant: it would need the rate token
+  -- too), or enough of its instance's tasks parked already.
+  return {-3, now, 'rate'}
 end
 if ARGV[3] == '' then
   if instance == '' or redis.call('ZCARD', KEYS[4]) > 0
@@ -114,6 +129,12 @@ else
   place = first * 1000 + tonumber(t[2]) % 1000
 end
 local entry = cjson.decode(ARGV[3])
+local of = instance ~= '' and instance or (entry['info'] or {})['instance']
+if of and redis.call('HEXISTS', KEYS[9], of) == 1 then
+  -- Counted while it is parked (handoff.lua, clear.lua and delete.lua count it out).
+  entry['rate_parked'] = of
+  redis.call('HINCRBY', KEYS[14], of, 1)
+end
 entry['first'] = first
 entry['place'] = string.format('%d', place)  -- a string: cjson keeps only 14 digits
 entry['state'] = {pool = ARGV[5], uid = cfg[3], timeout = timeout / 1000}
