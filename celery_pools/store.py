@@ -589,6 +589,7 @@ class RedisPoolStore:
                     keys.waiter,
                     keys.stats,
                     keys.queue,
+                    keys.handing,
                 ],
                 [token, pool, BUCKET_BOUNDS_ARG],
             )

@@ -273,6 +273,50 @@ def test_only_a_few_tasks_of_a_rate_limited_instance_park_at_a_time(env):
     assert store.client.hget(counts, "inst-b") == str(RATE_PARKED_MAX)
     manager.clear("api")
     assert store.client.exists(counts) == 0
+    # A count left off (an earlier version handed out counted tasks) cannot outlive the FIFO.
+    store.client.hset(counts, "inst-b", 50)
+    store.handoff("api")
+    assert store.client.exists(counts) == 0
+
+
+def test_a_hand_off_id_that_lapsed_before_a_reset_does_not_stop_the_task_it_is_given_to(env):
+    """Hand-off ids count on from the pool's counters, which a metrics reset (or a pool deleted
+    and created again) starts over: a new grant may get an id that once lapsed. The task that
+    holds its slot under that id runs; other copies under it are still stale."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    seconds, _ = store.client.time()
+    store.client.zadd(store.keys.stale, {"t.1": (seconds + 3600) * 1000})  # lapsed, long ago
+    granted = store.park_at_publish(INSTANCE, "t", entry=lambda: "{}").granted
+    assert granted is not None
+    assert granted["handoff"] == "t.1"
+    claimed = store.acquire(INSTANCE, "t", lease=30, first=granted["first"], handoff="t.1")
+    assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "granted")
+    assert store.acquire(INSTANCE, "t", lease=30, handoff="t.1").reentrant  # delivered again
+    store.release("t", "api")
+    assert store.acquire(INSTANCE, "t", lease=30, handoff="t.1").status is AcquireStatus.STALE
+
+
+def test_releasing_a_task_handed_its_slot_before_it_started_drops_its_reservation(env):
+    """A task revoked after its hand-off, before it started: the revoke releases its slot, and
+    the reservation goes too (a clear or delete would otherwise publish it to fail, and the pool
+    would look as if it still had hand-offs in flight)."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    handing = store.keys.pool("api").handing
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "revoked", lease=30)
+    store.park("revoked", pool="api", first=full.first, entry='{"info":{}}')
+    assert [h.token for h in store.release("holder", "api", parked_likely=True).handoffs] == [
+        "revoked"
+    ]
+    assert store.client.hkeys(handing) == ["revoked"]
+    released = store.release_token("revoked")
+    assert released is not None
+    assert released.released
+    assert store.client.exists(handing) == 0
+    manager.delete("api")
+    assert store.pop_expired() == []
 
 
 def test_a_rate_limited_instance_sharing_a_busy_hand_off_pool_is_not_starved(env, run_worker):

@@ -106,8 +106,14 @@ end
 
 -- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
 -- instance's pool is now: the task was handed its slot again, or ended, under another message.
+-- (Unless the task holds its slot under that very id: ids restart with a pool's counters, after
+-- a metrics reset or a pool deleted and created again.)
 if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[17], ARGV[11]) then
-  return reply('STALE', 0, 0, 0, '', 0, 0, '')
+  local mine = actual ~= '' and redis.call('HGET', KEYS[9], token)
+  local held = mine and cjson.decode(mine) or {}
+  if held['handoff'] ~= ARGV[11] and held['claimed'] ~= ARGV[11] then
+    return reply('STALE', 0, 0, 0, '', 0, 0, '')
+  end
 end
 
 if actual == '' then

@@ -23,8 +23,9 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    its place and the slot goes on to the next task. So a rate-limited instance sharing a busy
    pool gets slots in FIFO order among the calls its rate allows; a slot left free meanwhile is
    handed out by the next call of this script (a release, a park, or a reaper round). Passing
-   over stays cheap: at most a few tasks of each rate-limited instance are parked at a time
-   (KEYS[16], park.lua), and at most 100 are passed over per call.
+   over stays cheap: about 10 tasks of each rate-limited instance are parked at a time
+   (KEYS[16], acquire.lua and park.lua), an instance's token is looked at once per call, and at
+   most 100 instances' tokens and 1,000 entries are looked at per call.
 
 KEYS[1]  {p}:held                   HASH task id -> pool name
 KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
@@ -134,7 +135,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeo
 end
 
 local free = limit - redis.call('ZCARD', KEYS[3])
-local sent_back, passed_over = 0, 0
+local sent_back, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
 local function leave_fifo(token, parked)
   redis.call('ZREM', KEYS[8], token)
@@ -143,7 +144,7 @@ local function leave_fifo(token, parked)
   redis.call('HDEL', KEYS[6], token)
   count_parked(parked, -1)
 end
-while free > 0 and passed_over < 100 do
+while free > 0 and passed_over < 1000 and checked < 100 do
   -- The oldest parked task not passed over (for its rate limit) in this call.
   local head = redis.call('ZRANGE', KEYS[8], passed_over, passed_over)
   if #head == 0 then break end
@@ -154,7 +155,12 @@ while free > 0 and passed_over < 100 do
   local instance = info['instance']
   local paused = instance and tonumber(redis.call('HGET', KEYS[12], instance) or '')
   local spec = instance and not (paused and paused > now) and redis.call('HGET', KEYS[15], instance)
-  if spec and (not_due[instance] or take_rate_token(ARGV[4] .. instance, spec, now) > 0) then
+  local due = true
+  if spec then
+    due = not not_due[instance] and take_rate_token(ARGV[4] .. instance, spec, now) == 0
+    checked = checked + (not_due[instance] and 0 or 1)
+  end
+  if not due then
     not_due[instance] = true
     passed_over = passed_over + 1  -- keeps its place: its instance's next call is not due yet
   elseif decoded and paused and paused > now and sent_back < 100 then
@@ -184,5 +190,8 @@ while free > 0 and passed_over < 100 do
   else
     leave_fifo(token)  -- its entry is gone: nothing to publish
   end
+end
+if redis.call('EXISTS', KEYS[8]) == 0 then
+  redis.call('DEL', KEYS[16])  -- nothing parked: no count can be off (say, after an upgrade)
 end
 return {handoffs, reclaimed}

@@ -9,6 +9,8 @@ KEYS[4]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[5]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[6]  {p}:pool:<name>:stats      HASH counters and histogram buckets
 KEYS[7]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us): the hand-off FIFO
+KEYS[8]  {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON (a task
+                                    revoked after its hand-off, before its start, leaves one)
 
 ARGV[1]  token: the task id
 ARGV[2]  pool name
@@ -33,6 +35,7 @@ if redis.call('HGET', KEYS[1], token) == ARGV[2] then
 end
 redis.call('ZREM', KEYS[4], token)
 redis.call('HDEL', KEYS[5], token)
+redis.call('HDEL', KEYS[8], token)
 if released == 1 and info ~= '' then
   local ms = now - (tonumber(cjson.decode(info)['since']) or now)
   local index = 0
