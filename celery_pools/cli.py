@@ -265,6 +265,8 @@ def _metrics_data(m: PoolMetrics, suspicious_after: float) -> dict[str, Any]:
         "handoffs_retried": m.handoffs_retried,
         "grants_lapsed": m.grants_lapsed,
         "grants_withdrawn": m.grants_withdrawn,
+        "handoffs_returned": m.handoffs_returned,
+        "sent_back": m.sent_back,
         "wait": _histogram_data(m.wait),
         "hold": _histogram_data(m.hold),
         "suspicious_after": suspicious_after,
@@ -347,7 +349,8 @@ def _describe_metrics(m: PoolMetrics) -> list[str]:
         f"  releases         {m.released}",
         f"  reclaimed leases {m.reclaimed}",
         f"  hand-offs        {m.handoffs} ({m.handoffs_retried} handed out again, "
-        f"{m.grants_lapsed} grants lapsed, {m.grants_withdrawn} withdrawn)",
+        f"{m.grants_lapsed} grants lapsed, {m.grants_withdrawn} withdrawn, "
+        f"{m.handoffs_returned} given back, {m.sent_back} sent back for a pause)",
         f"  wait for a slot  p50 {_quantile(m.wait.quantile(0.5))}, "
         f"p95 {_quantile(m.wait.quantile(0.95))}",
         f"  slot held        p50 {_quantile(m.hold.quantile(0.5))}, "

@@ -36,6 +36,21 @@ def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
     ]
 
 
+#: The hand-off counters: PoolMetrics field, metric name, help.
+_HANDOFF_COUNTERS = (
+    ("handoffs", "handoffs_total", "Slots handed to parked tasks or granted at publication."),
+    ("handoffs_retried", "handoffs_retried_total", "Hand-offs not taken up in time, handed again."),
+    ("grants_lapsed", "grants_lapsed_total", "Slots granted at publication, never claimed."),
+    ("grants_withdrawn", "grants_withdrawn_total", "Slots granted at publication, given back."),
+    (
+        "handoffs_returned",
+        "handoffs_returned_total",
+        "Hand-offs given back: the instance was paused or rate-limited since.",
+    ),
+    ("sent_back", "sent_back_total", "Parked tasks of a paused instance sent to countdown."),
+)
+
+
 def collect_families(
     all_metrics: list[PoolMetrics], suspicious_after: float = 900.0
 ) -> Iterator[Any]:
@@ -73,10 +88,7 @@ def collect_families(
     cleared = counter("cleared_waiters_total", "Waiting tasks ended by a clear.")
     released = counter("releases_total", "Slots given back by their holders.")
     reclaimed = counter("reclaimed_leases_total", "Slots taken back from dead holders (leaks).")
-    handoffs = counter("handoffs_total", "Slots handed to parked tasks or granted at publication.")
-    retried = counter("handoffs_retried_total", "Hand-offs not taken up in time, handed again.")
-    lapsed = counter("grants_lapsed_total", "Slots granted at publication, never claimed.")
-    withdrawn = counter("grants_withdrawn_total", "Slots granted at publication, given back.")
+    handoff_families = [(field, counter(name, doc)) for field, name, doc in _HANDOFF_COUNTERS]
     wait = HistogramMetricFamily(
         f"{_NS}_wait_seconds", "Time from a task's first request to its slot.", labels=["pool"]
     )
@@ -101,15 +113,13 @@ def collect_families(
         cleared.add_metric(pool, m.cleared_waiters)
         released.add_metric(pool, m.released)
         reclaimed.add_metric(pool, m.reclaimed)
-        handoffs.add_metric(pool, m.handoffs)
-        retried.add_metric(pool, m.handoffs_retried)
-        lapsed.add_metric(pool, m.grants_lapsed)
-        withdrawn.add_metric(pool, m.grants_withdrawn)
+        for field, family in handoff_families:
+            family.add_metric(pool, getattr(m, field))
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
     yield from (limit, in_use, free, waiting, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
-    yield from (handoffs, retried, lapsed, withdrawn)
+    yield from (family for _, family in handoff_families)
     yield from (wait, hold)
 
 

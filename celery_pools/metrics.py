@@ -94,6 +94,15 @@ class PoolMetrics(_Model):
     grants_withdrawn: int = Field(
         default=0, description="Slots granted at publication, given back: the publish failed."
     )
+    handoffs_returned: int = Field(
+        default=0,
+        description="Slots handed or granted to a task whose instance was paused or rate-limited "
+        "since, given back when it started, to wait by countdown.",
+    )
+    sent_back: int = Field(
+        default=0,
+        description="Parked tasks of a paused instance sent from the FIFO to wait by countdown.",
+    )
     acquired_by_instance: dict[str, int]
     wait: Histogram
     hold: Histogram
@@ -150,6 +159,8 @@ def parse_stats(status: PoolStatus, stats: Mapping[str, str]) -> PoolMetrics:
         handoffs_retried=counter("handoffs_retried"),
         grants_lapsed=counter("grants_lapsed"),
         grants_withdrawn=counter("grants_withdrawn"),
+        handoffs_returned=counter("handoffs_returned"),
+        sent_back=counter("sent_back"),
         acquired_by_instance={
             field.split(":", 1)[1]: int(value)
             for field, value in stats.items()

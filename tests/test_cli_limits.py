@@ -269,6 +269,8 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
         "handoffs_retried": 0,
         "grants_lapsed": 0,
         "grants_withdrawn": 0,
+        "handoffs_returned": 0,
+        "sent_back": 0,
         "suspicious_after": 900.0,
         "suspicious_holders": [],
     }

@@ -255,15 +255,18 @@ def test_only_a_few_tasks_of_a_rate_limited_instance_park_at_a_time(env):
     published = store.park_at_publish("inst-b", "published", entry=lambda: entry)
     assert (published.parked, published.reason) == (False, "rate")
     # Another instance's task is not held up: it parks behind them and gets the next slot.
+    # (Places a millisecond later than the tasks before: asked for in one millisecond, they
+    # could tie.)
     full = store.acquire(INSTANCE, "a0", lease=30)
-    store.park("a0", pool="api", first=full.first, entry=json.dumps({"info": {}}))
-    (b0,) = store.release("holder", "api", parked_likely=True).handoffs  # b0 takes the token
+    store.park("a0", pool="api", first=full.first + 0.001, entry=json.dumps({"info": {}}))
+    (b,) = store.release("holder", "api", parked_likely=True).handoffs  # takes the token
+    assert b.token.startswith("b")
     assert store.client.hget(counts, "inst-b") == str(RATE_PARKED_MAX - 1)
-    store.acquire("inst-b", "b0", lease=30, handoff=b0.handoff_id)
-    (a0,) = store.release("b0", "api", parked_likely=True).handoffs
-    assert a0.token == "a0"  # b1.. wait a minute for their tokens: passed over
+    store.acquire("inst-b", b.token, lease=30, handoff=b.handoff_id)
+    (a0,) = store.release(b.token, "api", parked_likely=True).handoffs
+    assert a0.token == "a0"  # the other b's wait a minute for their tokens: passed over
     full = store.acquire(INSTANCE, "a1", lease=30)  # asks after "over" did
-    store.park("a1", pool="api", first=full.first, entry=json.dumps({"info": {}}))
+    store.park("a1", pool="api", first=full.first + 0.001, entry=json.dumps({"info": {}}))
     # Room again: the waiting task parks, in its place (its first request, before a1's).
     retried = store.acquire("inst-b", "over", lease=30, first=over.first, waited_uid=over.uid)
     assert (retried.status, retried.reason) == (AcquireStatus.FULL, "handoff")
@@ -426,6 +429,7 @@ def test_a_task_that_gave_back_its_handed_slot_still_tells_stale_copies(env):
     assert (given.status, given.reason) == (AcquireStatus.RATE, "paused")
     status = manager.status("api")
     assert (status.in_use, [w.task_id for w in status.waiters]) == (0, ["parked"])
+    assert store.metrics(["api"])[0].handoffs_returned == 1
     stale = store.acquire(INSTANCE, "parked", lease=30, handoff="parked.999")
     assert stale.status is AcquireStatus.STALE
     retry = {"lease": 30, "first": given.first, "waited_uid": given.uid}
@@ -441,16 +445,19 @@ def test_parked_tasks_of_a_paused_instance_leave_the_fifo_and_the_slot_goes_on(e
     manager.assign("inst-b", "api")
     store = manager.store
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
-    for token, instance in (("a1", INSTANCE), ("a2", INSTANCE), ("b1", "inst-b")):
+    parked = (("a1", INSTANCE), ("a2", INSTANCE), ("b1", "inst-b"))
+    for index, (token, instance) in enumerate(parked):
         full = store.acquire(instance, token, lease=30)
         entry = json.dumps({"info": {"instance": instance}})
-        store.park(token, pool="api", first=full.first, entry=entry)
+        # Places a millisecond apart: asked for in one millisecond, they could tie.
+        store.park(token, pool="api", first=full.first + index / 1000, entry=entry)
     manager.pause(INSTANCE, 30)
     (handoff,) = store.release("holder", "api").handoffs
     assert handoff.token == "b1"
     assert store.pop_expired() == []  # not an end: none of them fails
     sent_back = store.pop_expired(sent_back=True)
     assert [json.loads(r["entry"])["info"]["instance"] for r in sent_back] == [INSTANCE] * 2
+    assert store.metrics(["api"])[0].sent_back == 2
     # Still waiting, by countdown now: a copy under a hand-off id (one that lapsed) is stale,
     # the message published without one goes on.
     assert [w.task_id for w in manager.status("api").waiters] == ["a1", "a2"]

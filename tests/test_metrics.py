@@ -119,7 +119,14 @@ def test_exporter_serves_parseable_metrics_with_the_expected_samples(env):
     )
     assert samples[("celery_pools_timeouts_total", pool)] == 0
     # A countdown pool: no hand-offs, but the families are there.
-    for name in ("handoffs", "handoffs_retried", "grants_lapsed", "grants_withdrawn"):
+    for name in (
+        "handoffs",
+        "handoffs_retried",
+        "grants_lapsed",
+        "grants_withdrawn",
+        "handoffs_returned",
+        "sent_back",
+    ):
         assert samples[(f"celery_pools_{name}_total", pool)] == 0
     assert samples[("celery_pools_wait_seconds_count", pool)] == 2
     assert samples[("celery_pools_wait_seconds_bucket", (("le", "0.005"), ("pool", "p")))] == 2

@@ -41,7 +41,8 @@ lapsed are reclaimed first. A token that already holds a slot keeps it (a redeli
 takes no second slot and no second rate token). Rate limits use GCRA: a call may start when the
 theoretical arrival time is at most <tolerance> ahead of now; each call moves it <interval> on.
 
-Stats fields touched: acquired_immediate, acquired_waited, timeouts, reclaimed, "acquired:<instance>",
+Stats fields touched: acquired_immediate, acquired_waited, timeouts, reclaimed, handoffs_returned,
+"acquired:<instance>",
 and the wait-time histogram "wait:<bucket index>" (index #bounds is +Inf), "wait:sum" (ms),
 "wait:count"; "started" is set (ms) on the first event.
 
@@ -231,6 +232,7 @@ if redis.call('ZSCORE', KEYS[8], token) then
       redis.call('ZREM', KEYS[8], token)
       redis.call('HDEL', KEYS[9], token)
       redis.call('HDEL', KEYS[15], token)
+      redis.call('HINCRBY', KEYS[12], 'handoffs_returned', 1)
       if redis.call('HGET', KEYS[2], token) == actual then
         redis.call('HDEL', KEYS[2], token)
       end

@@ -34,7 +34,7 @@ KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carr
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[6]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[7]  {p}:pool:<name>:stats      HASH counters: handoffs, handoffs_retried, grants_lapsed,
-                                         reclaimed, timeouts
+                                         reclaimed, timeouts, sent_back
 KEYS[8]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
 KEYS[9]  {p}:pool:<name>:parked     HASH parked task id -> entry JSON
 KEYS[10] {p}:pool:<name>:handing    HASH task id handed a slot, not started -> entry JSON
@@ -172,6 +172,7 @@ while free > 0 and passed_over < 1000 and checked < 100 do
     redis.call('ZADD', KEYS[5], first + timeout, token)
     redis.call('HSET', KEYS[6], token, cjson.encode(info))
     sent_back = sent_back + 1
+    redis.call('HINCRBY', KEYS[7], 'sent_back', 1)
   elseif decoded then
     leave_fifo(token, decoded)
     local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
