@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -177,6 +178,8 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
     later.
     """
     published = 0
+    # (pool, what happened) -> tasks published: one log line per round, not one per task.
+    outcomes: Counter[tuple[str, str]] = Counter()
     for sent_back in (False, True):
         unpublished: list[dict[str, Any]] = []
         for record in store.pop_expired(sent_back=sent_back):
@@ -194,16 +197,21 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
                 unpublished.append(record)
                 continue
             published += 1
-            logger.info(
-                "celery-pools: parked task %s of pool %r %s",
-                name,
-                record.get("pool"),
-                "waits by countdown: its instance is paused"
-                if sent_back
-                else f"ends: {record.get('reason')}",
+            what = "sent to wait by countdown (paused)" if sent_back else str(record.get("reason"))
+            outcomes[str(record.get("pool")), what] += 1
+            logger.debug(
+                "celery-pools: parked task %s of pool %r: %s", name, record.get("pool"), what
             )
         if unpublished:
             store.return_expired(unpublished, sent_back=sent_back)
+    for (pool, what), count in sorted(outcomes.items()):
+        logger.info(
+            "celery-pools: published %d parked task%s of pool %r: %s",
+            count,
+            "" if count == 1 else "s",
+            pool,
+            what if what.startswith("sent") else f"ended ({what})",
+        )
     return published
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
 
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
-from celery_pools.handoff import publish_handoffs
+from celery_pools.handoff import publish_expired, publish_handoffs
 from celery_pools.store import RATE_PARKED_MAX, AcquireStatus
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
@@ -413,6 +414,20 @@ def test_a_hand_off_in_flight_when_its_pool_ends_fails_its_task_once(env, run_wo
         assert app.tasks["t.add"].delay(1, 2).get(timeout=30) == 3
     assert not _started(env, "parked")
     assert [e.split("|")[:2] for e in _errbacks(env)] == [[parked.id, expected.__name__]]
+
+
+def test_the_reaper_logs_one_line_per_pool_and_outcome_not_one_per_task(env, caplog):
+    """A clear of thousands of parked tasks must not write thousands of log lines."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    app = env.app()
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    _park_in_order(env, app, manager, ["c0", "c1", "c2"])
+    manager.clear("api")
+    with caplog.at_level(logging.INFO, logger="celery_pools.handoff"):
+        assert publish_expired(app, store) == 3
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert lines == ["celery-pools: published 3 parked tasks of pool 'api': ended (cleared)"]
 
 
 def test_a_task_that_gave_back_its_handed_slot_still_tells_stale_copies(env):
