@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from celery_pools import PoolConfigError, PoolExistsError, PoolManager, PoolNotFoundError
+from celery_pools.scripts import SCRIPT_NAMES, script_source
 from celery_pools.store import AcquireStatus
 
 
@@ -170,3 +173,14 @@ def test_pipelined_scripts_survive_a_redis_that_lost_its_script_cache(pools):
     assert [handoff.token for handoff in release.handoffs] == ["parked"]
     status = pools.status("api")
     assert (status.in_use, status.waiting) == (1, 0)
+
+
+def test_scripts_inline_the_lua_pieces_they_include():
+    """Shared Lua (the rate-limit algorithm, ending in-flight hand-offs) lives in one file each and
+    is inlined into every script that includes it; no include line reaches Redis."""
+    for name in SCRIPT_NAMES:
+        assert not re.search(r"^-- include:", script_source(name), re.MULTILINE), name
+    for name in ("acquire", "handoff"):
+        assert script_source(name).count("local function take_rate_token(") == 1, name
+    for name in ("clear", "delete"):
+        assert script_source(name).count("local function end_handoffs(") == 1, name

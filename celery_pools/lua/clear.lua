@@ -30,6 +30,8 @@ ARGV[3]  how long a hand-off id stays in {p}:stale (ms)
 Returns {found, waiters dropped, holders released}; found is 0 when the pool does not exist.
 ]]
 
+-- include: end_handoffs.lua
+
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return {0, 0, 0}
 end
@@ -47,15 +49,7 @@ end
 redis.call('DEL', KEYS[8], KEYS[9], KEYS[13])
 local released = 0
 if ARGV[2] == '1' then
-  local handing = redis.call('HGETALL', KEYS[11])
-  for i = 1, #handing, 2 do
-    local info = redis.call('HGET', KEYS[4], handing[i])
-    local id = info and cjson.decode(info)['handoff']
-    if id then
-      redis.call('ZADD', KEYS[12], now + tonumber(ARGV[3]), id)
-    end
-    redis.call('RPUSH', KEYS[10], cjson.encode({reason = 'cleared', pool = ARGV[1], entry = handing[i + 1]}))
-  end
+  end_handoffs(KEYS[11], KEYS[4], KEYS[12], KEYS[10], 'cleared', ARGV[1], now, tonumber(ARGV[3]))
   redis.call('DEL', KEYS[11])
   for _, holder in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
     if redis.call('HGET', KEYS[1], holder) == ARGV[1] then

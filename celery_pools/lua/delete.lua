@@ -32,6 +32,8 @@ ARGV[2]  how long a hand-off id stays in {p}:stale (ms)
 Returns {found, instances unassigned, holders, waiters}; found is 0 when there was no such pool.
 ]]
 
+-- include: end_handoffs.lua
+
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return {0, 0, 0, 0}
 end
@@ -50,15 +52,7 @@ end
 local waiters = redis.call('ZCARD', KEYS[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local handing = redis.call('HGETALL', KEYS[13])
-for i = 1, #handing, 2 do
-  local info = redis.call('HGET', KEYS[7], handing[i])
-  local id = info and cjson.decode(info)['handoff']
-  if id then
-    redis.call('ZADD', KEYS[16], now + tonumber(ARGV[2]), id)
-  end
-  redis.call('RPUSH', KEYS[15], cjson.encode({reason = 'deleted', pool = ARGV[1], entry = handing[i + 1]}))
-end
+end_handoffs(KEYS[13], KEYS[7], KEYS[16], KEYS[15], 'deleted', ARGV[1], now, tonumber(ARGV[2]))
 for _, token in ipairs(redis.call('ZRANGE', KEYS[11], 0, -1)) do
   local entry = redis.call('HGET', KEYS[12], token)
   if entry then
