@@ -175,35 +175,43 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
 
     A record whose message cannot be published (the broker is down) goes back to its list, for
     the next round of any reaper: the task still ends through Celery's failure path, or waits,
-    later.
+    later. What a round did is logged in one line per pool and outcome, not one per task.
     """
-    published = 0
-    # (pool, what happened) -> tasks published: one log line per round, not one per task.
+    # (pool, what happened) -> tasks: published, and not published (tried again later).
     outcomes: Counter[tuple[str, str]] = Counter()
-    for sent_back in (False, True):
-        unpublished: list[dict[str, Any]] = []
-        for record in store.pop_expired(sent_back=sent_back):
-            entry = record["entry"]
-            entry = json.loads(entry) if isinstance(entry, str) else entry
-            fail = {key: record[key] for key in ("reason", "limit", "at") if key in record}
-            try:
-                # Sent back: not an end; published without a slot, the task waits.
-                name = _publish(app, entry, {} if sent_back else {"fail": fail})
-            except Exception:
-                logger.exception(
-                    "celery-pools: could not publish a parked task (%s); it is tried again",
-                    record.get("reason"),
+    failed: Counter[tuple[str, str]] = Counter()
+    error: Exception | None = None
+    try:
+        for sent_back in (False, True):
+            unpublished: list[dict[str, Any]] = []
+            for record in store.pop_expired(sent_back=sent_back):
+                what = (
+                    "sent to wait by countdown (paused)" if sent_back else str(record.get("reason"))
                 )
-                unpublished.append(record)
-                continue
-            published += 1
-            what = "sent to wait by countdown (paused)" if sent_back else str(record.get("reason"))
-            outcomes[str(record.get("pool")), what] += 1
-            logger.debug(
-                "celery-pools: parked task %s of pool %r: %s", name, record.get("pool"), what
-            )
-        if unpublished:
-            store.return_expired(unpublished, sent_back=sent_back)
+                key = (str(record.get("pool")), what)
+                entry = record["entry"]
+                entry = json.loads(entry) if isinstance(entry, str) else entry
+                fail = {name: record[name] for name in ("reason", "limit", "at") if name in record}
+                try:
+                    # Sent back: not an end; published without a slot, the task waits.
+                    name = _publish(app, entry, {} if sent_back else {"fail": fail})
+                except Exception as exc:
+                    error = error or exc
+                    failed[key] += 1
+                    unpublished.append(record)
+                    continue
+                outcomes[key] += 1
+                logger.debug("celery-pools: parked task %s of pool %r: %s", name, key[0], what)
+            if unpublished:
+                store.return_expired(unpublished, sent_back=sent_back)
+    finally:
+        _log_outcomes(outcomes, failed, error)
+    return sum(outcomes.values())
+
+
+def _log_outcomes(
+    outcomes: Counter[tuple[str, str]], failed: Counter[tuple[str, str]], error: Exception | None
+) -> None:
     for (pool, what), count in sorted(outcomes.items()):
         logger.info(
             "celery-pools: published %d parked task%s of pool %r: %s",
@@ -212,7 +220,17 @@ def publish_expired(app: Any, store: RedisPoolStore) -> int:
             pool,
             what if what.startswith("sent") else f"ended ({what})",
         )
-    return published
+    for index, ((pool, what), count) in enumerate(sorted(failed.items())):
+        logger.error(
+            "celery-pools: could not publish %d parked task%s of pool %r (%s); they are tried "
+            "again: %s",
+            count,
+            "" if count == 1 else "s",
+            pool,
+            what,
+            error,
+            exc_info=error if index == 0 else None,  # one traceback per round
+        )
 
 
 class HandoffReaper(Periodic):

@@ -30,7 +30,7 @@ SCRIPT_NAMES = (
 )
 
 
-_INCLUDE = re.compile(r"^-- include: (\w+)\.lua$", re.MULTILINE)
+_INCLUDE = re.compile(r"^[ \t]*-- include: (\w+)\.lua[ \t]*\r?$", re.MULTILINE)
 
 
 def _read(name: str) -> str:

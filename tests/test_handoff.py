@@ -417,17 +417,27 @@ def test_a_hand_off_in_flight_when_its_pool_ends_fails_its_task_once(env, run_wo
 
 
 def test_the_reaper_logs_one_line_per_pool_and_outcome_not_one_per_task(env, caplog):
-    """A clear of thousands of parked tasks must not write thousands of log lines."""
+    """A clear of thousands of parked tasks must not write thousands of log lines, nor a broker
+    outage thousands of tracebacks every reaper round; what is not published is kept."""
     manager = _pool(env, limit=1)
     store = manager.store
     app = env.app()
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
     _park_in_order(env, app, manager, ["c0", "c1", "c2"])
     manager.clear("api")
+    unreachable = env.app()
+    unreachable.conf.update(
+        broker_url="redis://127.0.0.1:1/0", task_publish_retry=False, broker_connection_timeout=1
+    )
     with caplog.at_level(logging.INFO, logger="celery_pools.handoff"):
+        assert publish_expired(unreachable, store) == 0
         assert publish_expired(app, store) == 3
-    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert lines == ["celery-pools: published 3 parked tasks of pool 'api': ended (cleared)"]
+    lines = [(r.levelno, r.getMessage().split(": ")[1], bool(r.exc_info)) for r in caplog.records]
+    assert lines == [
+        (logging.ERROR, "could not publish 3 parked tasks of pool 'api' (cleared); they are "
+         "tried again", True),
+        (logging.INFO, "published 3 parked tasks of pool 'api'", False),
+    ]  # fmt: skip
 
 
 def test_a_task_that_gave_back_its_handed_slot_still_tells_stale_copies(env):

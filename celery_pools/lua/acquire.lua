@@ -107,8 +107,8 @@ end
 
 -- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
 -- instance's pool is now: the task was handed its slot again, or ended, under another message.
--- (Unless the task holds its slot under that very id: ids restart with a pool's counters, after
--- a metrics reset or a pool deleted and created again.)
+-- (Unless the task holds its slot under that very id: ids start over in a pool deleted and
+-- created again, or one that counted them with its metrics, before an upgrade.)
 if ARGV[11] ~= '' and redis.call('ZSCORE', KEYS[17], ARGV[11]) then
   local mine = actual ~= '' and redis.call('HGET', KEYS[9], token)
   local held = mine and cjson.decode(mine) or {}

@@ -23,12 +23,13 @@ Run after every release (pipelined with release.lua) and by every worker's reape
    its place and the slot goes on to the next task. So a rate-limited instance sharing a busy
    pool gets slots in FIFO order among the calls its rate allows; a slot left free meanwhile is
    handed out by the next call of this script (a release, a park, or a reaper round). Passing
-   over stays cheap: about 10 tasks of each rate-limited instance are parked at a time
-   (KEYS[16], acquire.lua and park.lua), an instance's token is looked at once per call, and at
-   most 100 instances' tokens and 1,000 entries are looked at per call.
+   over stays cheap: only tasks parked under their instance's rate limit are passed over, and
+   about 10 of each rate-limited instance are parked at a time (KEYS[16], acquire.lua and
+   park.lua); an instance found not due is not looked at again in the same call, and at most 100
+   tokens and 1,000 entries are looked at per call.
 
 KEYS[1]  {p}:held                   HASH task id -> pool name
-KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms)
+KEYS[2]  {p}:pool:<name>            HASH limit, timeout (ms), handoff_seq (the last hand-off id's number)
 KEYS[3]  {p}:pool:<name>:holders    ZSET task id -> lease expiry (ms)
 KEYS[4]  {p}:pool:<name>:holder     HASH task id -> holder JSON (a hand-off carries "handoff": id)
 KEYS[5]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
@@ -154,7 +155,11 @@ while free > 0 and passed_over < 1000 and checked < 100 do
   local info = decoded and decoded['info'] or {}
   local instance = info['instance']
   local paused = instance and tonumber(redis.call('HGET', KEYS[12], instance) or '')
-  local spec = instance and not (paused and paused > now) and redis.call('HGET', KEYS[15], instance)
+  -- Parked under its instance's rate limit (counted, so at most about 10 per instance): the
+  -- hand-off takes its token. One parked before the limit was set claims as any other (it
+  -- gives the slot back if its token is not due), so no backlog is ever passed over here.
+  local spec = decoded and decoded['rate_parked'] and not (paused and paused > now)
+    and redis.call('HGET', KEYS[15], instance)
   local due = true
   if spec then
     due = not not_due[instance] and take_rate_token(ARGV[4] .. instance, spec, now) == 0
@@ -175,7 +180,9 @@ while free > 0 and passed_over < 1000 and checked < 100 do
     redis.call('HINCRBY', KEYS[7], 'sent_back', 1)
   elseif decoded then
     leave_fifo(token, decoded)
-    local id = token .. '.' .. redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
+    -- Ids count on in the pool's definition, which a metrics reset leaves alone.
+    local id = token .. '.' .. redis.call('HINCRBY', KEYS[2], 'handoff_seq', 1)
+    redis.call('HINCRBY', KEYS[7], 'handoffs', 1)
     info['since'] = now
     info['handoff'] = id
     info['immediate'] = decoded['immediate']

@@ -14,7 +14,7 @@ Two callers park:
 - a worker, whose task found the pool full (acquire.lua answered FULL with reason "handoff").
 Callers run handoff.lua right after (pipelined), so a free slot goes straight to the oldest task.
 
-KEYS[1]  {p}:pool:<name>            HASH limit, timeout (ms), uid, wait
+KEYS[1]  {p}:pool:<name>            HASH limit, timeout (ms), uid, wait, handoff_seq
 KEYS[2]  {p}:pool:<name>:waiters    ZSET task id -> deadline (ms)
 KEYS[3]  {p}:pool:<name>:waiter     HASH task id -> waiter JSON
 KEYS[4]  {p}:pool:<name>:queue      ZSET parked task id -> place in line (us: first request)
@@ -107,7 +107,8 @@ if ARGV[3] == '' then
   -- slot simply comes back (handoff.lua, acquire.lua), and a late message acquires as any other
   -- would. The same id sent again while the grant is unclaimed finds it held ("held" above) and
   -- is published as usual; whichever copy starts first claims the grant (acquire.lua).
-  local id = token .. '.' .. redis.call('HINCRBY', KEYS[13], 'handoffs', 1)
+  local id = token .. '.' .. redis.call('HINCRBY', KEYS[1], 'handoff_seq', 1)  -- not reset with metrics
+  redis.call('HINCRBY', KEYS[13], 'handoffs', 1)
   local info = cjson.decode(ARGV[8])
   info['since'], info['handoff'], info['immediate'], info['direct'] = now, id, 1, 1
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), token)
