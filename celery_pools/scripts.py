@@ -1,7 +1,8 @@
 """Loads the Lua scripts shipped in ``celery_pools/lua`` (read once per process).
 
 A script may share a piece of Lua with others: a line ``-- include: <piece>.lua`` is replaced by
-that file of ``celery_pools/lua`` (``gcra.lua``, the rate-limit algorithm, is one).
+that file of ``celery_pools/lua`` (``gcra.lua``, the rate-limit algorithm, and ``end_handoffs.lua``
+are such pieces).
 """
 
 from __future__ import annotations

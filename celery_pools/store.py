@@ -134,8 +134,9 @@ class Parking:
     position: int = 0
     pool: str = ""
     deadline: float | None = None
-    #: Why it was not parked: "countdown", "limited" (paused), "rate" (rate-limited, a slot
-    #: free and nobody waiting), "held" (its id holds a slot), "" (no pool).
+    #: Why it was not parked: "countdown", "limited" (paused), "rate" (rate-limited, and a slot
+    #: free with nobody waiting, or RATE_PARKED_MAX of its instance's tasks parked already),
+    #: "held" (its id holds a slot), "" (no pool).
     reason: str = ""
     handoffs: tuple[Handoff, ...] = ()
     reclaimed: tuple[Reclaimed, ...] = ()
