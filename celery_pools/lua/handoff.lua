@@ -78,6 +78,15 @@ local function count_parked(parked, by)
   end
 end
 
+-- A parked task leaves the FIFO (handed a slot, sent back, or past its deadline).
+local function leave_fifo(token, parked)
+  redis.call('ZREM', KEYS[8], token)
+  redis.call('HDEL', KEYS[9], token)
+  redis.call('ZREM', KEYS[5], token)
+  redis.call('HDEL', KEYS[6], token)
+  count_parked(parked, -1)
+end
+
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 100)) do
   local info = redis.call('HGET', KEYS[4], token) or ''
   redis.call('ZREM', KEYS[3], token)
@@ -121,12 +130,8 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', (now - timeo
     -- keep it, in its place in microseconds (before the hand-outs below).
     redis.call('ZADD', KEYS[8], first * 1000, token)
   else
-    redis.call('ZREM', KEYS[8], token)
-    redis.call('HDEL', KEYS[9], token)
-    redis.call('ZREM', KEYS[5], token)
-    redis.call('HDEL', KEYS[6], token)
+    leave_fifo(token, parked)
     redis.call('HINCRBY', KEYS[7], 'timeouts', 1)
-    count_parked(parked, -1)
     if entry then
       redis.call('RPUSH', KEYS[11], cjson.encode({
         reason = 'timeout', pool = ARGV[1], limit = limit, timeout = timeout, at = now, entry = entry,
@@ -138,13 +143,6 @@ end
 local free = limit - redis.call('ZCARD', KEYS[3])
 local sent_back, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
-local function leave_fifo(token, parked)
-  redis.call('ZREM', KEYS[8], token)
-  redis.call('HDEL', KEYS[9], token)
-  redis.call('ZREM', KEYS[5], token)
-  redis.call('HDEL', KEYS[6], token)
-  count_parked(parked, -1)
-end
 while free > 0 and passed_over < 1000 and checked < 100 do
   -- The oldest parked task not passed over (for its rate limit) in this call.
   local head = redis.call('ZRANGE', KEYS[8], passed_over, passed_over)
