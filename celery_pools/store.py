@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from .errors import PoolBackendError, PoolNotFoundError
 from .keys import KeySpace, PoolKeys
@@ -29,6 +29,7 @@ from .metrics import BUCKET_BOUNDS_ARG, PoolMetrics, parse_stats
 from .models import DEFAULT_TIMEOUT, Holder, Pool, PoolStatus, Waiter
 from .ratelimit import InstanceRate, RateLimit
 from .scripts import SCRIPT_NAMES, script_source
+from .wire import ScriptCaller
 
 __all__ = [
     "AcquireStatus",
@@ -192,6 +193,25 @@ class _Clock:
         return time.time() + (self.offset or 0.0)
 
 
+def _after_fork_in_child(store: weakref.ref[RedisPoolStore]) -> None:
+    alive = store()
+    if alive is not None:
+        alive._after_fork()
+
+
+def _fresh_pool(pool: redis.ConnectionPool) -> redis.ConnectionPool:
+    """A new, empty connection pool with ``pool``'s class and settings."""
+    extra: dict[str, Any] = {}
+    if isinstance(pool, redis.BlockingConnectionPool):
+        extra = {"timeout": pool.timeout, "queue_class": pool.queue_class}
+    return type(pool)(
+        connection_class=pool.connection_class,
+        max_connections=pool.max_connections,
+        **extra,
+        **pool.connection_kwargs,
+    )
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -209,15 +229,14 @@ class RedisPoolStore:
     """Atomic operations on pool state in one Redis database.
 
     Thread-safe; share one store per process. ``client`` must decode responses (use
-    :meth:`from_url`).
+    :meth:`from_url`). Safe across fork: a child process gets a connection pool of its own (see
+    :meth:`_after_fork`).
     """
 
     def __init__(self, client: redis.Redis, keys: KeySpace | None = None) -> None:
         self.client = client
         self.keys = keys or KeySpace()
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
+        self._scripts = ScriptCaller(client, {name: script_source(name) for name in SCRIPT_NAMES})
         self._pool_of: dict[str, str] = {}
         # (instance, wait) -> until when (monotonic) its tasks are published as usual.
         self._as_usual: dict[tuple[str, str], float] = {}
@@ -225,6 +244,22 @@ class RedisPoolStore:
         # once, rather than first asking for a slot without it.
         self._contended: set[str] = set()
         self.clock = _Clock()
+        store = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(store))
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new connection pool and clock lock, inherited from no thread.
+
+        A thread of the parent (a worker's lease renewal or hand-off reaper) may have been inside
+        the client's connection pool when the process forked, and the child then inherits its
+        lock held by a thread that no longer exists: redis-py's own after-fork check waits on that
+        lock for ever (redis-py 8 resets the pool under it), and the child's first pooled task
+        hangs holding its slot. The child drops the inherited pool, whose sockets the parent
+        still uses, for a new one with the same settings.
+        """
+        self.client.connection_pool = _fresh_pool(self.client.connection_pool)
+        self._scripts.after_fork()
+        self.clock.lock = threading.Lock()
 
     @classmethod
     def from_url(
@@ -252,7 +287,7 @@ class RedisPoolStore:
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
-            return self._scripts[name](keys=keys, args=args)
+            return self._scripts.call(name, keys, args)
         except redis.RedisError as exc:
             raise PoolBackendError(f"Redis at {self.url} could not run {name}.lua: {exc}") from exc
 
@@ -264,36 +299,11 @@ class RedisPoolStore:
             raise PoolBackendError(f"Redis at {self.url} could not {what}: {exc}") from exc
 
     def _pipeline(self, calls: Sequence[_Call]) -> list[Any]:
-        """Run scripts in one round trip, in order; their replies.
-
-        EVALSHA straight away (redis-py's pipelined scripts ask SCRIPT EXISTS first: a second
-        round trip); a single call is redis-py's script call, which loads a missing script. When
-        Redis lost its script cache (a restart), the scripts are loaded again and the calls that
-        failed run again, in order; every script is safe to repeat and the reaper's next round
-        makes up for one that ran out of its original order.
-        """
-        if len(calls) == 1:  # no pipeline object: less work on the client
-            (call,) = calls
-            return [self._scripts[call.script](keys=call.keys, args=call.args)]
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
-        failed = [index for index, reply in enumerate(replies) if isinstance(reply, Exception)]
-        if not failed:
-            return replies
-        for index in failed:
-            if not isinstance(replies[index], NoScriptError):
-                raise replies[index]
-        for script in self._scripts.values():
-            self.client.script_load(script.script)
-        pipe = self.client.pipeline(transaction=False)
-        for index in failed:
-            call = calls[index]
-            pipe.evalsha(self._scripts[call.script].sha, len(call.keys), *call.keys, *call.args)
-        for index, reply in zip(failed, pipe.execute(), strict=True):
-            replies[index] = reply
-        return replies
+        """Run scripts in one round trip, in order; their replies (see :class:`ScriptCaller`:
+        after Redis lost its script cache, the calls that failed run again, in order; every
+        script is safe to repeat and the reaper's next round makes up for one that ran out of
+        its original order)."""
+        return self._scripts.run([(call.script, call.keys, call.args) for call in calls])
 
     def _moved(self, instance: str, attempt: Callable[[str], T | None]) -> T:
         """Call ``attempt(believed_pool)`` until the script agrees with the belief."""
