@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import threading
 import time
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # A MOVED answer can only repeat while associations change under us; a few rounds always settle.
 _MAX_MOVED_ROUNDS = 5
@@ -193,23 +195,31 @@ class _Clock:
         return time.time() + (self.offset or 0.0)
 
 
-def _after_fork_in_child(store: weakref.ref[RedisPoolStore]) -> None:
-    alive = store()
-    if alive is not None:
-        alive._after_fork()
+# Every live store, so that a forked child can repair them all (one at-fork hook per process).
+_STORES: weakref.WeakSet[RedisPoolStore] = weakref.WeakSet()
 
 
-def _fresh_pool(pool: redis.ConnectionPool) -> redis.ConnectionPool:
-    """A new, empty connection pool with ``pool``'s class and settings."""
-    extra: dict[str, Any] = {}
-    if isinstance(pool, redis.BlockingConnectionPool):
-        extra = {"timeout": pool.timeout, "queue_class": pool.queue_class}
-    return type(pool)(
-        connection_class=pool.connection_class,
-        max_connections=pool.max_connections,
-        **extra,
-        **pool.connection_kwargs,
-    )
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _unlock_inherited(pool: Any) -> None:
+    """Give an inherited connection pool new locks, then empty it for this process.
+
+    Repaired in place (not replaced) so that whatever the pool carries (client-side cache,
+    Sentinel's service, maintenance settings, other clients sharing it) stays.
+    """
+    for name in ("_fork_lock", "_lock"):
+        lock = getattr(pool, name, None)
+        if lock is not None:
+            reentrant = isinstance(lock, type(threading.RLock()))
+            setattr(pool, name, threading.RLock() if reentrant else threading.Lock())
+    pool.reset()
 
 
 def _ms(seconds: float) -> int:
@@ -244,22 +254,26 @@ class RedisPoolStore:
         # once, rather than first asking for a slot without it.
         self._contended: set[str] = set()
         self.clock = _Clock()
-        store = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(store))
+        _STORES.add(self)
 
     def _after_fork(self) -> None:
-        """In a forked child: a new connection pool and clock lock, inherited from no thread.
+        """In a forked child: the client's connection pool and the clock get new locks.
 
         A thread of the parent (a worker's lease renewal or hand-off reaper) may have been inside
         the client's connection pool when the process forked, and the child then inherits its
         lock held by a thread that no longer exists: redis-py's own after-fork check waits on that
         lock for ever (redis-py 8 resets the pool under it), and the child's first pooled task
-        hangs holding its slot. The child drops the inherited pool, whose sockets the parent
-        still uses, for a new one with the same settings.
+        hung holding its slot. The pool is emptied, as redis-py's own check would (the parent
+        still uses the inherited sockets), under locks of its own.
         """
-        self.client.connection_pool = _fresh_pool(self.client.connection_pool)
-        self._scripts.after_fork()
         self.clock.lock = threading.Lock()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:
+            return
+        try:
+            _unlock_inherited(pool)
+        except Exception:  # never fail a fork; redis-py's own after-fork check still applies
+            logger.warning("celery-pools: could not reset the Redis connection pool after fork")
 
     @classmethod
     def from_url(

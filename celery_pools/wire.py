@@ -3,19 +3,18 @@
 Every pooled task runs two or three of celery-pools' scripts (acquire, release; in a hand-off pool
 also the grant at publication), each with some twenty keys and arguments. Through redis-py's
 generic command path every one of those goes through several layers of encoding, and a script
-call cost its caller several times a plain ``PING``: most of the CPU a pool added to a short task.
+call cost its caller several times a plain ``PING``.
 
-:class:`ScriptCaller` packs the ``EVALSHA`` commands itself (the keys, which repeat from call to
-call, are encoded once and kept), writes a batch of them in one write on one of the client's pooled
-connections, under the client's retry policy, and reads the replies with the connection's own
-parser, so they decode exactly as redis-py's would. A script Redis no longer knows (after a restart)
-is loaded again and the calls that failed run again, in order.
+:class:`ScriptCaller` packs the ``EVALSHA`` commands itself (a script's key list, which repeats
+from call to call, is encoded once and kept), writes a batch of them in one write on a connection
+of the client's pool, under the connection's retry policy, and reads the replies with the
+connection's own parser, so they decode exactly as redis-py's would. A script Redis no longer
+knows (after a restart) is loaded again and the calls that failed run again, in order.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,45 +26,52 @@ __all__ = ["ScriptCall", "ScriptCaller"]
 #: One call: the script's name, its keys and its arguments.
 ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
 
-# Encoded key lists kept per caller; a process sees a few per pool and instance.
-_KEYS_KEPT = 4096
+# Encoded key lists kept per caller (a process sees a few per pool and instance); a longer list
+# (a lease renewal names one key per slot held) is encoded each time.
+_KEY_LISTS_KEPT = 4096
+_KEPT_LIST_MAX = 32
 
 
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+# redis-py before 5.3 wants a command name to hand out a connection; later ones warn about it.
+_NAMED_CHECKOUT = tuple(part for part in redis.VERSION[:2] if isinstance(part, int)) < (5, 3)
+
+
+def _get_connection(pool: Any) -> Any:
+    """A connection of ``pool``."""
+    if _NAMED_CHECKOUT:  # pragma: no cover - redis-py < 5.3
+        return pool.get_connection("EVALSHA")
+    return pool.get_connection()
+
+
 class ScriptCaller:
     """Runs the scripts of ``sources`` (name -> Lua source) on ``client``'s Redis.
 
-    Thread-safe: one batch at a time uses the connection the caller keeps; a batch sent
-    meanwhile takes a connection of the client's pool. A client bound to a single connection
-    (``single_connection_client=True``) goes through redis-py's own path. In a forked child, call
-    :meth:`after_fork` before anything else (the store does).
+    Thread-safe: each batch takes a connection of the client's pool for itself. A client bound to
+    a single connection (``single_connection_client=True``), or one without a connection pool of
+    its own (``RedisCluster``), goes through redis-py's own pipeline.
     """
 
     def __init__(self, client: redis.Redis, sources: Mapping[str, str]) -> None:
         self.client = client
         self._sources = dict(sources)
+        pool = getattr(client, "connection_pool", None)
+        self._pool: Any = pool if isinstance(pool, redis.ConnectionPool) else None
+        encoder = self._pool.get_encoder() if self._pool is not None else None
+        self._encoding: str = encoder.encoding if encoder is not None else "utf-8"
+        self._errors: str = encoder.encoding_errors if encoder is not None else "strict"
+        # The digest of what SCRIPT LOAD sends: the source in the client's encoding.
         self.shas = {
-            name: hashlib.sha1(source.encode("utf-8")).hexdigest()
+            name: hashlib.sha1(source.encode(self._encoding, self._errors)).hexdigest()
             for name, source in self._sources.items()
         }
         self._heads = {
             name: _bulk(b"EVALSHA") + _bulk(sha.encode("ascii")) for name, sha in self.shas.items()
         }
-        encoder = client.connection_pool.get_encoder()
-        self._encoding: str = encoder.encoding
-        self._errors: str = encoder.encoding_errors
-        self._keys: dict[tuple[str, ...], bytes] = {}
-        self._kept: Any = None  # the connection kept for this caller, taken on first use
-        self._kept_lock = threading.Lock()
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the connection kept in the parent (the parent still uses
-        its socket) and the lock a parent's thread may have held."""
-        self._kept = None
-        self._kept_lock = threading.Lock()
+        self._key_lists: dict[tuple[str, ...], bytes] = {}
 
     def load(self) -> None:
         """Load every script into Redis's script cache."""
@@ -81,7 +87,8 @@ class ScriptCaller:
 
         The first error reply of a script is raised (after every reply was read). When Redis lost
         its script cache, the scripts are loaded again and the calls that failed run again, in
-        order: every celery-pools script is safe to repeat.
+        order. A connection lost mid-batch is made again and the whole batch sent again, as
+        redis-py's pipelines do: every celery-pools script is safe to repeat.
         """
         replies = self._exchange(calls)
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
@@ -100,39 +107,35 @@ class ScriptCaller:
     # -- the wire ---------------------------------------------------------------------------
 
     def _exchange(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        if self.client.connection is not None:  # a single-connection client: redis-py's path
+        if self._pool is None or self.client.connection is not None:
             return self._through_client(calls)
         packed = b"".join([self._pack(name, keys, args) for name, keys, args in calls])
-        if self._kept_lock.acquire(blocking=False):
-            try:
-                if self._kept is None:
-                    self._kept = self.client.connection_pool.get_connection()
-                return self._send_with_retry(self._kept, packed, len(calls))
-            finally:
-                self._kept_lock.release()
-        pool = self.client.connection_pool  # another thread is using the kept one
-        connection: Any = pool.get_connection()
+        pool = self._pool
+        connection = _get_connection(pool)
         try:
-            return self._send_with_retry(connection, packed, len(calls))
+            replies: list[Any] = connection.retry.call_with_retry(
+                lambda: self._send_and_read(connection, packed, len(calls)),
+                lambda _error: connection.disconnect(),
+            )
+            return replies
         finally:
             pool.release(connection)
 
-    def _send_with_retry(self, connection: Any, packed: bytes, count: int) -> list[Any]:
-        replies: list[Any] = connection.retry.call_with_retry(
-            lambda: self._send_and_read(connection, packed, count),
-            lambda _error: connection.disconnect(),
-        )
-        return replies
-
     @staticmethod
     def _send_and_read(connection: Any, packed: bytes, count: int) -> list[Any]:
-        connection.send_packed_command([packed])
         replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as exc:  # read in full: the connection stays in step
-                replies.append(exc)
+        try:
+            connection.send_packed_command([packed])
+            for _ in range(count):
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:  # read in full: the connection stays in step
+                    replies.append(exc)
+        except BaseException:
+            # Cut short (a soft time limit, a timeout, an interrupt): replies may still be on
+            # their way, and whoever takes this connection next must not read them.
+            connection.disconnect()
+            raise
         return replies
 
     def _through_client(self, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -150,17 +153,19 @@ class ScriptCaller:
     def _keys_of(self, keys: Sequence[str]) -> bytes:
         """``numkeys`` and the keys, encoded (kept: the same lists come back call after call)."""
         kept = tuple(keys)
-        packed = self._keys.get(kept)
+        packed = self._key_lists.get(kept)
         if packed is None:
-            if len(self._keys) >= _KEYS_KEPT:
-                self._keys.clear()
             packed = _bulk(b"%d" % len(kept)) + b"".join([_bulk(self._encode(k)) for k in kept])
-            self._keys[kept] = packed
+            if len(kept) <= _KEPT_LIST_MAX:
+                if len(self._key_lists) >= _KEY_LISTS_KEPT:
+                    self._key_lists.clear()
+                self._key_lists[kept] = packed
         return packed
 
     def _encode(self, value: Any) -> bytes:
-        # The rules of redis-py's Encoder: bytes as they are, str in the client's encoding,
-        # int and float by repr; bool and anything else is refused.
+        # redis-py's Encoder rules for what the store sends: bytes as they are, str in the
+        # client's encoding, int and float as numbers; bool and anything else is refused
+        # (redis-py also takes memoryview, which the store never sends).
         if isinstance(value, bytes):
             return value
         if isinstance(value, str):

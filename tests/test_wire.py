@@ -19,9 +19,11 @@ _SOURCES = {
 }
 
 
-@pytest.fixture
-def caller(redis_server, env) -> ScriptCaller:
-    return ScriptCaller(redis_server.client(decode_responses=True), _SOURCES)
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def caller(request, redis_server) -> ScriptCaller:
+    client = redis.Redis.from_url(redis_server.url(), decode_responses=True, protocol=request.param)
+    yield ScriptCaller(client, _SOURCES)
+    client.close()
 
 
 def test_arguments_are_encoded_as_redis_py_encodes_them(caller):
@@ -64,7 +66,7 @@ def test_scripts_redis_lost_are_loaded_again_and_only_the_failed_calls_run_again
     assert caller.client.get(key) == "3"
 
 
-def test_a_single_connection_client_is_used_through_its_own_connection(redis_server, env):
+def test_a_single_connection_client_goes_through_redis_pys_pipeline(redis_server, env):
     client = redis.Redis.from_url(
         redis_server.url(), decode_responses=True, single_connection_client=True
     )
@@ -96,6 +98,32 @@ def test_threads_sharing_a_caller_each_read_their_own_replies(caller, env):
     assert sorted(n for mine in seen for n in mine) == list(range(1, 1601))
 
 
+class _Interrupted(BaseException):
+    """What a signal handler raises between two reads (Celery's soft time limit, Ctrl-C)."""
+
+
+def test_a_batch_cut_short_leaves_no_reply_behind_for_the_next_call(caller, env, monkeypatch):
+    """Interrupted between two replies of a batch, the connection is dropped: the replies still
+    on their way never reach the next call, which reads its own."""
+    key = f"{{t}}:count:{env.name}"
+    caller.load()
+    read_response = redis.connection.Connection.read_response
+    reads = []
+
+    def interrupted_after_one(self, *args, **kwargs):
+        reads.append(1)
+        if len(reads) == 2:
+            raise _Interrupted()
+        return read_response(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.Connection, "read_response", interrupted_after_one)
+    with pytest.raises(_Interrupted):
+        caller.run([("count", [key], []), ("count", [key], []), ("count", [key], [])])
+    monkeypatch.setattr(redis.connection.Connection, "read_response", read_response)
+    assert caller.call("count", [key], []) == 4
+    assert caller.call("echo", [key], ["a", "b", "c"]) == [key, "a", "b", "c", 1, 3]
+
+
 def test_a_dropped_connection_is_made_again_under_the_clients_retry_policy(caller, env):
     key = f"{{t}}:count:{env.name}"
     assert caller.call("count", [key], []) == 1
@@ -120,6 +148,7 @@ def test_a_child_forked_while_a_thread_was_inside_the_store_can_use_it(env):
             inside.set()
             forked.wait(10)
 
+    parent_connection = store.client.client_id()
     thread = threading.Thread(target=busy_thread)
     thread.start()
     assert inside.wait(10)
@@ -128,6 +157,8 @@ def test_a_child_forked_while_a_thread_was_inside_the_store_can_use_it(env):
         try:
             signal.alarm(10)
             answer = store.acquire("inst", "child-token", lease=30)
+            if store.client.client_id() == parent_connection:
+                os._exit(5)  # it talked on the parent's socket
             os._exit(0 if answer.status is AcquireStatus.OK else 3)
         except BaseException:
             os._exit(4)
