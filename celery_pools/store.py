@@ -239,8 +239,8 @@ class RedisPoolStore:
     """Atomic operations on pool state in one Redis database.
 
     Thread-safe; share one store per process. ``client`` must decode responses (use
-    :meth:`from_url`). Safe across fork: a child process gets a connection pool of its own (see
-    :meth:`_after_fork`).
+    :meth:`from_url`). Safe across fork: in a forked child the inherited connection pool is
+    emptied under new locks before anything else runs (see :meth:`_after_fork`).
     """
 
     def __init__(self, client: redis.Redis, keys: KeySpace | None = None) -> None:
