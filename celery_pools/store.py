@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 
@@ -226,9 +226,8 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-@dataclass(frozen=True)
-class _Call:
-    """One script call for :meth:`RedisPoolStore._pipeline`."""
+class _Call(NamedTuple):
+    """One script call for :meth:`RedisPoolStore._pipeline` (a :data:`~.wire.ScriptCall`)."""
 
     script: str
     keys: Sequence[str]
@@ -317,7 +316,7 @@ class RedisPoolStore:
         after Redis lost its script cache, the calls that failed run again, in order; every
         script is safe to repeat and the reaper's next round makes up for one that ran out of
         its original order)."""
-        return self._scripts.run([(call.script, call.keys, call.args) for call in calls])
+        return self._scripts.run(calls)
 
     def _moved(self, instance: str, attempt: Callable[[str], T | None]) -> T:
         """Call ``attempt(believed_pool)`` until the script agrees with the belief."""

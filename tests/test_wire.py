@@ -79,8 +79,8 @@ def test_a_single_connection_client_goes_through_redis_pys_pipeline(redis_server
 
 
 def test_threads_sharing_a_caller_each_read_their_own_replies(caller, env):
-    """One thread at a time uses the connection the caller keeps, the others the client's pool:
-    every reply goes to the call that asked for it."""
+    """Each batch takes a connection of the client's pool for itself: every reply goes to the
+    call that asked for it."""
     key = f"{{t}}:count:{env.name}"
     seen: list[list[int]] = []
 
