@@ -13,8 +13,8 @@ Cap how many tasks talk to one external system at once, across every worker, pro
 
 from __future__ import annotations
 
-from . import control as _control  # noqa: F401  (registers `celery inspect pools`)
 from . import signals
+from .context import get_extension
 from .errors import (
     PoolBackendError,
     PoolBackendTimeoutError,
@@ -29,7 +29,7 @@ from .errors import (
     RateLimitTimeoutError,
     UnassignedInstanceError,
 )
-from .extension import get_extension, install
+from .install import install
 from .manager import PoolManager
 from .models import DEFAULT_TIMEOUT, MAX_TIMEOUT, Holder, Pool, PoolStatus, Waiter
 from .ratelimit import InstanceRate, RateLimit

@@ -6,9 +6,10 @@
                "since": ..., "lease_expires": ...}],
      "pools": {"<pool>": <slots held by this worker>}}
 
-Importing this module registers the command; ``import celery_pools`` does, so the ``celery``
-command line knows it whenever the app imports celery-pools. It answers from the worker's main
-process with one short read of Redis (bounded by ``pools_redis_socket_timeout``).
+Importing this module registers the command; ``import celery_pools`` does (through
+:mod:`celery_pools.install`), so the ``celery`` command line knows it whenever the app imports
+celery-pools. It answers from the worker's main process with one short read of Redis (bounded by
+``pools_redis_socket_timeout``).
 """
 
 from __future__ import annotations
@@ -18,21 +19,15 @@ from typing import Any
 from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
 
+from .context import get_extension, is_pooled
 from .errors import PoolError
-from .extension import get_extension
 
 __all__ = ["held_slots", "pools"]
 
 
-def _is_pooled(task: Any) -> bool:
-    from .task import PooledTask
-
-    return isinstance(task, PooledTask)
-
-
 def held_slots(app: Any) -> dict[str, Any]:
     """The slots held by the pooled tasks running in this worker (call it in the worker)."""
-    requests = {req.id: req for req in list(worker_state.active_requests) if _is_pooled(req.task)}
+    requests = {req.id: req for req in list(worker_state.active_requests) if is_pooled(req.task)}
     store = get_extension(app).store
     held = store.held_pools(sorted(requests))
     holders = {

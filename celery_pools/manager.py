@@ -17,8 +17,10 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+from .context import get_extension
 from .errors import PoolConfigError, PoolExistsError, PoolNotFoundError
-from .extension import get_extension
+from .handoff import Dispatcher
+from .metrics import PoolMetrics
 from .models import (
     DEFAULT_TIMEOUT,
     Pool,
@@ -46,6 +48,9 @@ class PoolManager:
             store = get_extension(app).store
         self.store = store
         self.app = app
+        # With an app, what a change frees is published at once; without one, the workers'
+        # reapers publish it within their interval.
+        self._dispatcher = Dispatcher(app, store) if app is not None else None
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "celery_pools") -> PoolManager:
@@ -100,28 +105,20 @@ class PoolManager:
             timeout = check_timeout(timeout)
         if wait is not None:
             check_wait(wait)
-        if not self.store.update_pool(name, limit=limit, timeout=timeout, wait=wait):
+        if not self.store.update_pool(name, limit, timeout, wait):
             raise _not_found(name)
         self._hand_off(name)
         return self.get(name)
 
     def _hand_off(self, name: str) -> None:
-        """Give slots freed by this change to parked tasks now (with no app to publish with,
-        the workers' reapers do it within their interval)."""
-        if self.app is None:
-            return
-        from .handoff import hand_off
-
-        hand_off(self.app, self.store, name, get_extension(self.app).settings.handoff_lease_seconds)
+        """Give slots freed by a change to parked tasks now."""
+        if self._dispatcher is not None:
+            self._dispatcher.hand_off(name)
 
     def _end_parked(self) -> None:
-        """Publish parked tasks that must now fail (cleared, deleted pools) at once, when this
-        manager has an app; otherwise the workers' reapers do it within their interval."""
-        if self.app is None:
-            return
-        from .handoff import publish_expired
-
-        publish_expired(self.app, self.store)
+        """Publish parked tasks that must now fail (cleared, deleted pools) now."""
+        if self._dispatcher is not None:
+            self._dispatcher.publish_expired()
 
     def get(self, name: str) -> Pool:
         """A pool's definition."""
@@ -172,6 +169,18 @@ class PoolManager:
     def statuses(self) -> builtins.list[PoolStatus]:
         """The status of every pool, read atomically."""
         return self.store.statuses()
+
+    def metrics(self, name: str) -> PoolMetrics:
+        """A pool's status with its counters and histograms, read together."""
+        check_pool_name(name)
+        found = self.store.metrics([name])
+        if not found:
+            raise _not_found(name)
+        return found[0]
+
+    def all_metrics(self) -> builtins.list[PoolMetrics]:
+        """Every pool's status with its counters and histograms."""
+        return self.store.metrics()
 
     # -- instances --------------------------------------------------------------------------
 

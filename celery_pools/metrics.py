@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from .models import PoolStatus, _Model
+from .models import Model, PoolStatus
 
 __all__ = ["BUCKETS", "BUCKET_BOUNDS_ARG", "Histogram", "PoolMetrics", "parse_stats"]
 
@@ -28,7 +28,7 @@ BUCKETS: tuple[float, ...] = (
 BUCKET_BOUNDS_ARG = ",".join(str(round(bound * 1000)) for bound in BUCKETS)
 
 
-class Histogram(_Model):
+class Histogram(Model):
     """A distribution of durations in seconds: per-bucket counts (not cumulative), sum, count."""
 
     counts: list[int] = Field(description="Observations per bucket of BUCKETS, then +Inf.")
@@ -69,7 +69,7 @@ class Histogram(_Model):
         return self.sum / self.count if self.count else None
 
 
-class PoolMetrics(_Model):
+class PoolMetrics(Model):
     """A pool's status together with its counters and histograms."""
 
     status: PoolStatus

@@ -8,30 +8,41 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PoolConfigError
 
 __all__ = [
+    "DEFAULT_HANDOFF_LEASE",
+    "DEFAULT_LEASE",
     "DEFAULT_TIMEOUT",
     "INSTANCE_NAME_PATTERN",
     "MAX_TIMEOUT",
     "POOL_NAME_PATTERN",
     "WAIT_MODES",
     "Holder",
+    "Model",
     "Pool",
+    "PoolSpec",
     "PoolStatus",
+    "WaitMode",
     "Waiter",
     "check_instance_name",
     "check_limit",
     "check_pool_name",
     "check_timeout",
+    "check_wait",
 ]
 
 #: Seconds a task waits for a slot when the pool does not say otherwise.
 DEFAULT_TIMEOUT = 30.0
+#: Seconds a task handed a slot has to start and claim it (``pools_handoff_lease_seconds``).
+DEFAULT_HANDOFF_LEASE = 10.0
+#: Seconds a holder's slot stays taken without a renewal (``pools_lease_seconds``).
+DEFAULT_LEASE = 60.0
 #: The longest a pool may let a task wait for a slot, in seconds.
 MAX_TIMEOUT = 300.0
 #: Pool names: a letter or digit, then letters, digits, ``.``, ``_`` or ``-``; 1 to 64 characters.
@@ -99,32 +110,53 @@ def check_wait(value: object, field: str = "wait") -> WaitMode:
     return value  # type: ignore[return-value]
 
 
-def _config_error(exc: ValidationError) -> PoolConfigError:
-    """Turn pydantic's error into ours: the first problem, with its field and value."""
+def _config_error(exc: ValidationError, where: str | None) -> PoolConfigError:
+    """Turn pydantic's error into ours: the first problem, with its field and value (the field
+    inside ``where``, when the caller names the value being parsed)."""
     first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    if where:
+        field = f"{where}.{field}" if field else where
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, PoolConfigError):
-        return cause
-    field = ".".join(str(part) for part in first["loc"]) or "value"
-    return PoolConfigError.invalid(field, first.get("input"), first["msg"])
+        return PoolConfigError.invalid(field, cause.value, cause.allowed) if where else cause
+    return PoolConfigError.invalid(field or "value", first.get("input"), first["msg"])
 
 
-_M = TypeVar("_M", bound="_Model")
+_M = TypeVar("_M", bound="Model")
 
 
-class _Model(BaseModel):
+class Model(BaseModel):
+    """The base of every value celery-pools validates: immutable, unknown fields refused."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     @classmethod
-    def parse(cls: type[_M], data: Any) -> _M:
-        """Validate ``data`` (a mapping) into this model; bad input raises PoolConfigError."""
+    def parse(cls: type[_M], data: Any, *, where: str | None = None) -> _M:
+        """Validate ``data`` (a mapping) into this model; bad input raises PoolConfigError.
+
+        ``where`` is how the caller names the value (``pools_declare['api']``): an error then
+        names the field inside it (``pools_declare['api'].limit``), and data that is not a
+        mapping, or has keys the model does not know, is refused naming ``where`` itself.
+        """
+        if where is not None:
+            allowed = " and ".join(
+                ", ".join(repr(name) for name in cls.model_fields).rsplit(", ", 1)
+            )
+            if not isinstance(data, Mapping):
+                raise PoolConfigError.invalid(where, data, f"a mapping with {allowed}")
+            unknown = set(data) - set(cls.model_fields)
+            if unknown:
+                raise PoolConfigError.invalid(
+                    where, sorted(unknown), f"the allowed keys are {allowed}"
+                )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise _config_error(exc, where) from None
 
 
-class _PoolSettingsValidation(_Model):
+class _PoolSettingsValidation(Model):
     """The checks of a pool's limit, timeout and waiting mode, for every model that has them."""
 
     @field_validator("limit", mode="before", check_fields=False)
@@ -158,7 +190,36 @@ class Pool(_PoolSettingsValidation):
         return check_pool_name(value, "name")
 
 
-class Holder(_Model):
+class PoolSpec(_PoolSettingsValidation):
+    """A pool's definition without its name, and the connector instances it serves: how pools
+    are declared (``pools_declare``) and written in a document (:mod:`celery_pools.portable`)."""
+
+    limit: int
+    timeout: float = DEFAULT_TIMEOUT
+    wait: WaitMode = "countdown"
+    instances: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limit_given(cls, data: object) -> object:
+        # A missing limit is refused by check_limit, with its message, like a wrong one.
+        if isinstance(data, Mapping) and "limit" not in data:
+            return {**data, "limit": None}
+        return data
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _instances(cls, value: object) -> list[str]:
+        if not isinstance(value, list | tuple):
+            raise PoolConfigError.invalid("instances", value, "a list of instance names")
+        return sorted(check_instance_name(item, "instance") for item in value)
+
+    def pool(self, name: str) -> Pool:
+        """The pool called ``name`` that this spec defines."""
+        return Pool(name=name, limit=self.limit, timeout=self.timeout, wait=self.wait)
+
+
+class Holder(Model):
     """A task that holds a slot of a pool."""
 
     task_id: str
@@ -170,7 +231,7 @@ class Holder(_Model):
     lease_expires: float = Field(description="When the lease lapses unless renewed (Unix seconds).")
 
 
-class Waiter(_Model):
+class Waiter(Model):
     """A task waiting for a slot of a pool."""
 
     task_id: str
@@ -180,7 +241,7 @@ class Waiter(_Model):
     deadline: float = Field(description="When the task gives up (Unix seconds).")
 
 
-class PoolStatus(_Model):
+class PoolStatus(Model):
     """A pool's definition and what is happening in it now, read in one atomic step."""
 
     name: str

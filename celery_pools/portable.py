@@ -13,9 +13,8 @@ instances, and every connector instance's rate limit::
     rate_limits:
       netsuite-prod: {rate: 60/m, burst: 5}
 
-``wait`` defaults to ``countdown``, ``burst`` to 0 and ``rate_limits`` to none, so documents
-written before waiting modes and rate limits existed are still read (a rate limit may also be
-given as the bare rate: ``netsuite-prod: 60/m``).
+``timeout`` defaults to 30, ``wait`` to ``countdown``, ``instances`` and ``rate_limits`` to none
+and ``burst`` to 0; a rate limit may also be given as the bare rate: ``netsuite-prod: 60/m``.
 
 Importing makes Redis match the document, one atomic step per pool, association and rate limit,
 and is idempotent: a second import of the same document changes nothing. Pools, associations and
@@ -36,14 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .errors import PoolConfigError, PoolExistsError, PoolNotFoundError
 from .manager import PoolManager
-from .models import (
-    DEFAULT_TIMEOUT,
-    WaitMode,
-    _Model,
-    _PoolSettingsValidation,
-    check_instance_name,
-    check_pool_name,
-)
+from .models import Model, PoolSpec, check_instance_name, check_pool_name
 from .ratelimit import RateLimit, parse_rate
 
 __all__ = [
@@ -69,28 +61,12 @@ Format = Literal["json", "yaml"]
 Action = Literal["create", "change", "unchanged", "keep", "remove"]
 
 
-class PoolSpec(_PoolSettingsValidation):
-    """One pool in a document: its limit, timeout, waiting mode and the instances it serves."""
-
-    limit: int
-    timeout: float = DEFAULT_TIMEOUT
-    wait: WaitMode = "countdown"
-    instances: list[str] = Field(default_factory=list)
-
-    @field_validator("instances", mode="before")
-    @classmethod
-    def _instances(cls, value: object) -> list[str]:
-        if not isinstance(value, list):
-            raise PoolConfigError.invalid("instances", value, "a list of instance names")
-        return sorted(check_instance_name(item, "instance") for item in value)
-
-
 def rate_text(limit: RateLimit) -> str:
     """A rate limit's rate without its burst, as :func:`parse_rate` reads it: ``"60/m"``."""
     return str(limit.model_copy(update={"burst": 0}))
 
 
-class RateLimitSpec(_Model):
+class RateLimitSpec(Model):
     """One connector instance's rate limit in a document: ``rate`` (``"60/m"``) and ``burst``."""
 
     rate: str
@@ -122,7 +98,7 @@ class RateLimitSpec(_Model):
         return cls(rate=rate_text(limit), burst=limit.burst)
 
 
-class PoolsDocument(_Model):
+class PoolsDocument(Model):
     """Every pool, association and rate limit, as exported and imported."""
 
     version: Literal[1] = 1

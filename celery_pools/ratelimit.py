@@ -15,7 +15,7 @@ import re
 from pydantic import Field
 
 from .errors import PoolConfigError
-from .models import _Model
+from .models import Model
 
 __all__ = ["InstanceRate", "RateLimit", "parse_rate"]
 
@@ -32,7 +32,7 @@ _ALLOWED = (
 )
 
 
-class RateLimit(_Model):
+class RateLimit(Model):
     """``count`` calls per ``period`` seconds, plus up to ``burst`` extra calls at once."""
 
     count: int = Field(ge=1)
@@ -87,7 +87,7 @@ def parse_rate(spec: object, burst: object = 0) -> RateLimit:
     )
 
 
-class InstanceRate(_Model):
+class InstanceRate(Model):
     """A connector instance's rate limit and how close it is to it, read on the Redis clock."""
 
     instance: str

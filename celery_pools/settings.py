@@ -6,19 +6,13 @@ Each setting is documented in the README's "Settings" section.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from .errors import PoolConfigError
-from .models import (
-    _Model,
-    check_instance_name,
-    check_limit,
-    check_pool_name,
-    check_timeout,
-    check_wait,
-)
+from .models import DEFAULT_HANDOFF_LEASE, DEFAULT_LEASE, Model, PoolSpec, check_pool_name
 
 __all__ = ["SETTING_PREFIX", "PoolsSettings"]
 
@@ -30,21 +24,21 @@ SETTING_PREFIX = "pools_"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-class PoolsSettings(_Model):
+class PoolsSettings(Model):
     """celery-pools' settings; build them from an app with :meth:`from_app`."""
 
     redis_url: str | None = None
     key_prefix: str = "celery_pools"
-    lease_seconds: float = Field(default=60.0, ge=1.0, le=86_400.0)
+    lease_seconds: float = Field(default=DEFAULT_LEASE, ge=1.0, le=86_400.0)
     require_assignment: bool = False
     retry_backoff_min: float = Field(default=0.25, gt=0.0, le=60.0)
     retry_backoff_max: float = Field(default=2.0, gt=0.0, le=300.0)
     redis_socket_timeout: float = Field(default=5.0, gt=0.0, le=60.0)
     suspicious_hold_seconds: float = Field(default=900.0, gt=0.0)
-    handoff_lease_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
+    handoff_lease_seconds: float = Field(default=DEFAULT_HANDOFF_LEASE, gt=0.0, le=3600.0)
     reaper_interval: float = Field(default=0.25, gt=0.0, le=60.0)
     freeze_gc: bool = True
-    declare: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    declare: dict[str, PoolSpec] = Field(default_factory=dict)
 
     @field_validator("key_prefix")
     @classmethod
@@ -55,32 +49,21 @@ class PoolsSettings(_Model):
             )
         return value
 
-    @field_validator("declare")
+    @field_validator("declare", mode="before")
     @classmethod
-    def _declare(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name, spec in value.items():
-            check_pool_name(name, "pools_declare key")
-            if not isinstance(spec, dict):
-                raise PoolConfigError.invalid(
-                    f"pools_declare[{name!r}]",
-                    spec,
-                    "a mapping with 'limit', 'timeout', 'instances'",
-                )
-            unknown = set(spec) - {"limit", "timeout", "wait", "instances"}
-            if unknown:
-                raise PoolConfigError.invalid(
-                    f"pools_declare[{name!r}]",
-                    sorted(unknown),
-                    "the allowed keys are 'limit', 'timeout', 'wait' and 'instances'",
-                )
-            check_limit(spec.get("limit"), f"pools_declare[{name!r}].limit")
-            if "timeout" in spec:
-                check_timeout(spec["timeout"], f"pools_declare[{name!r}].timeout")
-            if "wait" in spec:
-                check_wait(spec["wait"], f"pools_declare[{name!r}].wait")
-            for instance in spec.get("instances", ()):
-                check_instance_name(instance, f"pools_declare[{name!r}].instances")
-        return value
+    def _declare(cls, value: object) -> dict[str, PoolSpec]:
+        if not isinstance(value, Mapping):
+            raise PoolConfigError.invalid(
+                "pools_declare",
+                value,
+                "a mapping of pool name -> {limit, timeout, wait, instances}",
+            )
+        return {
+            check_pool_name(name, "pools_declare key"): PoolSpec.parse(
+                spec, where=f"pools_declare[{name!r}]"
+            )
+            for name, spec in value.items()
+        }
 
     @classmethod
     def from_app(cls, app: Any) -> PoolsSettings:

@@ -1,4 +1,8 @@
-"""``PooledTask``: a Celery task base class that holds a pool slot while its body runs."""
+"""``PooledTask``: a Celery task base class that holds a pool slot while its body runs.
+
+The class carries out what :mod:`celery_pools.admission` decides: it asks the store for a slot,
+sends the signals, reschedules or parks the task, and releases the slot however the body ends.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +17,17 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.utils import uuid
+from celery.utils.dispatch import Signal
 
-from . import signals
-from .errors import (
-    PoolBackendError,
-    PoolBackendTimeoutError,
-    PoolClearedError,
-    PoolConfigError,
-    PoolDeletedError,
-    PoolFullError,
-    PoolTimeoutError,
-    RateLimitTimeoutError,
-    UnassignedInstanceError,
-)
-from .extension import PoolsExtension, get_extension, install
-from .handoff import encode_message, hand_off, log_reclaimed, publish_handoffs
+from . import admission, signals
+from .admission import Backoff, Caller, Fail, Park, Run, Stale, Unassigned, Wait
+from .context import PoolsExtension, get_extension
+from .errors import PoolBackendError, PoolConfigError
+from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
-from .publishing import Granted, park_at_publish, withdraw_grant
-from .store import AcquireStatus, Acquisition
-from .waiting import HEADER, WaitState, next_countdown
+from .producer import park_at_publish, withdraw_grant
+from .store import Acquisition, Grant
+from .waiting import HEADER, WaitState
 
 __all__ = ["InstanceResolver", "PooledTask"]
 
@@ -42,11 +38,11 @@ InstanceResolver = Callable[[tuple[Any, ...], dict[str, Any]], str]
 
 
 @dataclass(frozen=True)
-class _Call:
-    """One execution: its request, connector instance and arguments."""
+class _Execution:
+    """One execution: its request, who asks, and its arguments."""
 
     request: Any
-    instance: str
+    caller: Caller
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
@@ -54,19 +50,16 @@ class _Call:
 @dataclass(frozen=True)
 class _Slot:
     pool: str
-    instance: str
-    token: str
+    caller: Caller
     handed: bool = False  # claimed through a hand-off: others are likely parked behind it
 
 
-class _Wait(Exception):
-    """Internal: the pool is full; wait ``countdown`` seconds with ``state``, then try again."""
+class _Again(Exception):
+    """Internal: wait as ``wait`` says, then try again."""
 
-    def __init__(self, countdown: float, state: WaitState, reason: PoolFullError) -> None:
-        super().__init__(countdown)
-        self.countdown = countdown
-        self.state = state
-        self.reason = reason
+    def __init__(self, wait: Wait) -> None:
+        super().__init__(wait.countdown)
+        self.wait = wait
 
 
 class PooledTask(Task):  # type: ignore[misc]
@@ -92,6 +85,8 @@ class PooledTask(Task):  # type: ignore[misc]
     """
 
     abstract = True
+    #: Marks the class as pooled for the worker's main process (:func:`~.context.is_pooled`).
+    celery_pools_pooled = True
     #: The connector instance whose pool limits this task: a name, or a function of
     #: ``(args, kwargs)`` returning one.
     connector_instance: str | InstanceResolver | None = None
@@ -123,7 +118,7 @@ class PooledTask(Task):  # type: ignore[misc]
         at once if the publication fails). When the pool is full, or tasks wait in it, the task
         is parked in the pool's FIFO in Redis instead of being published, and its message is
         published when a slot is handed to it; its result reads ``PENDING`` until it starts. See
-        :mod:`celery_pools.publishing`.
+        :mod:`celery_pools.producer`.
         """
         # The id is chosen here, so that a call published as usual keeps the id it was parked
         # under (see park_at_publish).
@@ -141,9 +136,9 @@ class PooledTask(Task):  # type: ignore[misc]
                 **options,
             },
         )
-        granted = parked if isinstance(parked, Granted) else None
+        granted = parked if isinstance(parked, Grant) else None
         if granted is not None:  # a slot is free: publish as usual, with the grant
-            options["headers"] = {**(options.get("headers") or {}), HEADER: granted.header}
+            options["headers"] = {**(options.get("headers") or {}), HEADER: granted.header()}
         elif parked is not None:
             return parked
         try:
@@ -190,302 +185,177 @@ class PooledTask(Task):  # type: ignore[misc]
 
     def _enter(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Slot | None:
         ext = get_extension(self.app)
-        call = _Call(
-            request, self.resolve_connector_instance(tuple(args), dict(kwargs)), args, kwargs
-        )
+        instance = self.resolve_connector_instance(tuple(args), dict(kwargs))
+        execution = _Execution(request, Caller(self.name, request.id, instance), args, kwargs)
         state = WaitState.from_headers(request.headers)
         while True:
             try:
-                return self._attempt(ext, call, state)
-            except _Wait as wait:
+                return self._attempt(ext, execution, state)
+            except _Again as again:
                 if not request.is_eager:
-                    self._reschedule(request, args, kwargs, wait)
+                    self._reschedule(execution, again.wait)
                 # Eager mode (apply(), task_always_eager) has no broker to wait in: wait here.
-                time.sleep(wait.countdown)
-                state = wait.state
+                time.sleep(again.wait.countdown)
+                state = again.wait.state
 
-    def _attempt(self, ext: PoolsExtension, call: _Call, state: WaitState) -> _Slot | None:
-        settings = ext.settings
-        request, instance = call.request, call.instance
-        token = request.id
+    def _attempt(
+        self, ext: PoolsExtension, execution: _Execution, state: WaitState
+    ) -> _Slot | None:
+        settings, caller = ext.settings, execution.caller
+        backoff = Backoff(settings.retry_backoff_min, settings.retry_backoff_max)
         if state.fail:
-            self._fail_parked(instance, state, token)
-        wait: str = ""  # the pool's own mode
-        if request.is_eager:
-            wait = "countdown"  # no broker to park in: wait in-process
-        elif type(self).pool_wait is not None:
-            wait = check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
+            self._fail(caller, admission.parked_ending(state, caller))
         try:
             acq = ext.store.acquire(
-                instance,
-                token,
+                caller.instance,
+                caller.token,
                 lease=settings.lease_seconds,
                 first=state.first,
                 waited_uid=state.uid,
                 info={
                     "task_name": self.name,
-                    "instance": instance,
-                    "hostname": request.hostname or "",
+                    "instance": caller.instance,
+                    "hostname": execution.request.hostname or "",
                     "pid": os.getpid(),
                 },
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
-                wait=wait,
+                wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
             )
         except PoolBackendError as exc:
-            self._wait_for_backend(ext, instance, state, exc)
-        log_reclaimed(acq.pool, acq.reclaimed)
-        if state.handoff and acq.status in (AcquireStatus.RATE, AcquireStatus.TIMEOUT):
+            self._backend_down(ext, caller, state, exc, backoff)
+        ext.dispatcher.settle(acq.effects)
+        if admission.must_hand_off(acq, state):
             # Its instance was paused or rate-limited after it was parked or granted: it gave
-            # back the slot it was handed, and the next parked task gets it now.
-            self._hand_on(ext, acq.pool)
-        if acq.status is AcquireStatus.STALE:
-            logger.info(
-                "celery-pools: ignoring a stale copy of %s[%s]: its hand-off lapsed, or its slot "
-                "is held or awaited under another hand-off",
-                self.name,
-                token,
-            )
-            raise Ignore()
-        if acq.status is AcquireStatus.FULL and acq.reason == "handoff":
-            self._park(ext, call, state, acq)
-        if acq.status is AcquireStatus.OK:
-            waited = acq.waited if state.first is not None else 0.0
-            signals.slot_acquired.send(
-                sender=self,
-                pool=acq.pool,
-                instance=instance,
-                task_id=token,
-                waited=waited,
-                first=acq.first,
-            )
-            return _Slot(
-                pool=acq.pool, instance=instance, token=token, handed=acq.reason == "handoff"
-            )
-        if acq.status is AcquireStatus.UNASSIGNED:
-            self._unassigned(ext, instance, state)
-            return None
-        if acq.status is AcquireStatus.CLEARED:
-            raise PoolClearedError(
-                f"pool {acq.pool!r} was cleared while task {self.name}[{token}] waited for a "
-                f"slot for instance {instance!r}; the task did not run",
-                pool=acq.pool,
-            )
-        if acq.status is AcquireStatus.TIMEOUT:
-            signals.slot_timeout.send(
-                sender=self, pool=acq.pool, instance=instance, task_id=token, waited=acq.waited
-            )
-            if acq.reason in ("rate", "paused"):
-                held_by = "its rate limit" if acq.reason == "rate" else "a pause (back-off)"
-                raise RateLimitTimeoutError(
-                    f"instance {instance!r} was held back by {held_by} until the timeout of "
-                    f"{acq.timeout:g} s; task {self.name}[{token}] waited {acq.waited:.1f} s "
-                    "and did not run",
-                    pool=acq.pool,
-                    limit=acq.limit or None,
-                    waited=acq.waited,
-                    timeout=acq.timeout,
+            # back the slot it was handed, and the next parked task gets it now (else a reaper
+            # does, within its interval).
+            with contextlib.suppress(PoolBackendError):
+                ext.dispatcher.hand_off(acq.pool)
+        decision = admission.admit(acq, state, caller, backoff)
+        match decision:
+            case Run():
+                self._signal(
+                    signals.slot_acquired,
+                    caller,
+                    decision.pool,
+                    waited=decision.waited,
+                    first=decision.first,
                 )
-            raise PoolTimeoutError(
-                f"no slot of pool {acq.pool!r} (limit {acq.limit}, {acq.in_use} in use) became "
-                f"free for instance {instance!r} within its timeout of {acq.timeout:g} s; task "
-                f"{self.name}[{token}] waited {acq.waited:.1f} s and did not run",
-                pool=acq.pool,
-                limit=acq.limit,
-                waited=acq.waited,
-                timeout=acq.timeout,
-            )
-        # FULL or RATE: wait and try again (by countdown: no hand-off of its own any more).
-        next_state = state.next_attempt(
-            first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
+                return _Slot(decision.pool, caller, decision.handed)
+            case Stale():
+                logger.info(
+                    "celery-pools: ignoring a stale copy of %s: its hand-off lapsed, or its slot "
+                    "is held or awaited under another hand-off",
+                    caller,
+                )
+                raise Ignore()
+            case Unassigned():
+                self._unassigned(ext, caller, state)
+                return None
+            case Park():
+                self._park(ext, execution, decision, state)
+            case Wait():
+                if decision.waiting is not None:
+                    self._waiting(caller, decision.waiting, decision.countdown)
+                raise _Again(decision)
+            case Fail():
+                self._fail(caller, decision)
+        raise AssertionError(f"unknown admission decision {decision!r}")  # pragma: no cover
+
+    def _wait_mode(self, request: Any) -> str:
+        """How this execution waits: "" for its pool's own mode."""
+        if request.is_eager:
+            return "countdown"  # no broker to park in: wait in-process
+        if type(self).pool_wait is not None:
+            return check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
+        return ""
+
+    def _signal(self, signal: Signal, caller: Caller, pool: str, **fields: Any) -> None:
+        """Send one of celery-pools' signals about this execution."""
+        signal.send(
+            sender=self, pool=pool, instance=caller.instance, task_id=caller.token, **fields
         )
-        if acq.status is AcquireStatus.RATE:
-            # The token is due at a known time: come back then, not earlier or later.
-            countdown = max(0.0, min(acq.retry_after, acq.deadline - acq.now))
-            reason = (
-                f"waiting for the rate limit of instance {instance!r}: next call in "
-                f"{acq.retry_after:.2f} s"
-                if acq.reason == "rate"
-                else f"instance {instance!r} is paused for {acq.retry_after:.1f} s more"
-            )
-        else:
-            countdown = next_countdown(
-                state.attempts,
-                acq.deadline - acq.now,
-                minimum=settings.retry_backoff_min,
-                maximum=settings.retry_backoff_max,
-            )
-            reason = f"waiting for a slot of pool {acq.pool!r}: {acq.in_use} of {acq.limit} in use"
-        signals.slot_waiting.send(
-            sender=self,
-            pool=acq.pool,
-            instance=instance,
-            task_id=token,
+
+    def _waiting(self, caller: Caller, acq: Acquisition, countdown: float | None) -> None:
+        """``slot_waiting``: sent again in ``countdown`` seconds, or parked (None)."""
+        self._signal(
+            signals.slot_waiting,
+            caller,
+            acq.pool,
             waited=acq.waited,
             countdown=countdown,
             deadline=acq.deadline,
         )
-        raise _Wait(
-            countdown,
-            next_state,
-            PoolFullError(
-                f"{reason}; waited {acq.waited:.1f} s of {acq.timeout:g} s, next try in "
-                f"{countdown:.2f} s"
-            ),
-        )
 
-    def _hand_on(self, ext: PoolsExtension, pool: str) -> None:
-        """Give ``pool``'s free slots to its oldest parked tasks now (else a reaper does, within
-        its interval)."""
-        with contextlib.suppress(PoolBackendError):
-            hand_off(self.app, ext.store, pool, ext.settings.handoff_lease_seconds)
+    def _fail(self, caller: Caller, fail: Fail) -> NoReturn:
+        if fail.timed_out:
+            self._signal(signals.slot_timeout, caller, fail.pool, waited=fail.waited)
+        raise fail.error
 
     def _park(
-        self, ext: PoolsExtension, call: _Call, state: WaitState, acq: Acquisition
+        self, ext: PoolsExtension, execution: _Execution, park: Park, state: WaitState
     ) -> NoReturn:
         """Park this task's message in the pool's hand-off FIFO and end this run as RETRY."""
-        request, instance = call.request, call.instance
-        next_state = state.next_attempt(
-            first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
-        )
+        request, caller, acq = execution.request, execution.caller, park.acquisition
         headers = dict(request.headers or {})
-        headers[HEADER] = next_state.to_header()
+        headers[HEADER] = park.state.to_header()
         signature = self.signature_from_request(
-            request, call.args, call.kwargs, retries=request.retries, headers=headers
+            request, execution.args, execution.kwargs, retries=request.retries, headers=headers
         )
-        entry = encode_message(
-            self.app,
+        entry = ext.dispatcher.encode(
             signature.task,
             signature.args,
             signature.kwargs,
             signature.options,
-            info={"task_name": self.name, "instance": instance},
+            info={"task_name": self.name, "instance": caller.instance},
         )
-        position, handoffs, reclaimed = ext.store.park(
-            request.id,
-            pool=acq.pool,
-            first=acq.first,
-            entry=entry,
-            lease=ext.settings.handoff_lease_seconds,
+        position, effects = ext.store.park(
+            caller.token, pool=acq.pool, first=acq.first, entry=entry
         )
-        log_reclaimed(acq.pool, reclaimed)
         # A slot may have come free between the two scripts; it went to the oldest parked task,
         # which may be this one: its message is published like any other hand-off.
-        publish_handoffs(self.app, handoffs)
+        ext.dispatcher.settle(effects)
         if position < 0:  # the pool vanished in between: start again from the top
-            raise _Wait(0.0, state, PoolFullError(f"pool {acq.pool!r} changed; trying again"))
-        signals.slot_waiting.send(
-            sender=self,
-            pool=acq.pool,
-            instance=instance,
-            task_id=request.id,
-            waited=acq.waited,
-            countdown=None,
-            deadline=acq.deadline,
-        )
-        raise Retry(
-            exc=PoolFullError(
-                f"parked for a hand-off in pool {acq.pool!r} ({acq.in_use} of {acq.limit} in use), "
-                f"position {position or '?'}; waited {acq.waited:.1f} s of {acq.timeout:g} s"
-            ),
-            when=None,
-        )
+            raise _Again(admission.pool_changed(acq, state))
+        self._waiting(caller, acq, None)
+        raise Retry(exc=admission.parked_reason(acq, position), when=None)
 
-    def _fail_parked(self, instance: str, state: WaitState, token: str) -> NoReturn:
-        """A parked task published by the reaper to end: fail it, body not run."""
-        fail = state.fail or {}
-        reason = fail.get("reason")
-        pool = state.pool
-        if reason == "deleted":
-            raise PoolDeletedError(
-                f"pool {pool!r} was deleted while task {self.name}[{token}] was parked for a slot "
-                f"for instance {instance!r}; the task did not run",
-                pool=pool,
-            )
-        if reason == "cleared":
-            raise PoolClearedError(
-                f"pool {pool!r} was cleared while task {self.name}[{token}] was parked for a slot "
-                f"for instance {instance!r}; the task did not run",
-                pool=pool,
-            )
-        at = fail.get("at")
-        waited = max(0.0, at / 1000 - state.first) if at and state.first else None
-        timeout = state.timeout
-        signals.slot_timeout.send(
-            sender=self, pool=pool, instance=instance, task_id=token, waited=waited
-        )
-        raise PoolTimeoutError(
-            f"no slot of pool {pool!r} (limit {fail.get('limit', '?')}) became free for instance "
-            f"{instance!r} within its timeout of {timeout or 0:g} s; task {self.name}[{token}] "
-            f"waited {waited or 0:.1f} s and did not run",
-            pool=pool,
-            limit=fail.get("limit"),
-            waited=waited,
-            timeout=timeout,
-        )
-
-    def _wait_for_backend(
-        self, ext: PoolsExtension, instance: str, state: WaitState, exc: PoolBackendError
+    def _backend_down(
+        self,
+        ext: PoolsExtension,
+        caller: Caller,
+        state: WaitState,
+        exc: PoolBackendError,
+        backoff: Backoff,
     ) -> NoReturn:
         """Redis is unreachable: wait as if the pool were full; at the deadline, fail."""
-        settings = ext.settings
-        now = ext.store.clock.estimate()
-        first = state.first if state.first is not None else now
-        timeout = state.timeout if state.timeout is not None else DEFAULT_TIMEOUT
-        waited = max(0.0, now - first)
-        if waited >= timeout:
-            raise PoolBackendTimeoutError(
-                f"no slot for instance {instance!r}: the pools' Redis could not be reached "
-                f"({exc}); task {self.name}[{self.request.id}] waited {waited:.1f} s of "
-                f"{timeout:g} s and did not run",
-                pool=state.pool,
-                waited=waited,
-                timeout=timeout,
-            ) from exc
-        countdown = next_countdown(
-            state.attempts,
-            first + timeout - now,
-            minimum=settings.retry_backoff_min,
-            maximum=settings.retry_backoff_max,
-        )
+        decision = admission.backend_down(state, caller, ext.store.clock.estimate(), exc, backoff)
+        if isinstance(decision, Fail):
+            raise decision.error from exc
         logger.warning(
-            "celery-pools: Redis unreachable; task %s[%s] waits %.2f s before trying again: %s",
-            self.name,
-            self.request.id,
-            countdown,
+            "celery-pools: Redis unreachable; task %s waits %.2f s before trying again: %s",
+            caller,
+            decision.countdown,
             exc,
         )
-        raise _Wait(
-            countdown,
-            state.next_attempt(first=first, timeout=timeout),
-            PoolFullError(f"waiting for the pools' Redis to come back: {exc}"),
-        ) from exc
+        raise _Again(decision) from exc
 
-    def _unassigned(self, ext: PoolsExtension, instance: str, state: WaitState) -> None:
+    def _unassigned(self, ext: PoolsExtension, caller: Caller, state: WaitState) -> None:
         if state.pool and ext.store.pool_uid(state.pool) != state.uid:
-            raise PoolDeletedError(
-                f"pool {state.pool!r} was deleted while task {self.name}[{self.request.id}] "
-                f"waited for a slot for instance {instance!r}; the task did not run",
-                pool=state.pool,
-            )
+            raise admission.deleted_while_waiting(state.pool, caller)
         if ext.settings.require_assignment:
-            raise UnassignedInstanceError(
-                f"connector instance {instance!r} of task {self.name} has no pool "
-                "(pools_require_assignment is on): assign it to a pool",
-                instance=instance,
-            )
-        ext.warn_unassigned_once(instance, self.name)
+            raise admission.unassigned_error(caller)
+        ext.warn_unassigned_once(caller.instance, self.name)
 
-    def _reschedule(
-        self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wait: _Wait
-    ) -> NoReturn:
+    def _reschedule(self, execution: _Execution, wait: Wait) -> NoReturn:
         """Send this task again (same id, callbacks, chain, chord); end this run as RETRY."""
+        request = execution.request
         headers = dict(request.headers or {})
         headers[HEADER] = wait.state.to_header()
         signature = self.signature_from_request(
             request,
-            args,
-            kwargs,
+            execution.args,
+            execution.kwargs,
             countdown=wait.countdown,
             retries=request.retries,
             headers=headers,
@@ -514,30 +384,20 @@ class PooledTask(Task):  # type: ignore[misc]
         return get_extension(self.app).store.pause(check_instance_name(instance), seconds)
 
     def _leave(self, slot: _Slot) -> None:
-        ext = get_extension(self.app)
+        dispatcher = get_extension(self.app).dispatcher
         try:
-            released = ext.store.release(
-                slot.token,
-                slot.pool,
-                handoff_lease=ext.settings.handoff_lease_seconds,
-                parked_likely=slot.handed,
+            released = dispatcher.store.release(
+                slot.caller.token, slot.pool, parked_likely=slot.handed
             )
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: could not release the slot of task %s[%s] in pool %r (%s); it "
                 "is reclaimed when its lease lapses",
                 self.name,
-                slot.token,
+                slot.caller.token,
                 slot.pool,
                 exc,
             )
             return
-        log_reclaimed(slot.pool, released.reclaimed)
-        publish_handoffs(self.app, released.handoffs)
-        signals.slot_released.send(
-            sender=self,
-            pool=slot.pool,
-            instance=slot.instance,
-            task_id=slot.token,
-            held=released.held,
-        )
+        dispatcher.settle(released.effects)
+        self._signal(signals.slot_released, slot.caller, slot.pool, held=released.held)

@@ -3,8 +3,10 @@
 - :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
   warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
   missing, and renews the leases of the slots held by the worker's running tasks.
-- The hand-off reaper (:class:`~celery_pools.handoff.HandoffReaper`), which keeps hand-off pools
-  moving when a worker dies mid-hand-off and fails parked tasks past their deadline.
+- :class:`HandoffReaper`, which keeps hand-off pools moving: it hands out again a hand-off not
+  taken up in time (the stale copy, if it ever arrives, is recognised by its hand-off id and
+  never runs), and publishes parked tasks whose deadline passed, or whose pool was cleared or
+  deleted, so that they fail through Celery's normal failure path.
 - Signal handlers that release the slot of a task that ended where its own process could not
   release it: a hard time limit, ``revoke(terminate=True)``, a child process killed.
 - Before the prefork pool forks its first child, the main process's objects are frozen out of
@@ -25,23 +27,22 @@ from celery.signals import task_failure, task_revoked, worker_before_create_proc
 from celery.worker import state as worker_state
 
 from .background import Periodic
+from .context import get_extension, is_pooled
 from .errors import PoolBackendError
-from .extension import get_extension
-from .handoff import HandoffReaper, log_reclaimed, publish_handoffs
-from .models import DEFAULT_TIMEOUT, Pool
 
-__all__ = ["LeaseKeeper", "PoolsWorkerStep", "connect_worker_signals", "freeze_before_fork"]
+__all__ = [
+    "HandoffReaper",
+    "LeaseKeeper",
+    "PoolsWorkerStep",
+    "connect_worker_signals",
+    "declare_pools",
+    "freeze_before_fork",
+]
 
 logger = logging.getLogger(__name__)
 
 # Slots of tasks that end in the main process, without their own code running to the end.
 _MAIN_PROCESS_ENDINGS = (TimeLimitExceeded, WorkerLostError)
-
-
-def _is_pooled(task: Any) -> bool:
-    from .task import PooledTask
-
-    return isinstance(task, PooledTask)
 
 
 class LeaseKeeper(Periodic):
@@ -62,7 +63,7 @@ class LeaseKeeper(Periodic):
         """
         ext = get_extension(self.app)
         requests = {
-            req.id: req for req in list(worker_state.active_requests) if _is_pooled(req.task)
+            req.id: req for req in list(worker_state.active_requests) if is_pooled(req.task)
         }
         held = ext.store.held_pools(list(requests))
         renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
@@ -88,6 +89,32 @@ class LeaseKeeper(Periodic):
                 limit,
             )
         self._reported &= set(requests)
+
+
+class HandoffReaper(Periodic):
+    """Keeps hand-off pools moving: every ``interval`` seconds it runs each one's hand-off
+    (free slots to parked tasks, lapsed hand-offs again, parked tasks past their deadline out)
+    and publishes what that hands out, and publishes parked tasks that must fail."""
+
+    activity = "hand-off reaping"
+    unreachable_level = logging.DEBUG  # the lease keeper already warns about it
+
+    def __init__(self, app: Any, interval: float) -> None:
+        super().__init__("celery-pools-handoff", interval)
+        self.app = app
+        self._pools: list[str] = []
+        self._pools_read = 0.0
+
+    def tick(self) -> int:
+        """One round: returns how many messages it published."""
+        dispatcher = get_extension(self.app).dispatcher
+        if time.monotonic() - self._pools_read > 5:
+            self._pools = dispatcher.store.handoff_pools()
+            self._pools_read = time.monotonic()
+        published = dispatcher.publish_expired()
+        for pool in self._pools:
+            published += dispatcher.hand_off(pool)
+        return published
 
 
 class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -128,10 +155,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             )
         self.keeper = LeaseKeeper(worker.app)
         self.keeper.start()
-        settings = ext.settings
-        self.reaper = HandoffReaper(
-            worker.app, settings.reaper_interval, settings.handoff_lease_seconds
-        )
+        self.reaper = HandoffReaper(worker.app, ext.settings.reaper_interval)
         self.reaper.start()
 
     def stop(self, worker: Any) -> None:
@@ -150,18 +174,10 @@ def declare_pools(app: Any) -> list[str]:
     store = ext.store
     created = []
     for name, spec in ext.settings.declare.items():
-        pool = Pool.parse(
-            {
-                "name": name,
-                "limit": spec["limit"],
-                "timeout": spec.get("timeout", DEFAULT_TIMEOUT),
-                "wait": spec.get("wait", "countdown"),
-            }
-        )
-        if store.create_pool(pool):
+        if store.create_pool(spec.pool(name)):
             created.append(name)
-            logger.info("celery-pools: created declared pool %r (limit %d)", name, pool.limit)
-        for instance in spec.get("instances", ()):
+            logger.info("celery-pools: created declared pool %r (limit %d)", name, spec.limit)
+        for instance in spec.instances:
             store.assign(instance, name, if_unassigned=True)
     return created
 
@@ -171,13 +187,11 @@ def connect_worker_signals(app: Any) -> None:
     freeze the main process's objects before its first fork (``pools_freeze_gc``)."""
 
     def release(task_id: str | None, task: Any, why: str) -> None:
-        if not task_id or getattr(task, "app", None) is not app or not _is_pooled(task):
+        if not task_id or getattr(task, "app", None) is not app or not is_pooled(task):
             return
-        ext = get_extension(app)
+        dispatcher = get_extension(app).dispatcher
         try:
-            released = ext.store.release_token(
-                task_id, handoff_lease=ext.settings.handoff_lease_seconds
-            )
+            released = dispatcher.store.release_token(task_id)
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: could not release the slot of %s[%s] after %s (%s); it is "
@@ -188,10 +202,10 @@ def connect_worker_signals(app: Any) -> None:
                 exc,
             )
             return
-        if released is not None:
-            log_reclaimed(released.pool, released.reclaimed)
-            publish_handoffs(app, released.handoffs)
-        if released is not None and released.released:
+        if released is None:
+            return
+        dispatcher.settle(released.effects)
+        if released.released:
             logger.info(
                 "celery-pools: released the slot of %s[%s] in pool %r after %s",
                 task.name,
@@ -237,12 +251,11 @@ def freeze_before_fork() -> None:
     A forked child shares the main process's memory until it writes to it, and a full garbage
     collection in the child writes to every object it tracks: each child then ends up with its
     own copy of the main process's memory. Countdown waiting makes every wait a ``RETRY`` and its
-    exception info, which brings those collections on (about 85 MiB more per child of the
-    benchmark's workers over a 10,000-task backlog). Frozen objects are left out of collections,
-    for good; collecting first keeps today's garbage from being frozen with them. The worker
-    does this once, before its first child: children forked later (``max_tasks_per_child``,
-    autoscaling) share what was frozen then, and freezing again would also freeze the objects of
-    work in flight, whose cycles would then never be collected.
+    exception info, which brings those collections on (docs/benchmarks.md measures it). Frozen
+    objects are left out of collections, for good; collecting first keeps today's garbage from
+    being frozen with them. The worker does this once, before its first child: children forked
+    later (``max_tasks_per_child``, autoscaling) share what was frozen then, and freezing again
+    would also freeze the objects of work in flight, whose cycles would then never be collected.
     """
     gc.collect()
     gc.freeze()

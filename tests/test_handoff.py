@@ -9,8 +9,9 @@ import time
 import pytest
 
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
-from celery_pools.handoff import publish_expired, publish_handoffs
-from celery_pools.store import RATE_PARKED_MAX, AcquireStatus
+from celery_pools.handoff import Dispatcher
+from celery_pools.producer import publisher_for
+from celery_pools.store import RATE_PARKED_MAX, AcquireStatus, Effects, RedisPoolStore
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -176,8 +177,8 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
     full = store.acquire(INSTANCE, "parked", lease=30)
     assert (full.status, full.reason) == (AcquireStatus.FULL, "handoff")
-    position, handoffs, _ = store.park("parked", pool="api", first=full.first, entry='{"info":{}}')
-    assert (position, handoffs) == (1, ())
+    position, effects = store.park("parked", pool="api", first=full.first, entry='{"info":{}}')
+    assert (position, effects.handoffs) == (1, ())
     # A copy of the parked task's message arriving while it is parked must not run.
     assert store.acquire(INSTANCE, "parked", lease=30).status is AcquireStatus.STALE
     # A newcomer may not jump the FIFO even when a slot is free.
@@ -227,7 +228,7 @@ def test_a_hand_off_takes_a_rate_limited_tasks_token_and_lets_others_pass_until_
     assert store.release("a1", "api", parked_likely=True).handoffs == ()
     # The free slot goes to b2 once its token is due (here asked for by polling, as a reaper).
     handed: list = []
-    wait_until(lambda: handed.extend(store.handoff("api")[0]) or handed, 5, interval=0.02)
+    wait_until(lambda: handed.extend(store.hand_off("api").handoffs) or handed, 5, interval=0.02)
     assert [h.token for h in handed] == ["b2"]
     assert time.monotonic() - b1_handed >= 0.95
     b2 = store.acquire("inst-b", "b2", lease=30, handoff=handed[0].handoff_id)
@@ -253,7 +254,7 @@ def test_only_a_few_tasks_of_a_rate_limited_instance_park_at_a_time(env):
     assert store.client.hgetall(counts) == {"inst-b": str(RATE_PARKED_MAX)}
     over = store.acquire("inst-b", "over", lease=30)
     assert (over.status, over.reason) == (AcquireStatus.FULL, "countdown")
-    published = store.park_at_publish("inst-b", "published", entry=lambda: entry)
+    published = publisher_for(store).park("inst-b", "published", entry=lambda: entry)
     assert (published.parked, published.reason) == (False, "rate")
     # Another instance's task is not held up: it parks behind them and gets the next slot.
     # (Places a millisecond later than the tasks before: asked for in one millisecond, they
@@ -277,9 +278,9 @@ def test_only_a_few_tasks_of_a_rate_limited_instance_park_at_a_time(env):
     assert store.client.hget(counts, "inst-b") == str(RATE_PARKED_MAX)
     manager.clear("api")
     assert store.client.exists(counts) == 0
-    # A count left off (an earlier version handed out counted tasks) cannot outlive the FIFO.
+    # A count left off cannot outlive the FIFO.
     store.client.hset(counts, "inst-b", 50)
-    store.handoff("api")
+    store.hand_off("api")
     assert store.client.exists(counts) == 0
 
 
@@ -291,10 +292,10 @@ def test_a_hand_off_id_that_lapsed_before_a_reset_does_not_stop_the_task_it_is_g
     store = manager.store
     seconds, _ = store.client.time()
     store.client.zadd(store.keys.stale, {"t.1": (seconds + 3600) * 1000})  # lapsed, long ago
-    granted = store.park_at_publish(INSTANCE, "t", entry=lambda: "{}").granted
+    granted = publisher_for(store).park(INSTANCE, "t", entry=lambda: "{}").granted
     assert granted is not None
-    assert granted["handoff"] == "t.1"
-    claimed = store.acquire(INSTANCE, "t", lease=30, first=granted["first"], handoff="t.1")
+    assert granted.handoff == "t.1"
+    claimed = store.acquire(INSTANCE, "t", lease=30, first=granted.first, handoff="t.1")
     assert (claimed.status, claimed.reason) == (AcquireStatus.OK, "granted")
     assert store.acquire(INSTANCE, "t", lease=30, handoff="t.1").reentrant  # delivered again
     store.release("t", "api")
@@ -307,7 +308,7 @@ def test_releasing_a_task_handed_its_slot_before_it_started_drops_its_reservatio
     would look as if it still had hand-offs in flight)."""
     manager = _pool(env, limit=1)
     store = manager.store
-    handing = store.keys.pool("api").handing
+    handing = store.keys.pool("api").handoffs
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
     full = store.acquire(INSTANCE, "revoked", lease=30)
     store.park("revoked", pool="api", first=full.first, entry='{"info":{}}')
@@ -361,11 +362,17 @@ def test_a_copy_of_a_lapsed_hand_off_never_runs_even_after_its_task_ended(env):
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
     full = store.acquire(INSTANCE, "task", lease=30)
     store.park("task", pool="api", first=full.first, entry='{"info":{}}')
-    (lapsing,) = store.release("holder", "api", handoff_lease=0.05, parked_likely=True).handoffs
+    (lapsing,) = (
+        RedisPoolStore(store.client, store.keys, handoff_lease=0.05)
+        .release("holder", "api", parked_likely=True)
+        .handoffs
+    )
     handed_again: list = []
 
     def handed() -> bool:
-        handed_again.extend(store.handoff("api", lease=30)[0])
+        handed_again.extend(
+            RedisPoolStore(store.client, store.keys, handoff_lease=30).hand_off("api").handoffs
+        )
         return bool(handed_again)
 
     wait_until(handed, 5, message="the lapsed hand-off was never handed out again")
@@ -410,7 +417,7 @@ def test_a_hand_off_in_flight_when_its_pool_ends_fails_its_task_once(env, run_wo
             parked.get(timeout=30)
         # Or it did publish it: that copy is stale. A task sent after it runs after it (one
         # process), so once that one is done the copy was taken and dropped.
-        publish_handoffs(app, [handoff])
+        Dispatcher(app, store).settle(Effects("api", (handoff,)))
         assert app.tasks["t.add"].delay(1, 2).get(timeout=30) == 3
     assert not _started(env, "parked")
     assert [e.split("|")[:2] for e in _errbacks(env)] == [[parked.id, expected.__name__]]
@@ -430,8 +437,8 @@ def test_the_reaper_logs_one_line_per_pool_and_outcome_not_one_per_task(env, cap
         broker_url="redis://127.0.0.1:1/0", task_publish_retry=False, broker_connection_timeout=1
     )
     with caplog.at_level(logging.INFO, logger="celery_pools.handoff"):
-        assert publish_expired(unreachable, store) == 0
-        assert publish_expired(app, store) == 3
+        assert Dispatcher(unreachable, store).publish_expired() == 0
+        assert Dispatcher(app, store).publish_expired() == 3
     lines = [(r.levelno, r.getMessage().split(": ")[1], bool(r.exc_info)) for r in caplog.records]
     assert lines == [
         (logging.ERROR, "could not publish 3 parked tasks of pool 'api' (cleared); they are "
@@ -519,29 +526,6 @@ def test_the_claimed_hand_off_delivered_again_runs_in_its_slot(env):
     )
 
 
-def test_a_task_parked_in_milliseconds_by_an_earlier_version_keeps_its_place(env):
-    """Before the FIFO was ordered in microseconds it was ordered in milliseconds: a task parked
-    then must neither look past its deadline nor lose its place after an upgrade."""
-    manager = _pool(env, limit=1)
-    store = manager.store
-    keys = store.keys.pool("api")
-    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
-    seconds, micros = store.client.time()
-    now_ms = seconds * 1000 + micros // 1000
-    store.client.zadd(keys.queue, {"legacy": now_ms})  # as the earlier park.lua placed it
-    store.client.hset(keys.parked, "legacy", json.dumps({"info": {}, "first": now_ms}))
-    store.client.zadd(keys.waiters, {"legacy": now_ms + 30_000})
-    position, _, _ = store.park("newer", pool="api", first=now_ms / 1000 + 0.5, entry='{"info":{}}')
-    assert position == 2
-
-    assert store.handoff("api") == ((), ())  # the pool is full: nothing to hand, nothing expired
-    assert store.pop_expired() == []
-    assert store.client.zscore(keys.queue, "legacy") == now_ms * 1000
-    assert manager.status("api").waiting == 2
-    handed = store.release("holder", "api", parked_likely=True).handoffs
-    assert [h.token for h in handed] == ["legacy"]
-
-
 @pytest.mark.parametrize("how", ["handed", "granted"])
 def test_a_clear_keeps_a_task_that_was_handed_its_slot_but_not_yet_started(env, how):
     """A clear drops waiting tasks; one already handed (or granted) a slot holds it, like any
@@ -550,9 +534,9 @@ def test_a_clear_keeps_a_task_that_was_handed_its_slot_but_not_yet_started(env, 
     manager = _pool(env, limit=1)
     store = manager.store
     if how == "granted":
-        granted = store.park_at_publish(INSTANCE, "t", entry=lambda: "{}").granted
+        granted = publisher_for(store).park(INSTANCE, "t", entry=lambda: "{}").granted
         assert granted is not None
-        state = {"handoff": granted["handoff"], "first": granted["first"], "uid": granted["uid"]}
+        state = {"handoff": granted.handoff, "first": granted.first, "uid": granted.uid}
     else:
         assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
         full = store.acquire(INSTANCE, "t", lease=30)
@@ -571,12 +555,12 @@ def test_a_clear_keeps_a_task_that_was_handed_its_slot_but_not_yet_started(env, 
     assert claimed.status is AcquireStatus.OK
     # With release_held the slot is gone, and so the task (still waiting, then) is cleared.
     store.release("t", "api")
-    other = store.park_at_publish(INSTANCE, "u", entry=lambda: "{}").granted
+    other = publisher_for(store).park(INSTANCE, "u", entry=lambda: "{}").granted
     assert other is not None
     manager.clear("api", release_held=True)
     ended = store.acquire(
-        INSTANCE, "u", lease=30, first=other["first"], waited_uid=other["uid"],
-        handoff=other["handoff"],
+        INSTANCE, "u", lease=30, first=other.first, waited_uid=other.uid,
+        handoff=other.handoff,
     )  # fmt: skip
     assert ended.status is AcquireStatus.CLEARED
 

@@ -16,7 +16,7 @@ from celery_pools import (
     PoolExistsError,
     PoolNotFoundError,
 )
-from celery_pools.management import TASK_NAMES
+from celery_pools.admin_tasks import TASK_NAMES
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 

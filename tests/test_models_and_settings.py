@@ -9,8 +9,8 @@ from celery import Celery
 
 import celery_pools
 from celery_pools import Pool, PoolConfigError, PoolsSettings
-from celery_pools.keys import KeySpace
 from celery_pools.models import check_instance_name, check_limit, check_pool_name, check_timeout
+from celery_pools.store.keys import KeySpace
 from celery_pools.waiting import WaitState, next_countdown
 
 

@@ -14,8 +14,9 @@ from celery import Celery, chain, chord, group
 from celery.signals import before_task_publish
 from kombu.exceptions import EncodeError, OperationalError
 
-from celery_pools import PooledTask, PoolTimeoutError, signals
-from celery_pools.extension import get_extension
+from celery_pools import PooledTask, PoolTimeoutError, get_extension, signals
+from celery_pools.producer import publisher_for
+from celery_pools.store import RedisPoolStore
 from tests.workerapp import INSTANCE
 
 
@@ -138,10 +139,10 @@ def test_a_call_reusing_the_id_of_a_running_task_is_published_as_usual(env):
     manager = _pool(env, limit=1)
     store = manager.store
     assert store.acquire(INSTANCE, "running", lease=30).status.value == "OK"
-    parking = store.park_at_publish(INSTANCE, "running", entry=lambda: '{"info": {}}')
+    parking = publisher_for(store).park(INSTANCE, "running", entry=lambda: '{"info": {}}')
     assert (parking.parked, parking.reason) == (False, "held")
     # ...and that answer is not remembered for the instance's other tasks.
-    assert store.park_at_publish(INSTANCE, "other", entry=lambda: '{"info": {}}').parked
+    assert publisher_for(store).park(INSTANCE, "other", entry=lambda: '{"info": {}}').parked
 
 
 def test_a_producer_without_pools_settings_publishes_as_usual():
@@ -217,22 +218,22 @@ def _wait_for(predicate, timeout=10.0, what="the condition"):
 
 def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(env):
     manager = _pool(env, limit=1)
-    store = manager.store
+    store = RedisPoolStore(manager.store.client, manager.store.keys, handoff_lease=0.3)
     keys = store.keys.pool("api")
 
     def never() -> str:
         raise AssertionError("a granted call must not be parked")
 
-    granted = store.park_at_publish(INSTANCE, "g1", entry=never, lease=0.3)
+    granted = publisher_for(store).park(INSTANCE, "g1", entry=never)
     assert not granted.parked
     assert granted.granted is not None
-    assert granted.granted["pool"] == "api"
-    assert granted.granted["handoff"].startswith("g1.")
+    assert granted.granted.pool == "api"
+    assert granted.granted.handoff.startswith("g1.")
     assert store.client.hlen(keys.parked) == 0  # nothing of it is stored but its slot
-    assert store.client.hlen(keys.handing) == 0
+    assert store.client.hlen(keys.handoffs) == 0
     assert (manager.status("api").in_use, manager.status("api").waiting) == (1, 0)
     # The slot is taken: the next call parks, with its entry, in the same answer.
-    parked = store.park_at_publish(INSTANCE, "g2", entry=lambda: '{"info": {}}', lease=0.3)
+    parked = publisher_for(store).park(INSTANCE, "g2", entry=lambda: '{"info": {}}')
     assert (parked.parked, parked.position) == (True, 1)
 
     # The grant's message never came (its producer died before publishing): when its lease
@@ -240,19 +241,19 @@ def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(en
     handed: list[str] = []
 
     def lapsed() -> bool:
-        handoffs, reclaimed = store.handoff("api", lease=30)
-        assert reclaimed == ()
-        handed.extend(h.token for h in handoffs)
+        effects = RedisPoolStore(store.client, store.keys, handoff_lease=30).hand_off("api")
+        assert effects.reclaimed == ()
+        handed.extend(h.token for h in effects.handoffs)
         return bool(handed)
 
     _wait_for(lapsed, what="the grant to lapse")
     assert handed == ["g2"]
     (metrics,) = store.metrics(["api"])
     assert (metrics.handoffs, metrics.handoffs_retried, metrics.grants_lapsed) == (2, 0, 1)
-    assert store.client.hlen(keys.handing) == 1  # g2's hand-off, not g1's grant
+    assert store.client.hlen(keys.handoffs) == 1  # g2's hand-off, not g1's grant
 
     # Its message, arriving late after all, does not run on the lapsed grant: it waits.
-    late = store.acquire(INSTANCE, "g1", lease=30, handoff=granted.granted["handoff"])
+    late = store.acquire(INSTANCE, "g1", lease=30, handoff=granted.granted.handoff)
     assert (late.status.value, late.reason) == ("FULL", "handoff")
 
 
@@ -262,7 +263,7 @@ def test_a_grant_whose_answer_was_lost_is_claimed_by_the_message_published_as_us
     taken for a stale copy (it is the only one there is)."""
     manager = _pool(env, limit=1)
     store = manager.store
-    assert store.park_at_publish(INSTANCE, "lost", entry=lambda: "{}").granted is not None
+    assert publisher_for(store).park(INSTANCE, "lost", entry=lambda: "{}").granted is not None
     claimed = store.acquire(INSTANCE, "lost", lease=30)  # no hand-off id in its headers
     assert (claimed.status.value, claimed.reason) == ("OK", "granted")
     assert manager.status("api").in_use == 1
@@ -335,7 +336,7 @@ def test_the_same_id_sent_again_while_its_grant_is_unclaimed_runs_once(
     published, not taken for a parked copy, and claim the grant."""
     manager = _pool(env, limit=2)
     store = manager.store
-    first = store.park_at_publish(INSTANCE, f"same-id-{env.name}", entry=lambda: "{}")
+    first = publisher_for(store).park(INSTANCE, f"same-id-{env.name}", entry=lambda: "{}")
     assert first.granted is not None
     app = env.app()
     result = app.tasks["t.hold"].apply_async(("again",), task_id=f"same-id-{env.name}")
@@ -357,21 +358,21 @@ def test_a_call_whose_grant_answer_was_lost_is_published_as_usual_and_runs_once(
     manager = _pool(env, limit=2)
     app = env.app()
     store = get_extension(app).store
-    real = store._pipeline
+    real = store._scripts.run
     lost: list[bool] = []
 
     def drop_the_first_grant_answer(calls):
         replies = real(calls)
-        if not lost and calls[0].script == "park" and replies[0][0] == -4:
+        if not lost and calls[0][0] == "park" and replies[0][0] == "GRANTED":
             lost.append(True)
             raise redis.ConnectionError("connection lost after the script ran")
         return replies
 
-    store._pipeline = drop_the_first_grant_answer
+    store._scripts.run = drop_the_first_grant_answer
     try:
         result = app.tasks["t.hold"].delay("lost-answer")
     finally:
-        del store._pipeline
+        del store._scripts.run
     assert lost == [True]
     with redis.Redis.from_url(env.broker) as broker:
         (raw,) = broker.lrange(env.queue, 0, -1)

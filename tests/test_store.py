@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from celery_pools import PoolConfigError, PoolExistsError, PoolManager, PoolNotFoundError
-from celery_pools.scripts import SCRIPT_NAMES, script_source
+from celery_pools.producer import publisher_for
 from celery_pools.store import AcquireStatus
 
 
@@ -165,7 +163,7 @@ def test_pipelined_scripts_survive_a_redis_that_lost_its_script_cache(pools):
     store = pools.store
     assert store.acquire("inst", "holder", lease=30).status is AcquireStatus.OK
     store.client.script_flush()
-    parking = store.park_at_publish("inst", "parked", entry=lambda: '{"info": {}}')
+    parking = publisher_for(store).park("inst", "parked", entry=lambda: '{"info": {}}')
     assert (parking.parked, parking.position, parking.handoffs) == (True, 1, ())
     store.client.script_flush()
     release = store.release("holder", "api", parked_likely=True)
@@ -173,14 +171,3 @@ def test_pipelined_scripts_survive_a_redis_that_lost_its_script_cache(pools):
     assert [handoff.token for handoff in release.handoffs] == ["parked"]
     status = pools.status("api")
     assert (status.in_use, status.waiting) == (1, 0)
-
-
-def test_scripts_inline_the_lua_pieces_they_include():
-    """Shared Lua (the rate-limit algorithm, ending in-flight hand-offs) lives in one file each and
-    is inlined into every script that includes it; no include line reaches Redis."""
-    for name in SCRIPT_NAMES:
-        assert not re.search(r"^\s*-- include:", script_source(name), re.MULTILINE), name
-    for name in ("acquire", "handoff"):
-        assert script_source(name).count("local function take_rate_token(") == 1, name
-    for name in ("clear", "delete"):
-        assert script_source(name).count("local function end_handoffs(") == 1, name

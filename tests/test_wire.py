@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from celery_pools.store import AcquireStatus, RedisPoolStore
-from celery_pools.wire import ScriptCaller
+from celery_pools.store.wire import ScriptCaller
 
 _SOURCES = {
     "echo": "return {KEYS[1], ARGV[1], ARGV[2], ARGV[3], #KEYS, #ARGV}",

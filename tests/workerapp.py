@@ -19,8 +19,7 @@ from celery import Celery
 from celery import signals as celery_signals
 from celery.exceptions import Ignore, Reject
 
-from celery_pools import PooledTask, signals
-from celery_pools.extension import get_extension
+from celery_pools import PooledTask, get_extension, signals
 from tests.support.probe import ConcurrencyProbe
 
 INSTANCE = "inst-a"

@@ -1,0 +1,284 @@
+"""Parking at publication: a task bound for a full hand-off pool never enters the broker.
+
+When ``PooledTask.apply_async`` sends a task whose connector instance is served by a pool that
+waits by hand-off, and the pool is full or tasks wait in it, the task's message is parked in the
+pool's FIFO in Redis instead of being published. When a slot is free and nobody waits, the slot
+is granted at once (one round trip, nothing parked) and the message published as usual with the
+grant in its header. So the broker only ever carries messages that hold a slot: a burst of
+thousands of tasks costs one broker message each, workers never take a message just to park it,
+and a freed slot's hand-off never queues behind them. Everything a task is published with (id, args,
+kwargs, callbacks, errbacks, chain, chord, group, headers, routing, parent and root ids) is kept in
+the parked entry and used when its message is finally published.
+
+A task is published as usual (and waits, if it must, when a worker runs it) when it is eager,
+has a countdown or ETA, waits by countdown, its instance has no pool or is paused (or has a rate
+limit while a slot is free and nobody waits), its message cannot be serialized, or the pools'
+Redis cannot be reached.
+
+What a producer learns is remembered per store by its :class:`Publisher`: an instance whose tasks
+are published as usual (a countdown pool, no pool) is not asked about again for a second, and a
+pool whose tasks keep waiting is asked with the parked entry at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from kombu.exceptions import EncodeError
+
+from . import signals
+from .context import get_extension
+from .errors import PoolBackendError, PoolConfigError
+from .models import check_wait
+from .store import Grant, Parking, RedisPoolStore
+
+__all__ = ["Publisher", "park_at_publish", "publisher_for", "withdraw_grant"]
+
+logger = logging.getLogger(__name__)
+
+#: ``apply_async`` options that only mean something in this process, never stored.
+_LOCAL_OPTIONS = frozenset(
+    {"producer", "connection", "publisher", "router", "result_cls", "add_to_parent", "task_type"}
+)
+# How long a producer remembers that an instance's tasks are published as usual (not parked).
+_AS_USUAL_SECONDS = 1.0
+
+
+class Publisher:
+    """Decides, for each call being published to ``store``'s pools, whether it is published as
+    usual, granted a slot at once, or parked, and remembers what the answers said. Thread-safe."""
+
+    def __init__(self, store: RedisPoolStore) -> None:
+        self.store = store
+        # (instance, wait) -> until when (monotonic) its tasks are published as usual.
+        self._as_usual: dict[tuple[str, str], float] = {}
+        # Pools whose last answer at publication said that tasks wait: park with the entry at
+        # once, rather than first asking for a slot without it.
+        self._contended: set[str] = set()
+
+    def may_park(self, instance: str, wait: str = "") -> bool:
+        """False while a recent answer says that ``instance``'s tasks (waiting in mode ``wait``)
+        are published as usual; no round trip."""
+        return self._as_usual.get((instance, wait), 0.0) <= time.monotonic()
+
+    def park(
+        self,
+        instance: str,
+        token: str,
+        *,
+        entry: Callable[[], str],
+        wait: str = "",
+        info: dict[str, Any] | None = None,
+    ) -> Parking:
+        """Park a call being published (see
+        :meth:`~celery_pools.store.RedisPoolStore.park_at_publish`), granting it a free slot
+        nobody waits for instead, in one round trip unless the pool filled up in between.
+
+        A grant is asked for without the parked entry, which ``entry`` makes only when the task
+        must park; while a pool's tasks keep waiting, the entry goes with the first request.
+        """
+        if not self.may_park(instance, wait):
+            return Parking(parked=False)
+        parking: Parking | None = None
+        if self.store.believed_pool(instance) not in self._contended:
+            parking = self.store.park_at_publish(instance, token, entry=None, wait=wait, info=info)
+            if parking.reason == "contended":
+                self._contended.add(parking.pool)
+                parking = None
+        if parking is None:
+            parking = self.store.park_at_publish(
+                instance, token, entry=entry(), wait=wait, info=info
+            )
+            if parking.position >= 1 and all(h.token != token for h in parking.handoffs):
+                self._contended.add(parking.pool)  # it waits: so will the next ones, for a while
+            else:
+                self._contended.discard(parking.pool)
+        # Remember what holds for the instance (its pool's mode, its rate limit), not for a token.
+        if (
+            not parking.parked
+            and parking.granted is None
+            and parking.reason not in ("held", "rate")
+            and not parking.handoffs
+            and not parking.reclaimed
+        ):
+            self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
+        return parking
+
+
+_publishers: weakref.WeakKeyDictionary[RedisPoolStore, Publisher] = weakref.WeakKeyDictionary()
+_publishers_lock = threading.Lock()
+
+
+def publisher_for(store: RedisPoolStore) -> Publisher:
+    """The one :class:`Publisher` of ``store`` in this process."""
+    publisher = _publishers.get(store)
+    if publisher is None:
+        with _publishers_lock:
+            publisher = _publishers.get(store)
+            if publisher is None:
+                publisher = _publishers[store] = Publisher(store)
+    return publisher
+
+
+def park_at_publish(
+    task: Any,
+    args: Any,
+    kwargs: Any,
+    task_id: str,
+    options: dict[str, Any],
+) -> Any | Grant | None:
+    """Park ``task``'s call instead of publishing it, when its pool waits by hand-off.
+
+    ``options`` are ``apply_async``'s (``link``, ``link_error``, ``shadow``, ``producer`` ... among
+    them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published);
+    a :class:`~celery_pools.store.Grant` when a slot is free and nobody waits: the caller
+    publishes it as usual, with the grant in its headers; None when the caller must publish it as
+    usual, with the same ``task_id``: if Redis parked it but its answer was lost, the copy
+    published as usual is then recognised and never runs twice.
+    """
+    app = task._get_app()
+    if app.conf.task_always_eager:
+        return None
+    if options.get("countdown") is not None or options.get("eta") is not None:
+        return None  # a scheduled task waits for its time in the broker first
+    wait = type(task).pool_wait
+    if wait is not None:
+        wait = check_wait(wait, f"pool_wait of task {task.name}")
+        if wait == "countdown":
+            return None
+    try:
+        instance = task.resolve_connector_instance(tuple(args or ()), dict(kwargs or {}))
+    except (PoolConfigError, LookupError, TypeError, ValueError):
+        return None  # the worker reports it through Celery's failure path
+    try:
+        ext = get_extension(app)
+        dispatcher = ext.dispatcher
+    except PoolConfigError as exc:  # no (valid) pools settings in this producer
+        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
+        return None
+    publisher = publisher_for(dispatcher.store)
+    if not publisher.may_park(instance, wait or ""):
+        return None  # known to publish as usual: skip the preparation apply_async does anyway
+    _check(task, args, kwargs)  # what apply_async refuses is refused before a slot is taken
+    prepared: list[Any] = []
+    info = {"task_name": task.name, "instance": instance}
+
+    def entry() -> str:
+        prepared[:] = _prepare(task, app, args, kwargs, options)
+        call_args, call_kwargs, call_options = prepared
+        stored = {key: value for key, value in call_options.items() if key not in _LOCAL_OPTIONS}
+        return dispatcher.encode(
+            task.name,
+            call_args,
+            call_kwargs,
+            {**stored, "task_id": task_id},
+            info=info,
+        )
+
+    try:
+        parking = publisher.park(instance, task_id, entry=entry, wait=wait or "", info=info)
+    except (PoolBackendError, EncodeError) as exc:  # Redis unreachable, unserializable call
+        logger.debug("celery-pools: publishing %s[%s] as usual: %s", task.name, task_id, exc)
+        return None
+    producer = options.get("producer")
+    if parking.granted is not None:
+        dispatcher.settle(parking.effects)
+        signals.slot_handoff.send(
+            sender=app,
+            pool=parking.pool,
+            task_id=task_id,
+            handoff_id=parking.granted.handoff,
+        )
+        return parking.granted
+    if not parking.parked:
+        dispatcher.settle(parking.effects, producer)
+        return None
+    called = prepared[2] if prepared else options
+    ignore_result = bool(called.get("ignore_result", task.ignore_result))
+    with app.producer_or_acquire(producer) as connected:
+        if not ignore_result:
+            # As send_task does: be ready for the result before any worker can store it.
+            app.backend.on_task_call(connected, task_id)
+        dispatcher.settle(parking.effects, connected)
+    if parking.position > 0 and all(h.token != task_id for h in parking.handoffs):
+        signals.slot_waiting.send(
+            sender=task,
+            pool=parking.pool,
+            instance=instance,
+            task_id=task_id,
+            waited=0.0,
+            countdown=None,
+            deadline=parking.deadline,
+        )
+    result = task.AsyncResult(task_id)
+    result.ignored = ignore_result
+    if options.get("add_to_parent", True):
+        parent = app.current_worker_task
+        if parent:
+            parent.add_trail(result)
+    return result
+
+
+def withdraw_grant(task: Any, task_id: str, grant: Grant) -> None:
+    """Give back the slot granted to a call whose message could not be published, at once
+    rather than when the grant lapses (unless its task claimed it already). Best effort: it never
+    raises, so the caller's own error is the one that reaches the application."""
+    dispatcher = get_extension(task._get_app()).dispatcher
+    try:
+        _, effects = dispatcher.store.withdraw_grant(task_id, grant.pool, grant.handoff)
+    except PoolBackendError as exc:
+        logger.warning(
+            "celery-pools: could not give back the slot granted to %s[%s] (%s); it comes back "
+            "when its hand-off lease lapses",
+            task.name,
+            task_id,
+            exc,
+        )
+        return
+    dispatcher.settle(effects)
+
+
+def _check(task: Any, args: Any, kwargs: Any) -> None:
+    """What ``Task.apply_async`` refuses before sending: a soft time limit above the hard one,
+    arguments that do not fit the task's signature."""
+    if task.soft_time_limit and task.time_limit and task.soft_time_limit > task.time_limit:
+        raise ValueError("soft_time_limit must be less than or equal to time_limit")
+    if task.typing:
+        check_arguments: Callable[..., Any] | None = getattr(task, "__header__", None)
+        if check_arguments is not None:
+            check_arguments(*(args or ()), **(kwargs or {}))
+
+
+def _prepare(
+    task: Any, app: Any, args: Any, kwargs: Any, options: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """What ``Task.apply_async`` and ``send_task`` do to a call before it is sent (after
+    :func:`_check`), done at parking time so that the message published later is the one that
+    would have been sent now."""
+    options = dict(task._get_exec_options(), **options)
+    options["shadow"] = options.get("shadow") or task.shadow_name(args, kwargs, options)
+    dump_pydantic = getattr(task, "_dump_pydantic_arguments", None)
+    if dump_pydantic is not None and options.get("serializer") != "pickle":
+        args, kwargs = dump_pydantic(args, kwargs)
+    options.setdefault("ignore_result", task.ignore_result)
+    # Where the call comes from, and when it expires, as of now rather than as of publication.
+    parent = app.current_worker_task
+    if parent:
+        if not options.get("root_id"):
+            options["root_id"] = parent.request.root_id or parent.request.id
+        if not options.get("parent_id"):
+            options["parent_id"] = parent.request.id
+        if app.conf.task_inherit_parent_priority:
+            options.setdefault("priority", parent.request.delivery_info.get("priority"))
+    expires = options.get("expires")
+    if isinstance(expires, int | float) and not isinstance(expires, bool):
+        options["expires"] = (app.now() + timedelta(seconds=expires)).isoformat()
+    if not options.get("reply_to"):
+        options["reply_to"] = app.thread_oid
+    return args, kwargs, options

@@ -1,0 +1,132 @@
+"""The store's plumbing: its Redis client, keys and scripts, errors, and the MOVED protocol."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+
+from celery_pools.errors import PoolBackendError
+from celery_pools.models import DEFAULT_HANDOFF_LEASE
+
+from . import fork
+from .clock import RedisClock
+from .keys import KeySpace, script_keys
+from .replies import Moved, seconds
+from .scripts import SCRIPTS, script_source
+from .wire import ScriptCall, ScriptCaller
+
+__all__ = ["StoreBase", "ms"]
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+# A MOVED answer can only repeat while associations change under us; a few rounds always settle.
+_MAX_MOVED_ROUNDS = 5
+
+
+def ms(value: float) -> int:
+    """Seconds as whole milliseconds, as the scripts take them."""
+    return round(value * 1000)
+
+
+class StoreBase:
+    """A Redis client, the key space and the scripts, and how the store calls them.
+
+    Scripts that depend on which pool serves an instance take the keys of the pool the caller
+    believes is right; the script checks that belief atomically and answers ``MOVED`` when it is
+    stale. So the store keeps a small instance -> pool cache that is never trusted, only used as
+    a first guess (:meth:`_moved`). Redis errors are raised as
+    :class:`~celery_pools.errors.PoolBackendError` with the cause chained.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: KeySpace | None = None,
+        *,
+        handoff_lease: float = DEFAULT_HANDOFF_LEASE,
+    ) -> None:
+        self.client = client
+        self.keys = keys or KeySpace()
+        #: Seconds a task handed a slot has to start and claim it (``pools_handoff_lease_seconds``).
+        self.handoff_lease = handoff_lease
+        self.clock = RedisClock()
+        self._scripts = ScriptCaller(client, {name: script_source(name) for name in SCRIPTS})
+        self._pool_of: dict[str, str] = {}
+        fork.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the client's connection pool and the clock get new locks, and the
+        pool is emptied (see :mod:`celery_pools.store.fork`)."""
+        self.clock.after_fork()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            fork.unlock_inherited(pool)
+
+    @property
+    def url(self) -> str:
+        """Where the store's Redis is, without credentials."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix://{kwargs['path']}"
+        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(
+        self, name: str, values: Mapping[str, Any], pool: str = "", old_pool: str = ""
+    ) -> ScriptCall:
+        """One call of script ``name``: its keys for ``pool`` (and ``old_pool``), its arguments
+        from ``values`` (argument name -> value)."""
+        script = SCRIPTS[name]
+        return (name, script_keys(self.keys, script.keys, pool, old_pool), script.arguments(values))
+
+    def _pipeline(self, calls: Sequence[ScriptCall], what: str) -> list[Any]:
+        """Run scripts in one round trip, in order; their replies, after observing the Redis
+        clock each carries. After Redis lost its script cache, the calls that failed run again,
+        in order; every script is safe to repeat and the reaper's next round makes up for one
+        that ran out of its original order. ``what`` says what failed, if it fails."""
+        with self._backend(what):
+            replies = self._scripts.run(calls)
+        self.clock.observe(seconds(replies[-1][1]))
+        return replies
+
+    def _run(self, name: str, values: Mapping[str, Any], pool: str = "", old_pool: str = "") -> Any:
+        """Run one script; its reply."""
+        (reply,) = self._pipeline([self._call(name, values, pool, old_pool)], f"run {name}.lua")
+        return reply
+
+    @contextmanager
+    def _backend(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise PoolBackendError(f"Redis at {self.url} could not {what}: {exc}") from exc
+
+    # -- which pool serves an instance -------------------------------------------------------
+
+    def pool_of(self, instance: str) -> str | None:
+        """The pool serving ``instance``, read from Redis (the cache is refreshed)."""
+        with self._backend(f"read the pool of instance {instance!r}"):
+            pool = self.client.hget(self.keys.instances, instance)
+        self._pool_of[instance] = str(pool or "")
+        return str(pool) if pool else None
+
+    def _moved(self, instance: str, attempt: Callable[[str], T | Moved]) -> T:
+        """Call ``attempt(believed pool)`` until the script agrees with the belief."""
+        believed = self._pool_of.get(instance)
+        if believed is None:
+            believed = self.pool_of(instance) or ""
+        for _ in range(_MAX_MOVED_ROUNDS):
+            result = attempt(believed)
+            if not isinstance(result, Moved):
+                self._pool_of[instance] = believed
+                return result
+            believed = self._pool_of[instance] = result.pool
+        raise PoolBackendError(
+            f"the pool of instance {instance!r} kept changing during the operation; try again"
+        )

@@ -1,0 +1,295 @@
+-- acquire.lua: take a slot of the pool serving a connector instance (and a rate token, when the
+-- instance has a rate limit), or register as a waiter. A task gets both or neither: no slot is held
+-- while it waits for a token, and no token is spent while no slot is free.
+--
+-- The Redis server's clock decides every lease, deadline and rate decision. Holders whose lease has
+-- lapsed are reclaimed first. A token that already holds a slot keeps it (a redelivered message
+-- takes no second slot and no second rate token). Rate limits use GCRA (lib/gcra.lua).
+--
+-- Stats fields touched: acquired_immediate, acquired_waited, "acquired:<instance>", timeouts,
+-- rate_timeouts, reclaimed, grants_lapsed, handoffs_returned, the wait-time histogram "wait:*";
+-- "started" is set (ms) on the first event.
+--
+-- Reply: {"MOVED", now, pool} when another pool serves the instance ("" for none): call again with
+-- that pool's keys. Otherwise
+--   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, {reclaimed}}
+-- with {reclaimed} the holders whose slots were taken back, {task id, holder JSON, ...}:
+--   "OK"          the slot (and token) are taken; reentrant = 1 when the token already held it;
+--                 reason "handoff" when it claimed a slot handed to it after waiting, "granted"
+--                 when the slot was granted to it as it was published
+--   "STALE"       a stale copy of a handed-off message: its hand-off lapsed (the task was handed
+--                 its slot again, or ended by its deadline, a clear or a delete), or the task
+--                 holds, or waits for, its slot under another hand-off id; this copy must not run
+--   "UNASSIGNED"  the instance has no pool (its rate token, if it has a rate limit, is taken)
+--   "FULL"        no free slot; with reason "countdown" the task is registered as a waiter until
+--                 first + timeout; with reason "handoff" it must park (park.lua). In hand-off mode
+--                 a task also parks while older tasks are parked (FIFO).
+--   "RATE"        a slot is free but the rate limit or a pause says wait retry_ms; reason is "rate"
+--                 or "paused"; nothing was taken. A task handed or granted a slot whose instance
+--                 was paused or rate-limited since gives the slot back (the caller hands it on) and
+--                 gets this answer (TIMEOUT past its deadline)
+--   "TIMEOUT"     first + timeout has passed; reason is "pool", "rate" or "paused"
+--   "CLEARED"     the pool was cleared after this task began to wait in it
+--
+-- Keys:
+--   instances    {p}:instances               HASH instance -> pool name
+--   held         {p}:held                    HASH task id -> pool name
+--   rates        {p}:rates                   HASH instance -> encoded rate limit
+--   rate_state   {p}:rate_state              HASH instance -> GCRA arrival time (ms)
+--   paused       {p}:paused                  HASH instance -> paused until (ms)
+--   config       {p}:pool:<name>             HASH limit, timeout (ms), uid, cleared, wait
+--   holders      {p}:pool:<name>:holders     ZSET task id -> lease expiry (ms)
+--   holder       {p}:pool:<name>:holder      HASH task id -> holder JSON
+--   waiters      {p}:pool:<name>:waiters     ZSET task id -> deadline (ms)
+--   waiter       {p}:pool:<name>:waiter      HASH task id -> waiter JSON
+--   stats        {p}:pool:<name>:stats       HASH counters and histograms
+--   queue        {p}:pool:<name>:queue       ZSET the hand-off FIFO
+--   handoffs     {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
+--   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
+--   stale        {p}:stale                   ZSET hand-off ids that never run
+--
+-- Arguments:
+--   instance               the connector instance
+--   believed               the pool the caller believes serves it ("" for none): its keys
+--   token                  the task id
+--   lease_ms               the holder's lease (ms)
+--   first_ms               when the task first asked (ms, Redis clock); "" the first time
+--   waited_uid             uid of the pool the task last waited in; "" if it has not
+--   info                   holder JSON (task_name, instance, hostname, pid); "since" added
+--   bounds                 histogram bucket upper bounds (ms, ascending, comma-separated)
+--   unassigned_timeout_ms  wait bound (ms) of an instance with no pool held back by its rate limit
+--                          or a pause
+--   wait                   how this task waits: "countdown", "handoff", "" (pool's mode)
+--   handoff_id             the hand-off id its message carries ("" when none)
+--   rate_parked_max        how many tasks of one rate-limited instance may be parked at a time:
+--                          past that, a task that would park waits by countdown
+
+-- include: lib/clock.lua
+-- include: lib/gcra.lua
+-- include: lib/histogram.lua
+-- include: lib/lapsed.lua
+
+local instances, held, rates, rate_state, paused, config, holders, holder, waiters, waiter, stats,
+  queue, handoffs, rate_parked, stale = unpack(KEYS)
+local instance, believed, token, lease_ms, first_ms, waited_uid, info, bounds,
+  unassigned_timeout_ms, wait, handoff_id, rate_parked_max = unpack(ARGV)
+
+local now = redis_clock()
+local actual = redis.call('HGET', instances, instance) or ''
+if actual ~= believed then
+  return {'MOVED', now, actual}
+end
+local first = tonumber(first_ms) or now
+local lease = tonumber(lease_ms)
+
+-- How long the rate limit or a pause holds this call back (0: it may go). Takes the token,
+-- unless `rated` says the call has it already (a hand-off took it).
+local function hold_back(rated)
+  local until_ms = tonumber(redis.call('HGET', paused, instance) or '')
+  if until_ms then
+    if until_ms > now then
+      return math.ceil(until_ms - now), 'paused'
+    end
+    redis.call('HDEL', paused, instance)
+  end
+  local spec = not rated and redis.call('HGET', rates, instance)
+  if not spec then
+    return 0, ''
+  end
+  local retry = take_rate_token(rate_state, instance, spec, now)
+  return retry, retry > 0 and 'rate' or ''
+end
+
+local reclaimed = {}
+local function reply(status, limit, in_use, timeout, uid, reentrant, retry, reason)
+  return {status, now, first, limit, in_use, timeout, uid, reentrant, retry, reason, reclaimed}
+end
+
+-- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
+-- instance's pool is now: the task was handed its slot again, or ended, under another message.
+-- (Unless the task holds its slot under that very id: hand-off ids start over in a pool deleted
+-- and created again.)
+if handoff_id ~= '' and redis.call('ZSCORE', stale, handoff_id) then
+  local mine = actual ~= '' and redis.call('HGET', holder, token)
+  local holding = mine and cjson.decode(mine) or {}
+  if holding['handoff'] ~= handoff_id and holding['claimed'] ~= handoff_id then
+    return reply('STALE', 0, 0, 0, '', 0, 0, '')
+  end
+end
+
+if actual == '' then
+  local timeout = tonumber(unassigned_timeout_ms)
+  local retry, reason = hold_back()
+  if retry == 0 then
+    return reply('UNASSIGNED', 0, 0, timeout, '', 0, 0, '')
+  end
+  if now >= first + timeout then
+    return reply('TIMEOUT', 0, 0, timeout, '', 0, retry, reason)
+  end
+  return reply('RATE', 0, 0, timeout, '', 0, retry, reason)
+end
+
+local cfg = redis.call('HMGET', config, 'limit', 'timeout', 'uid', 'cleared', 'wait')
+if not cfg[1] then
+  return {'MOVED', now, ''}
+end
+local limit = tonumber(cfg[1])
+local timeout = tonumber(cfg[2])
+local uid = cfg[3]
+local cleared = tonumber(cfg[4] or '')
+local mode = wait ~= '' and wait or (cfg[5] or 'countdown')
+if mode == 'handoff' and redis.call('HEXISTS', paused, instance) == 1 then
+  -- A paused instance waits by countdown: its next chance is known in time. (A rate-limited
+  -- one parks: a hand-off takes its rate token, in FIFO order among the tokens that are due.)
+  mode = 'countdown'
+end
+-- Enough tasks of this rate-limited instance are parked already (they keep the pool's FIFO short
+-- to scan, handoff.lua): this one keeps to the FIFO but waits by countdown if it must wait.
+local overflow = mode == 'handoff' and redis.call('HEXISTS', rates, instance) == 1
+  and tonumber(redis.call('HGET', rate_parked, instance) or '0') >= tonumber(rate_parked_max)
+
+-- A task that holds a slot (handed or granted to it, or its own from an earlier delivery) is no
+-- longer waiting: a clear keeps it, as it keeps every holder unless asked to release them.
+if cleared and waited_uid == uid and first <= cleared
+    and not redis.call('ZSCORE', holders, token) then
+  redis.call('ZREM', waiters, token)
+  redis.call('HDEL', waiter, token)
+  return reply('CLEARED', limit, 0, timeout, uid, 0, 0, '')
+end
+
+redis.call('HSETNX', stats, 'started', now)
+reclaimed = sweep_lapsed(
+  {held = held, holders = holders, holder = holder, handoffs = handoffs, stats = stats},
+  actual, now)
+-- Forget waiters a minute past their deadline: their task is gone (revoked, purged, lost).
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', waiters, '-inf', now - 60000, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', waiters, gone)
+  redis.call('HDEL', waiter, gone)
+end
+
+local deadline = first + timeout
+local function give_up(reason)
+  redis.call('ZREM', waiters, token)
+  redis.call('HDEL', waiter, token)
+  redis.call('HINCRBY', stats, 'timeouts', 1)
+  if reason ~= 'pool' then
+    redis.call('HINCRBY', stats, 'rate_timeouts', 1)
+  end
+end
+local function wait_here()
+  redis.call('ZADD', waiters, deadline, token)
+  if redis.call('HEXISTS', waiter, token) == 0 then
+    local waiting = cjson.decode(info)
+    waiting['since'] = first
+    redis.call('HSET', waiter, token, cjson.encode(waiting))
+  end
+end
+-- The holder JSON of a slot taken now.
+local function holding_now()
+  local taking = cjson.decode(info)
+  taking['since'] = now
+  return taking
+end
+
+local in_use = redis.call('ZCARD', holders)
+if redis.call('ZSCORE', holders, token) then
+  local holding = cjson.decode(redis.call('HGET', holder, token) or '{}')
+  if holding['handoff'] then
+    -- A slot granted at publication has one message, which claims it even without the grant's
+    -- id (the producer lost Redis's answer and published it as usual); a parked task's copies
+    -- other than the one published with its hand-off are stale.
+    if holding['handoff'] ~= handoff_id and not holding['direct'] then
+      return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+    end
+    -- Paused, or rate-limited, since it was parked or granted (a hand-off that took its rate
+    -- token says so): it gives the slot back (the caller hands it to the next parked task) and
+    -- waits by countdown until the pause ends or its token is due, then asks again.
+    local retry, reason = hold_back(holding['rated'])
+    if retry > 0 then
+      redis.call('ZREM', holders, token)
+      redis.call('HDEL', holder, token)
+      redis.call('HDEL', handoffs, token)
+      redis.call('HINCRBY', stats, 'handoffs_returned', 1)
+      if redis.call('HGET', held, token) == actual then
+        redis.call('HDEL', held, token)
+      end
+      if now >= deadline then
+        give_up(reason)
+        return reply('TIMEOUT', limit, in_use - 1, timeout, uid, 0, retry, reason)
+      end
+      wait_here()
+      if handoff_id ~= '' then
+        -- Copies under an earlier hand-off id stay stale while it waits (see below).
+        local waiting = cjson.decode(redis.call('HGET', waiter, token))
+        waiting['returned'] = handoff_id
+        redis.call('HSET', waiter, token, cjson.encode(waiting))
+      end
+      return reply('RATE', limit, in_use - 1, timeout, uid, 0, retry, reason)
+    end
+    -- Claim the slot handed to this task; remember under which hand-off id, so that the same
+    -- message delivered again is known from a stale copy.
+    local claimed = holding_now()
+    claimed['claimed'] = handoff_id
+    redis.call('ZADD', holders, now + lease, token)
+    redis.call('HSET', holder, token, cjson.encode(claimed))
+    redis.call('HDEL', handoffs, token)
+    -- Handed a slot as it was published, nobody waiting before it: it did not wait.
+    redis.call('HINCRBY', stats, holding['immediate'] and 'acquired_immediate' or 'acquired_waited', 1)
+    redis.call('HINCRBY', stats, 'acquired:' .. instance, 1)
+    observe(stats, 'wait', now - first, bounds)
+    return reply('OK', limit, in_use, timeout, uid, 0, 0, holding['direct'] and 'granted' or 'handoff')
+  end
+  -- Claimed already: a copy under an earlier hand-off id is stale; the claimed message itself,
+  -- delivered again (a worker died running it, acks_late), takes no second slot, as any
+  -- redelivered message.
+  if handoff_id ~= '' and handoff_id ~= holding['claimed'] then
+    return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+  end
+  redis.call('ZADD', holders, now + lease, token)
+  return reply('OK', limit, in_use, timeout, uid, 1, 0, '')
+end
+if redis.call('ZSCORE', queue, token) then
+  return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+end
+if handoff_id ~= '' then
+  -- It gave back a slot handed to it under hand-off id "returned", or ("*") was sent back from
+  -- the FIFO, its instance paused, and now waits by countdown (its own messages carry no id): a
+  -- message under another id is a stale copy.
+  local waiting = redis.call('HGET', waiter, token)
+  local returned = waiting and cjson.decode(waiting)['returned']
+  if returned and (returned == '*' or returned ~= handoff_id) then
+    return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+  end
+end
+local queued = mode == 'handoff' and redis.call('ZCARD', queue) or 0
+
+if in_use < limit and queued == 0 then
+  local retry, reason = hold_back()
+  if retry == 0 then
+    redis.call('ZADD', holders, now + lease, token)
+    redis.call('HSET', holder, token, cjson.encode(holding_now()))
+    redis.call('HSET', held, token, actual)
+    redis.call('ZREM', waiters, token)
+    redis.call('HDEL', waiter, token)
+    redis.call('HINCRBY', stats, first_ms == '' and 'acquired_immediate' or 'acquired_waited', 1)
+    redis.call('HINCRBY', stats, 'acquired:' .. instance, 1)
+    observe(stats, 'wait', now - first, bounds)
+    return reply('OK', limit, in_use + 1, timeout, uid, 0, 0, '')
+  end
+  if now >= deadline then
+    give_up(reason)
+    return reply('TIMEOUT', limit, in_use, timeout, uid, 0, retry, reason)
+  end
+  wait_here()
+  return reply('RATE', limit, in_use, timeout, uid, 0, retry, reason)
+end
+
+if now >= deadline then
+  give_up('pool')
+  return reply('TIMEOUT', limit, in_use, timeout, uid, 0, 0, 'pool')
+end
+if mode == 'handoff' and not overflow then
+  return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'handoff')
+end
+wait_here()
+return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'countdown')

@@ -1,0 +1,46 @@
+-- release.lua: give back a task's slot (and drop its waiter entry, if any). Idempotent, and only
+-- ever touches the caller's own token. A task revoked after its hand-off, before its start, leaves
+-- an entry in handoffs: it goes too.
+--
+-- Stats fields touched (when a slot is given back): released and the hold-time histogram "hold:*".
+--
+-- Reply: {status, now, holder JSON or "", parked}: status "RELEASED" when a slot was given back,
+-- "NOT_HELD" when the token held none; parked is how many tasks wait in the hand-off FIFO (the
+-- caller then runs handoff.lua).
+--
+-- Keys:
+--   held      {p}:held                    HASH task id -> pool name
+--   holders   {p}:pool:<name>:holders     ZSET task id -> lease expiry (ms)
+--   holder    {p}:pool:<name>:holder      HASH task id -> holder JSON
+--   waiters   {p}:pool:<name>:waiters     ZSET task id -> deadline (ms)
+--   waiter    {p}:pool:<name>:waiter      HASH task id -> waiter JSON
+--   stats     {p}:pool:<name>:stats       HASH counters and histograms
+--   queue     {p}:pool:<name>:queue       ZSET the hand-off FIFO
+--   handoffs  {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
+--
+-- Arguments:
+--   token   the task id
+--   pool    the pool's name
+--   bounds  histogram bucket upper bounds (ms, ascending, comma-separated)
+
+-- include: lib/clock.lua
+-- include: lib/histogram.lua
+
+local held, holders, holder, waiters, waiter, stats, queue, handoffs = unpack(KEYS)
+local token, pool, bounds = unpack(ARGV)
+
+local now = redis_clock()
+local info = redis.call('HGET', holder, token) or ''
+local released = redis.call('ZREM', holders, token)
+redis.call('HDEL', holder, token)
+if redis.call('HGET', held, token) == pool then
+  redis.call('HDEL', held, token)
+end
+redis.call('ZREM', waiters, token)
+redis.call('HDEL', waiter, token)
+redis.call('HDEL', handoffs, token)
+if released == 1 and info ~= '' then
+  observe(stats, 'hold', now - (tonumber(cjson.decode(info)['since']) or now), bounds)
+  redis.call('HINCRBY', stats, 'released', 1)
+end
+return {released == 1 and 'RELEASED' or 'NOT_HELD', now, info, redis.call('ZCARD', queue)}

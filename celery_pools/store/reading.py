@@ -1,0 +1,181 @@
+"""The store's reads: definitions, associations, held slots, status snapshots, metrics and rates.
+
+None of them writes; a snapshot of several keys is read in one transaction, so it is consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from celery_pools.errors import PoolBackendError, PoolNotFoundError
+from celery_pools.metrics import PoolMetrics, parse_stats
+from celery_pools.models import Pool, PoolStatus
+from celery_pools.ratelimit import InstanceRate, RateLimit
+
+from . import replies
+from .base import StoreBase
+
+__all__ = ["StoreReading"]
+
+
+class StoreReading(StoreBase):
+    """Reads of pool state."""
+
+    # -- definitions and associations --------------------------------------------------------
+
+    def get_pool(self, name: str) -> Pool | None:
+        """The pool's definition, or None."""
+        with self._backend(f"read pool {name!r}"):
+            row = self.client.hmget(self.keys.pool(name).config, ["limit", "timeout", "wait"])
+        return replies.pool(name, row)
+
+    def pool_uid(self, name: str) -> str | None:
+        """The random id of the pool now called ``name`` (a recreated pool has a new one)."""
+        with self._backend(f"read pool {name!r}"):
+            uid = self.client.hget(self.keys.pool(name).config, "uid")
+        return str(uid) if uid is not None else None
+
+    def pool_names(self) -> list[str]:
+        """Every pool's name, sorted."""
+        with self._backend("list pools"):
+            return sorted(str(name) for name in self.client.smembers(self.keys.pools))
+
+    def list_pools(self) -> list[Pool]:
+        """Every pool's definition, sorted by name."""
+        names = self.pool_names()
+        with self._backend("list pools"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hmget(self.keys.pool(name).config, ["limit", "timeout", "wait"])
+            rows = pipe.execute()
+        pools = [replies.pool(name, row) for name, row in zip(names, rows, strict=True)]
+        return [pool for pool in pools if pool is not None]
+
+    def associations(self) -> dict[str, str]:
+        """Every instance -> pool association."""
+        with self._backend("read associations"):
+            return {str(k): str(v) for k, v in self.client.hgetall(self.keys.instances).items()}
+
+    # -- slots and parked tasks --------------------------------------------------------------
+
+    def held_pools(self, tokens: Sequence[str]) -> dict[str, str]:
+        """Which of ``tokens`` hold a slot, and of which pool."""
+        if not tokens:
+            return {}
+        with self._backend("read held slots"):
+            pools = self.client.hmget(self.keys.held, list(tokens))
+        return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
+
+    def handoff_pools(self) -> list[str]:
+        """Names of the pools whose tasks wait by hand-off, or that have parked tasks or tasks
+        handed a slot (a task may override its pool's mode, and a pool's mode may change while
+        tasks are parked)."""
+        names = self.pool_names()
+        with self._backend("list pools"):
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                keys = self.keys.pool(name)
+                pipe.hget(keys.config, "wait")
+                pipe.zcard(keys.queue)
+                pipe.hlen(keys.handoffs)
+            rows = pipe.execute()
+        return [
+            name
+            for index, name in enumerate(names)
+            if rows[3 * index] == "handoff" or rows[3 * index + 1] or rows[3 * index + 2]
+        ]
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def status(self, name: str) -> PoolStatus:
+        """A consistent snapshot of one pool. Raises :class:`PoolNotFoundError`."""
+        statuses = self.statuses([name])
+        if not statuses:
+            raise PoolNotFoundError(f"no pool named {name!r}", pool=name)
+        return statuses[0]
+
+    def statuses(self, names: Iterable[str] | None = None) -> list[PoolStatus]:
+        """Snapshots of the named pools (all pools by default), read in one transaction."""
+        names = self.pool_names() if names is None else list(names)
+        with self._backend("read pool status"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            for name in names:
+                keys = self.keys.pool(name)
+                pipe.hgetall(keys.config)
+                pipe.smembers(keys.pool_instances)
+                pipe.zrange(keys.holders, 0, -1, withscores=True)
+                pipe.hgetall(keys.holder)
+                pipe.zrange(keys.waiters, 0, -1, withscores=True)
+                pipe.hgetall(keys.waiter)
+            reply = pipe.execute()
+        now = self._observe_time(reply[0])
+        result = []
+        for index, name in enumerate(names):
+            rows = reply[1 + 6 * index : 7 + 6 * index]
+            if rows[0]:
+                result.append(replies.status(name, now, rows))
+        return result
+
+    def metrics(self, names: Iterable[str] | None = None) -> list[PoolMetrics]:
+        """Counters and histograms of the named pools (all by default), with their status."""
+        statuses = self.statuses(names)
+        with self._backend("read pool metrics"):
+            pipe = self.client.pipeline(transaction=False)
+            for status in statuses:
+                pipe.hgetall(self.keys.pool(status.name).stats)
+            rows = pipe.execute()
+        return [parse_stats(status, stats) for status, stats in zip(statuses, rows, strict=True)]
+
+    # -- rate limits -------------------------------------------------------------------------
+
+    def rate_limits(self) -> dict[str, RateLimit]:
+        """Every instance's rate limit."""
+        with self._backend("read rate limits"):
+            raw = self.client.hgetall(self.keys.rates)
+        return {str(k): RateLimit.decode(str(v)) for k, v in raw.items()}
+
+    def instance_rates(self, instances: Sequence[str]) -> list[InstanceRate]:
+        """Each instance's rate limit, calls available now, next call and pause, atomically."""
+        instances = list(instances)
+        if not instances:
+            return []
+        with self._backend("read rate limits"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hmget(self.keys.rates, instances)
+            pipe.hmget(self.keys.paused, instances)
+            pipe.hmget(self.keys.rate_state, instances)
+            reply = pipe.execute()
+        now = self._observe_time(reply[0]) * 1000
+        specs, paused, tats = reply[1], reply[2], reply[3]
+        return [
+            replies.instance_rate(instance, now, spec, pause, tat)
+            for instance, spec, pause, tat in zip(instances, specs, paused, tats, strict=True)
+        ]
+
+    # -- the server --------------------------------------------------------------------------
+
+    def ping(self) -> float:
+        """The Redis server's clock (Unix seconds); raises PoolBackendError if unreachable."""
+        with self._backend("answer"):
+            reply = self.client.time()
+        return self._observe_time(reply)
+
+    def maxmemory_policy(self) -> str | None:
+        """The server's ``maxmemory-policy``, or None when CONFIG is not allowed."""
+        try:
+            return str(self.client.config_get("maxmemory-policy").get("maxmemory-policy"))
+        except redis.ResponseError:
+            return None
+        except redis.RedisError as exc:
+            raise PoolBackendError(f"Redis at {self.url} could not answer: {exc}") from exc
+
+    def _observe_time(self, reply: Any) -> float:
+        """The Redis clock from a ``TIME`` reply (Unix seconds), observed."""
+        now = float(reply[0]) + float(reply[1]) / 1e6
+        self.clock.observe(now)
+        return now

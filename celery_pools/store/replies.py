@@ -1,0 +1,224 @@
+"""Decoding what Redis answers into results and models: the only code that reads a reply by
+position.
+
+Every script replies ``{STATUS, now, ...}`` (see :mod:`celery_pools.store.scripts`); the layout
+after ``now`` is each script's own, documented in its header. Times come in milliseconds on the
+Redis clock and leave as seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery_pools.models import Holder, Pool, PoolStatus, Waiter
+from celery_pools.ratelimit import InstanceRate, RateLimit
+
+from .results import (
+    AcquireStatus,
+    Acquisition,
+    Effects,
+    Grant,
+    Handoff,
+    Parking,
+    Reclaimed,
+)
+
+__all__ = [
+    "Moved",
+    "acquisition",
+    "effects",
+    "instance_rate",
+    "parking",
+    "pool",
+    "reclaimed",
+    "release",
+    "seconds",
+    "status",
+]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """A script's answer that another pool serves the instance ("" for none): ask again."""
+
+    pool: str
+
+
+def seconds(ms: Any) -> float:
+    """Milliseconds on the Redis clock, as seconds."""
+    return float(ms) / 1000
+
+
+def reclaimed(flat: Sequence[Any]) -> tuple[Reclaimed, ...]:
+    """Holders whose slots were taken back, from ``{task id, holder JSON, ...}``."""
+    holders = []
+    for index in range(0, len(flat), 2):
+        info = json.loads(flat[index + 1]) if flat[index + 1] else {}
+        holders.append(
+            Reclaimed(
+                task_id=str(flat[index]),
+                task_name=info.get("task_name", ""),
+                instance=info.get("instance", ""),
+                hostname=info.get("hostname", ""),
+                pid=info.get("pid"),
+            )
+        )
+    return tuple(holders)
+
+
+def acquisition(reply: Sequence[Any], pool: str) -> Acquisition | Moved:
+    """acquire.lua's reply, for an attempt in ``pool``."""
+    status, now = reply[0], seconds(reply[1])
+    if status == "MOVED":
+        return Moved(str(reply[2]))
+    return Acquisition(
+        AcquireStatus(status),
+        now,
+        pool=pool,
+        first=seconds(reply[2]),
+        limit=int(reply[3]),
+        in_use=int(reply[4]),
+        timeout=seconds(reply[5]),
+        uid=str(reply[6]),
+        reentrant=bool(reply[7]),
+        retry_after=seconds(reply[8]),
+        reason=str(reply[9]),
+        reclaimed=reclaimed(reply[10]),
+    )
+
+
+def release(reply: Sequence[Any]) -> tuple[bool, float | None, int]:
+    """release.lua's reply: whether a slot was given back, how long it was held (None if
+    unknown) and how many tasks are parked in the pool."""
+    status, now, info, parked = reply
+    held = None
+    if info:
+        since = json.loads(info).get("since")
+        if isinstance(since, int | float):
+            held = max(0.0, seconds(now - since))
+    return status == "RELEASED", held, int(parked)
+
+
+def effects(reply: Sequence[Any], pool: str) -> Effects:
+    """handoff.lua's reply: the hand-offs to publish and the holders reclaimed."""
+    _status, _now, handed, lapsed = reply
+    handoffs = tuple(
+        Handoff(
+            token=str(handed[i]),
+            handoff_id=str(handed[i + 1]),
+            pool=pool,
+            entry=json.loads(handed[i + 2]),
+        )
+        for i in range(0, len(handed), 3)
+    )
+    return Effects(pool, handoffs, reclaimed(lapsed))
+
+
+def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
+    """park.lua's reply, for ``pool`` (hand-offs, if pipelined, are decoded apart)."""
+    status = reply[0]
+    if status == "MOVED":
+        return Moved(str(reply[2]))
+    if status == "PARKED":
+        return Parking(parked=True, position=int(reply[2]), pool=pool, deadline=seconds(reply[3]))
+    if status == "ALREADY":
+        return Parking(parked=True, position=0, pool=pool)
+    if status == "GRANTED":
+        grant = Grant(
+            pool=pool,
+            uid=str(reply[3]),
+            timeout=seconds(reply[4]),
+            first=seconds(reply[1]),
+            handoff=str(reply[2]),
+        )
+        return Parking(parked=False, pool=pool, granted=grant)
+    if status == "AS_USUAL":
+        return Parking(parked=False, pool=pool, reason=str(reply[2]))
+    if status == "CONTENDED":
+        return Parking(parked=False, pool=pool, reason="contended")
+    return Parking(parked=False, pool=pool, reason="gone")  # NOPOOL
+
+
+def pool(name: str, row: Sequence[Any]) -> Pool | None:
+    """A pool's definition from ``HMGET limit timeout wait``, or None when it has none."""
+    limit, timeout, wait = row
+    if limit is None:
+        return None
+    return Pool(name=name, limit=int(limit), timeout=seconds(timeout), wait=wait or "countdown")
+
+
+def instance_rate(
+    instance: str, now: float, spec: str | None, paused: str | None, tat: str | None
+) -> InstanceRate:
+    """What an instance's rate limit allows at ``now`` (every time in ms on the Redis clock)."""
+    paused_for = max(0.0, seconds(float(paused) - now)) if paused else 0.0
+    if not spec:
+        return InstanceRate(instance=instance, paused_for=paused_for)
+    rate = RateLimit.decode(spec)
+    interval = rate.interval * 1000
+    ahead = max(0.0, float(tat or 0) - now)  # how far the schedule runs ahead of now
+    tolerance = interval * rate.burst
+    available = max(0, int((tolerance - ahead) // interval) + 1) if ahead <= tolerance else 0
+    return InstanceRate(
+        instance=instance,
+        rate=str(rate),
+        available=available,
+        next_in=max(0.0, seconds(ahead - tolerance)),
+        paused_for=paused_for,
+    )
+
+
+def _described(token: str, raw: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A holder's or waiter's JSON, and the fields both models take from it."""
+    info = json.loads(raw or "{}")
+    common = {
+        "task_id": token,
+        "task_name": info.get("task_name", ""),
+        "instance": info.get("instance", ""),
+        "since": seconds(info.get("since", 0)),
+    }
+    return info, common
+
+
+def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
+    """A pool's status at ``now`` (seconds) from the six replies read for it:
+    ``HGETALL config``, ``SMEMBERS pool_instances``, ``ZRANGE holders`` and ``HGETALL holder``,
+    ``ZRANGE waiters`` and ``HGETALL waiter`` (the ZSETs with their scores, in ms). Holders whose
+    lease lapsed and waiters past their deadline are left out."""
+    config, instances, holders, holder_info, waiters, waiter_info = rows
+    limit = int(config["limit"])
+    live_holders = []
+    for token, expiry in holders:
+        if seconds(expiry) > now:
+            info, common = _described(token, holder_info.get(token))
+            live_holders.append(
+                Holder(
+                    **common,
+                    hostname=info.get("hostname", ""),
+                    pid=info.get("pid"),
+                    lease_expires=seconds(expiry),
+                )
+            )
+    live_holders.sort(key=lambda h: h.since)
+    live_waiters = []
+    for token, deadline in waiters:
+        if seconds(deadline) > now:
+            _, common = _described(token, waiter_info.get(token))
+            live_waiters.append(Waiter(**common, deadline=seconds(deadline)))
+    live_waiters.sort(key=lambda w: w.since)
+    return PoolStatus(
+        name=name,
+        limit=limit,
+        timeout=seconds(config["timeout"]),
+        in_use=len(live_holders),
+        free=max(0, limit - len(live_holders)),
+        waiting=len(live_waiters),
+        instances=sorted(instances),
+        holders=live_holders,
+        waiters=live_waiters,
+        oldest_wait=(now - live_waiters[0].since) if live_waiters else None,
+        now=now,
+    )

@@ -1,0 +1,406 @@
+"""``RedisPoolStore``: every atomic write of pool state, one Lua script each."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from celery_pools.errors import PoolNotFoundError
+from celery_pools.metrics import BUCKET_BOUNDS_ARG
+from celery_pools.models import DEFAULT_HANDOFF_LEASE, DEFAULT_TIMEOUT, Pool
+from celery_pools.ratelimit import RateLimit
+
+from . import replies
+from .base import ms
+from .keys import KeySpace
+from .reading import StoreReading
+from .replies import Moved
+from .results import Acquisition, ClearResult, DeleteResult, Effects, Parking, Release
+from .wire import ScriptCall
+
+__all__ = ["RATE_PARKED_MAX", "STALE_HANDOFF_SECONDS", "RedisPoolStore"]
+
+#: How long an ended (lapsed, cleared, deleted) hand-off's id is remembered, so that a copy of its
+#: message arriving late never runs: longer than a broker keeps an unacknowledged message before
+#: delivering it again (Redis transport's visibility timeout: 1 hour by default).
+STALE_HANDOFF_SECONDS = 24 * 3600.0
+#: How many tasks of one rate-limited instance may be parked in a hand-off pool's FIFO at a time.
+#: A hand-off passes over those whose rate token is not due, so this keeps that pass short; the
+#: instance's other tasks wait by countdown and park in their place (their first request) as
+#: room comes.
+RATE_PARKED_MAX = 10
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class RedisPoolStore(StoreReading):
+    """Atomic operations on pool state in one Redis database.
+
+    Thread-safe; share one store per process. ``client`` must decode responses (use
+    :meth:`from_url`). Safe across fork: in a forked child the inherited connection pool is
+    emptied under new locks before anything else runs. Operations that may hand a slot on answer
+    with the :class:`~celery_pools.store.results.Effects` their caller must settle.
+    """
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "celery_pools",
+        socket_timeout: float = 5.0,
+        handoff_lease: float = DEFAULT_HANDOFF_LEASE,
+    ) -> RedisPoolStore:
+        """A store on the Redis at ``url``, with keys under ``key_prefix``."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=min(socket_timeout, 2.0),
+            health_check_interval=30,
+        )
+        return cls(client, KeySpace(key_prefix), handoff_lease=handoff_lease)
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def create_pool(self, pool: Pool) -> bool:
+        """Create ``pool``; return False (and change nothing) if one of its name exists."""
+        values = {
+            "pool": pool.name,
+            "limit": pool.limit,
+            "timeout_ms": ms(pool.timeout),
+            "uid": uuid.uuid4().hex,
+            "wait": pool.wait,
+        }
+        return bool(self._run("create", values, pool.name)[0] == "CREATED")
+
+    def update_pool(
+        self, name: str, limit: int | None, timeout: float | None, wait: str | None
+    ) -> bool:
+        """Change a pool's limit, timeout and/or waiting mode (None keeps it); False if there is
+        no such pool."""
+        values = {
+            "limit": "" if limit is None else limit,
+            "timeout_ms": "" if timeout is None else ms(timeout),
+            "wait": wait or "",
+        }
+        return bool(self._run("update", values, name)[0] == "UPDATED")
+
+    def delete_pool(self, name: str) -> DeleteResult | None:
+        """Delete a pool and its associations; None if there was no such pool."""
+        reply = self._run("delete", {"pool": name, "stale_ms": ms(STALE_HANDOFF_SECONDS)}, name)
+        self._pool_of.clear()
+        if reply[0] != "DELETED":
+            return None
+        return DeleteResult(pool=name, instances=reply[2], holders=reply[3], waiters=reply[4])
+
+    def clear_pool(self, name: str, *, release_held: bool = False) -> ClearResult | None:
+        """Drop every waiter of a pool (and its holders' slots if asked); None if no such pool."""
+        values = {
+            "pool": name,
+            "release_held": "1" if release_held else "0",
+            "stale_ms": ms(STALE_HANDOFF_SECONDS),
+        }
+        reply = self._run("clear", values, name)
+        if reply[0] != "CLEARED":
+            return None
+        return ClearResult(pool=name, waiters_dropped=reply[2], holders_released=reply[3])
+
+    def reset_metrics(self, name: str) -> None:
+        """Forget a pool's counters and histograms (they start again from zero)."""
+        with self._backend(f"reset the metrics of pool {name!r}"):
+            self.client.delete(self.keys.pool(name).stats)
+
+    # -- associations -----------------------------------------------------------------------
+
+    def assign(self, instance: str, pool: str, *, if_unassigned: bool = False) -> str | None:
+        """Associate ``instance`` with ``pool``.
+
+        Returns the pool the instance had before (None if none). With ``if_unassigned`` an
+        instance that already has a pool keeps it. Raises :class:`PoolNotFoundError` if ``pool``
+        does not exist.
+        """
+
+        def attempt(believed: str) -> tuple[str, str] | Moved:
+            values = {
+                "instance": instance,
+                "pool": pool,
+                "believed": believed,
+                "if_unassigned": "1" if if_unassigned else "0",
+            }
+            reply = self._run("assign", values, pool, believed)
+            return Moved(reply[2]) if reply[0] == "MOVED" else (reply[0], believed)
+
+        status, before = self._moved(instance, attempt)
+        if status == "NOPOOL":
+            raise PoolNotFoundError(
+                f"cannot assign instance {instance!r}: no pool named {pool!r} exists "
+                "(create it first)",
+                pool=pool,
+            )
+        if status == "OK":
+            self._pool_of[instance] = pool
+        return before or None
+
+    def unassign(self, instance: str) -> str | None:
+        """Remove the instance's association; return the pool it had (None if none)."""
+
+        def attempt(believed: str) -> tuple[str, str] | Moved:
+            values = {"instance": instance, "believed": believed}
+            reply = self._run("unassign", values, old_pool=believed)
+            if reply[0] == "MOVED":
+                return Moved(reply[2])
+            return reply[0], reply[2] if reply[0] == "OK" else ""
+
+        status, old = self._moved(instance, attempt)
+        self._pool_of[instance] = ""
+        return old if status == "OK" else None
+
+    # -- slots ------------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        instance: str,
+        token: str,
+        *,
+        lease: float,
+        first: float | None = None,
+        waited_uid: str = "",
+        info: dict[str, Any] | None = None,
+        unassigned_timeout: float = DEFAULT_TIMEOUT,
+        wait: str = "",
+        handoff: str = "",
+    ) -> Acquisition:
+        """Take a slot of the pool serving ``instance`` (and a rate token) for ``token``, held
+        for ``lease`` seconds unless renewed.
+
+        ``first`` is when the task first asked (Redis clock, seconds; None on its first attempt)
+        and ``waited_uid`` the uid of the pool it last waited in; together they let a clear end
+        the wait. ``unassigned_timeout`` bounds the wait of an instance with no pool that waits
+        for its rate limit. ``wait`` overrides the pool's waiting mode ("countdown", "handoff");
+        ``handoff`` is the hand-off id the task's message carries, to claim a slot handed to it.
+        One script run, one round trip, unless the instance's pool changed.
+        """
+        values = {
+            "instance": instance,
+            "token": token,
+            "lease_ms": ms(lease),
+            "first_ms": "" if first is None else ms(first),
+            "waited_uid": waited_uid,
+            "info": _json(info or {}),
+            "bounds": BUCKET_BOUNDS_ARG,
+            "unassigned_timeout_ms": ms(unassigned_timeout),
+            "wait": wait,
+            "handoff_id": handoff,
+            "rate_parked_max": RATE_PARKED_MAX,
+        }
+
+        def attempt(believed: str) -> Acquisition | Moved:
+            reply = self._run("acquire", {**values, "believed": believed}, believed)
+            return replies.acquisition(reply, believed)
+
+        return self._moved(instance, attempt)
+
+    def release(self, token: str, pool: str, *, parked_likely: bool = False) -> Release:
+        """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent.
+
+        When tasks are parked in the pool, free slots then go to the oldest of them: the returned
+        :class:`Release` lists the hand-offs the caller must publish. With ``parked_likely`` (the
+        task was itself handed its slot) the hand-off runs in the same round trip; otherwise a
+        second round trip runs it only when tasks are parked, so the countdown path stays at one.
+        """
+        calls = [
+            self._call("release", {"token": token, "pool": pool, "bounds": BUCKET_BOUNDS_ARG}, pool)
+        ]
+        if parked_likely:
+            calls.append(self._handoff_call(pool))
+        answers = self._pipeline(calls, f"release a slot of pool {pool!r}")
+        released, held, parked = replies.release(answers[0])
+        if parked_likely:
+            effects = replies.effects(answers[1], pool)
+        elif parked:
+            effects = self.hand_off(pool)
+        else:
+            effects = Effects(pool)
+        return Release(
+            released=released,
+            held=held,
+            pool=pool,
+            handoffs=effects.handoffs,
+            reclaimed=effects.reclaimed,
+        )
+
+    def release_token(self, token: str) -> Release | None:
+        """Release whatever slot ``token`` holds, wherever it is; None if it holds none."""
+        pool = self.held_pools([token]).get(token)
+        return self.release(token, pool) if pool else None
+
+    def renew(self, held: dict[str, str], *, lease: float) -> int:
+        """Extend the leases of ``held`` (token -> pool) to ``lease`` seconds from now; return how
+        many were still held."""
+        if not held:
+            return 0
+        tokens = list(held)
+        call: ScriptCall = (
+            "renew",
+            [self.keys.pool(held[token]).holders for token in tokens],
+            [ms(lease), *tokens],
+        )
+        (reply,) = self._pipeline([call], "renew leases")
+        return int(reply[2])
+
+    # -- hand-offs --------------------------------------------------------------------------
+
+    def _handoff_call(self, pool: str) -> ScriptCall:
+        values = {
+            "pool": pool,
+            "handoff_lease_ms": ms(self.handoff_lease),
+            "stale_ms": ms(STALE_HANDOFF_SECONDS),
+        }
+        return self._call("handoff", values, pool)
+
+    def hand_off(self, pool: str) -> Effects:
+        """Hand free slots of ``pool`` to its oldest parked tasks, requeue lapsed hand-offs,
+        expire parked tasks past their deadline; the hand-offs to publish."""
+        (reply,) = self._pipeline([self._handoff_call(pool)], f"hand off slots of pool {pool!r}")
+        return replies.effects(reply, pool)
+
+    def _park_values(
+        self, token: str, *, first: float | None, entry: str, pool: str
+    ) -> dict[str, Any]:
+        return {
+            "token": token,
+            "first_ms": "" if first is None else ms(first),
+            "entry_json": entry,
+            "instance": "",
+            "pool": pool,
+            "wait": "",
+            "grant_lease_ms": ms(self.handoff_lease),
+            "grant_info": "",
+            "rate_parked_max": RATE_PARKED_MAX,
+        }
+
+    def park(self, token: str, *, pool: str, first: float, entry: str) -> tuple[int, Effects]:
+        """Park ``token`` (a task a worker found waiting) in ``pool``'s hand-off FIFO with its
+        serialized message ``entry`` (JSON) and, in the same round trip, hand any free slot to the
+        oldest parked task.
+
+        Returns its position (1 = next, 0 if it was parked already, -1 if the pool is gone) and
+        the effects to settle.
+        """
+        values = self._park_values(token, first=first, entry=entry, pool=pool)
+        parked, handed = self._pipeline(
+            [self._call("park", values, pool), self._handoff_call(pool)],
+            f"park a task in pool {pool!r}",
+        )
+        position = {"PARKED": parked[2], "ALREADY": 0}.get(parked[0], -1)
+        return int(position), replies.effects(handed, pool)
+
+    def park_at_publish(
+        self,
+        instance: str,
+        token: str,
+        *,
+        entry: str | None,
+        wait: str = "",
+        info: dict[str, Any] | None = None,
+    ) -> Parking:
+        """Park a task that is being published, instead of sending its message to the broker,
+        when ``instance``'s pool waits by hand-off (``wait`` overrides the pool's mode) and the
+        instance is not paused; see park.lua for every answer.
+
+        With ``entry`` (the parked entry, JSON) free slots go to the oldest parked tasks in the
+        same round trip, and this task may be one of them. Without it the store only asks: a
+        free slot nobody waits for is granted at once (``granted``, with ``info`` describing the
+        holder meanwhile), and a pool whose tasks must park answers ``reason`` "contended".
+        An instance with no pool (read again from Redis, never trusted from the cache) answers
+        ``parked`` False at once.
+        """
+        if not self._pool_of.get(instance):
+            self._pool_of.pop(instance, None)
+        holder = _json(info or {"instance": instance})
+
+        def attempt(believed: str) -> Parking | Moved:
+            if not believed:
+                return Parking(parked=False)
+            values = self._park_values(token, first=None, entry=entry or "", pool=believed)
+            values.update(instance=instance, wait=wait, grant_info=holder)
+            calls = [self._call("park", values, believed)]
+            if entry is not None:
+                calls.append(self._handoff_call(believed))
+            what = f"park a task in pool {believed!r}"
+            answers = self._pipeline(calls, what)
+            answer = replies.parking(answers[0], believed)
+            if entry is None or isinstance(answer, Moved):
+                return answer
+            effects = replies.effects(answers[1], believed)
+            return dataclasses.replace(
+                answer, handoffs=effects.handoffs, reclaimed=effects.reclaimed
+            )
+
+        return self._moved(instance, attempt)
+
+    def believed_pool(self, instance: str) -> str | None:
+        """The pool this store last saw serve ``instance`` ("" for none, None if never seen):
+        a first guess, no round trip."""
+        return self._pool_of.get(instance)
+
+    def withdraw_grant(self, token: str, pool: str, handoff_id: str) -> tuple[bool, Effects]:
+        """Take back the slot granted to ``token`` at publication (hand-off id ``handoff_id``)
+        when its message could not be published, unless the task claimed it already; in the same
+        round trip the slot goes to the oldest parked task. Returns whether the grant was taken
+        back, and the effects to settle."""
+        values = {"token": token, "handoff_id": handoff_id, "pool": pool}
+        withdrawn, handed = self._pipeline(
+            [self._call("ungrant", values, pool), self._handoff_call(pool)],
+            f"withdraw a slot granted in pool {pool!r}",
+        )
+        return withdrawn[0] == "WITHDRAWN", replies.effects(handed, pool)
+
+    def pop_expired(self, count: int = 100, *, sent_back: bool = False) -> list[dict[str, Any]]:
+        """Take up to ``count`` parked entries whose task must be published to fail; with
+        ``sent_back``, entries of paused instances, whose task must be published to wait."""
+        key = self.keys.sent_back if sent_back else self.keys.expired
+        with self._backend("read parked tasks to publish"):
+            raw: Any = self.client.lpop(key, count)
+        return [json.loads(item) for item in raw or []]
+
+    def return_expired(self, records: Sequence[dict[str, Any]], *, sent_back: bool = False) -> None:
+        """Put back records taken by :meth:`pop_expired` whose task could not be published."""
+        if records:
+            with self._backend("return parked tasks to publish"):
+                self.client.rpush(
+                    self.keys.sent_back if sent_back else self.keys.expired,
+                    *(_json(record) for record in records),
+                )
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    def set_rate_limit(self, instance: str, rate: RateLimit) -> None:
+        """Give ``instance`` a rate limit (replacing any); obeyed by the next acquisition."""
+        with self._backend(f"set the rate limit of instance {instance!r}"):
+            self.client.hset(self.keys.rates, instance, rate.encode())
+
+    def remove_rate_limit(self, instance: str) -> bool:
+        """Remove the instance's rate limit; return whether it had one."""
+        with self._backend(f"remove the rate limit of instance {instance!r}"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hdel(self.keys.rates, instance)
+            pipe.hdel(self.keys.rate_state, instance)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def pause(self, instance: str, seconds: float) -> float:
+        """Pause ``instance`` for every worker for ``seconds`` (0 lifts the pause).
+
+        Returns when the pause ends (Unix seconds, Redis clock; 0 when not paused).
+        """
+        reply = self._run("pause", {"instance": instance, "pause_ms": ms(seconds)})
+        return replies.seconds(reply[2])

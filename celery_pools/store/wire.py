@@ -1,0 +1,182 @@
+"""Lua script calls with little work on the client.
+
+Every pooled task runs two or three of celery-pools' scripts (acquire, release; in a hand-off pool
+also the grant at publication), each with some twenty keys and arguments. Through redis-py's
+generic command path every one of those goes through several layers of encoding, and a script
+call costs its caller several times a plain ``PING``.
+
+:class:`ScriptCaller` packs the ``EVALSHA`` commands itself (a script's key list, which repeats
+from call to call, is encoded once and kept), writes a batch of them in one write on a connection
+of the client's pool, under the connection's retry policy, and reads the replies with the
+connection's own parser, so they decode exactly as redis-py's would. A script Redis no longer
+knows (after a restart) is loaded again and the calls that failed run again, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import DataError, NoScriptError, ResponseError
+
+__all__ = ["ScriptCall", "ScriptCaller"]
+
+#: One call: the script's name, its keys and its arguments.
+ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
+
+# Encoded key lists kept per caller (a process sees a few per pool and instance); a longer list
+# (a lease renewal names one key per slot held) is encoded each time.
+_KEY_LISTS_KEPT = 4096
+_KEPT_LIST_MAX = 32
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+# redis-py before 5.3 wants a command name to hand out a connection; later ones warn about it.
+_NAMED_CHECKOUT = tuple(part for part in redis.VERSION[:2] if isinstance(part, int)) < (5, 3)
+
+
+def _get_connection(pool: Any) -> Any:
+    """A connection of ``pool``."""
+    if _NAMED_CHECKOUT:  # pragma: no cover - redis-py < 5.3
+        return pool.get_connection("EVALSHA")
+    return pool.get_connection()
+
+
+class ScriptCaller:
+    """Runs the scripts of ``sources`` (name -> Lua source) on ``client``'s Redis.
+
+    Thread-safe: each batch takes a connection of the client's pool for itself. A client bound to
+    a single connection (``single_connection_client=True``), or one without a connection pool of
+    its own (``RedisCluster``), goes through redis-py's own pipeline.
+    """
+
+    def __init__(self, client: redis.Redis, sources: Mapping[str, str]) -> None:
+        self.client = client
+        self._sources = dict(sources)
+        pool = getattr(client, "connection_pool", None)
+        self._pool: Any = pool if isinstance(pool, redis.ConnectionPool) else None
+        encoder = self._pool.get_encoder() if self._pool is not None else None
+        self._encoding: str = encoder.encoding if encoder is not None else "utf-8"
+        self._errors: str = encoder.encoding_errors if encoder is not None else "strict"
+        # The digest of what SCRIPT LOAD sends: the source in the client's encoding.
+        self.shas = {
+            name: hashlib.sha1(source.encode(self._encoding, self._errors)).hexdigest()
+            for name, source in self._sources.items()
+        }
+        self._heads = {
+            name: _bulk(b"EVALSHA") + _bulk(sha.encode("ascii")) for name, sha in self.shas.items()
+        }
+        self._key_lists: dict[tuple[str, ...], bytes] = {}
+
+    def load(self) -> None:
+        """Load every script into Redis's script cache."""
+        for source in self._sources.values():
+            self.client.script_load(source)
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script; its reply. Redis errors are raised as redis-py raises them."""
+        return self.run([(name, keys, args)])[0]
+
+    def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run ``calls`` in one round trip, in order; their replies.
+
+        The first error reply of a script is raised (after every reply was read). When Redis lost
+        its script cache, the scripts are loaded again and the calls that failed run again, in
+        order. A connection lost mid-batch is made again and the whole batch sent again, as
+        redis-py's pipelines do: every celery-pools script is safe to repeat.
+        """
+        replies = self._exchange(calls)
+        missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        if missing:
+            self.load()
+            again = self._exchange([calls[index] for index in missing])
+            for index, reply in zip(missing, again, strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                replies[index] = reply
+        return replies
+
+    # -- the wire ---------------------------------------------------------------------------
+
+    def _exchange(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if self._pool is None or self.client.connection is not None:
+            return self._through_client(calls)
+        packed = b"".join([self._pack(name, keys, args) for name, keys, args in calls])
+        pool = self._pool
+        connection = _get_connection(pool)
+        try:
+            replies: list[Any] = connection.retry.call_with_retry(
+                lambda: self._send_and_read(connection, packed, len(calls)),
+                lambda _error: connection.disconnect(),
+            )
+            return replies
+        finally:
+            pool.release(connection)
+
+    @staticmethod
+    def _send_and_read(connection: Any, packed: bytes, count: int) -> list[Any]:
+        replies: list[Any] = []
+        try:
+            connection.send_packed_command([packed])
+            for _ in range(count):
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:  # read in full: the connection stays in step
+                    replies.append(exc)
+        except BaseException:
+            # Cut short (a soft time limit, a timeout, an interrupt): replies may still be on
+            # their way, and whoever takes this connection next must not read them.
+            connection.disconnect()
+            raise
+        return replies
+
+    def _through_client(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _pack(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+        parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._heads[name], self._keys_of(keys)]
+        parts.extend([_bulk(self._encode(arg)) for arg in args])
+        return b"".join(parts)
+
+    def _keys_of(self, keys: Sequence[str]) -> bytes:
+        """``numkeys`` and the keys, encoded (kept: the same lists come back call after call)."""
+        kept = tuple(keys)
+        packed = self._key_lists.get(kept)
+        if packed is None:
+            packed = _bulk(b"%d" % len(kept)) + b"".join([_bulk(self._encode(k)) for k in kept])
+            if len(kept) <= _KEPT_LIST_MAX:
+                if len(self._key_lists) >= _KEY_LISTS_KEPT:
+                    self._key_lists.clear()
+                self._key_lists[kept] = packed
+        return packed
+
+    def _encode(self, value: Any) -> bytes:
+        # redis-py's Encoder rules for what the store sends: bytes as they are, str in the
+        # client's encoding, int and float as numbers; bool and anything else is refused
+        # (redis-py also takes memoryview, which the store never sends).
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode(self._encoding, self._errors)
+        if isinstance(value, bool):
+            raise DataError(f"Invalid input of type 'bool' for a script argument: {value!r}")
+        if isinstance(value, int):
+            return b"%d" % value
+        if isinstance(value, float):
+            return repr(value).encode("ascii")
+        raise DataError(
+            f"Invalid input of type {type(value).__name__!r} for a script argument: {value!r}; "
+            "allowed are bytes, str, int and float"
+        )
