@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import PoolConfigError
 
@@ -117,6 +117,8 @@ def _config_error(exc: ValidationError, where: str | None) -> PoolConfigError:
     field = ".".join(str(part) for part in first["loc"])
     if where:
         field = f"{where}.{field}" if field else where
+    if where and first["type"] == "missing":
+        return PoolConfigError.invalid(field, None, f"{first['loc'][-1]} is required")
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, PoolConfigError):
         return PoolConfigError.invalid(field, cause.value, cause.allowed) if where else cause
@@ -199,18 +201,10 @@ class PoolSpec(_PoolSettingsValidation):
     wait: WaitMode = "countdown"
     instances: list[str] = Field(default_factory=list)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _limit_given(cls, data: object) -> object:
-        # A missing limit is refused by check_limit, with its message, like a wrong one.
-        if isinstance(data, Mapping) and "limit" not in data:
-            return {**data, "limit": None}
-        return data
-
     @field_validator("instances", mode="before")
     @classmethod
     def _instances(cls, value: object) -> list[str]:
-        if not isinstance(value, list | tuple):
+        if not isinstance(value, list | tuple | set | frozenset):
             raise PoolConfigError.invalid("instances", value, "a list of instance names")
         return sorted(check_instance_name(item, "instance") for item in value)
 

@@ -86,7 +86,10 @@ class Publisher:
         if not self.may_park(instance, wait):
             return Parking(parked=False)
         parking: Parking | None = None
-        if self.store.believed_pool(instance) not in self._contended:
+        believed = self.store.believed_pool(instance)
+        if believed is None:
+            believed = self.store.pool_of(instance) or ""
+        if believed not in self._contended:
             parking = self.store.park_at_publish(instance, token, entry=None, wait=wait, info=info)
             if parking.reason == "contended":
                 self._contended.add(parking.pool)

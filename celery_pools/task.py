@@ -333,7 +333,7 @@ class PooledTask(Task):  # type: ignore[misc]
         if isinstance(decision, Fail):
             raise decision.error from exc
         logger.warning(
-            "celery-pools: Redis unreachable; task %s waits %.2f s before trying again: %s",
+            "celery-pools: Redis unreachable; %s waits %.2f s before trying again: %s",
             caller,
             decision.countdown,
             exc,

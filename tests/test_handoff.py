@@ -198,6 +198,45 @@ def test_a_stale_copy_of_a_handed_off_message_never_runs(env):
     )
 
 
+def test_a_worker_parks_a_task_once_and_never_in_a_pool_that_is_gone(env):
+    """Parking again a task that is parked, or that holds its slot, changes nothing and says so
+    (position 0); parking in a pool deleted meanwhile says the pool is gone (-1)."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    entry = '{"info":{}}'
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "t", lease=30)
+    assert store.park("t", pool="api", first=full.first, entry=entry) == (1, Effects("api"))
+    assert store.park("t", pool="api", first=full.first, entry=entry)[0] == 0
+    assert store.park("holder", pool="api", first=full.first, entry=entry)[0] == 0
+    assert manager.status("api").waiting == 1
+    manager.delete("api")
+    assert store.park("u", pool="api", first=full.first, entry=entry)[0] == -1
+
+
+def test_what_a_publication_hands_out_in_a_pool_it_was_moved_from_is_published(env):
+    """A producer that believes the instance is in pool a parks with a hand-off of a pipelined:
+    when the answer is MOVED (the instance went to b meanwhile), that hand-off still ran, and
+    what it handed out (a's parked task) and reclaimed (a's dead holder) is settled too."""
+    manager = env.manager()
+    for name in ("a", "b"):
+        manager.create(name, limit=1, timeout=30, wait="handoff")
+    manager.assign(INSTANCE, "a")
+    store = manager.store
+    assert store.acquire(INSTANCE, "dead", lease=0.05).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "parked", lease=30)
+    store.park("parked", pool="a", first=full.first, entry='{"info":{}}')
+    producer = env.manager().store
+    assert producer.pool_of(INSTANCE) == "a"  # its belief, about to go stale
+    manager.assign(INSTANCE, "b")
+    lapsed = store.ping() + 0.05
+    wait_until(lambda: store.ping() > lapsed, 5, interval=0.01, message="the lease to lapse")
+    parking = producer.park_at_publish(INSTANCE, "new", entry='{"info":{}}')
+    assert parking.pool == "b"
+    assert sorted(h.token for h in parking.handoffs) == ["new", "parked"]
+    assert [r.task_id for r in parking.reclaimed] == ["dead"]
+
+
 def test_a_hand_off_takes_a_rate_limited_tasks_token_and_lets_others_pass_until_it_is_due(env):
     """In a pool shared with a rate-limited instance, a parked task of that instance gets a slot
     in its FIFO turn with a rate token taken by the hand-off (its claim takes no second one);

@@ -8,7 +8,7 @@ import pytest
 from celery import Celery
 
 import celery_pools
-from celery_pools import Pool, PoolConfigError, PoolsSettings
+from celery_pools import Pool, PoolConfigError, PoolsSettings, portable
 from celery_pools.models import check_instance_name, check_limit, check_pool_name, check_timeout
 from celery_pools.store.keys import KeySpace
 from celery_pools.waiting import WaitState, next_countdown
@@ -135,6 +135,11 @@ def test_settings_without_any_redis_name_the_setting_to_set():
         ({"pools_key_prefix": "a:b"}, "pools_key_prefix"),
         ({"pools_declare": {"p": {"limit": 0}}}, "pools_declare['p'].limit"),
         ({"pools_declare": {"p": {"limit": 1, "size": 2}}}, "pools_declare['p']"),
+        ({"pools_declare": {"p": {"timeout": 5}}}, "pools_declare['p'].limit"),
+        (
+            {"pools_declare": {"p": {"limit": 1, "instances": "abc"}}},
+            "pools_declare['p'].instances",
+        ),
         ({"pools_retry_backoff_min": 9, "pools_retry_backoff_max": 1}, "pools_retry_backoff_min"),
         ({"pools_freeze_gc": "sometimes"}, "pools_freeze_gc"),
     ],
@@ -171,3 +176,10 @@ def test_wait_state_round_trips_through_a_header_and_tolerates_garbage():
     assert WaitState.from_headers({"celery_pools": {"first": "x"}}) == WaitState()
     assert WaitState.from_headers(None) == WaitState()
     assert state.next_attempt(pool="b").attempts == 3
+
+
+def test_a_document_pool_without_a_limit_is_refused_naming_where_it_is():
+    with pytest.raises(PoolConfigError) as caught:
+        portable.loads('{"version": 1, "pools": {"api": {"timeout": 5}}}', source="pools.json")
+    assert caught.value.field == "pools.api.limit"
+    assert str(caught.value).startswith("pools.json: invalid pools.api.limit")

@@ -144,6 +144,18 @@ def test_renew_extends_only_slots_still_held(pools):
     assert pools.status("a").in_use == 1
 
 
+def test_a_worker_renews_thousands_of_leases_in_one_call(pools):
+    """One renewal names every slot a worker's running tasks hold: a worker of thousands of
+    green threads holds thousands."""
+    pools.create("a", limit=2)
+    pools.assign("x", "a")
+    store = pools.store
+    store.acquire("x", "t1", lease=30)
+    store.acquire("x", "t2", lease=30)
+    held = {f"gone-{index}": "a" for index in range(9000)} | {"t1": "a", "t2": "a"}
+    assert store.renew(held, lease=60) == 2
+
+
 def test_a_stale_instance_cache_is_corrected_by_the_script(env):
     writer, reader = env.manager(), env.manager()
     writer.create("a", limit=1)

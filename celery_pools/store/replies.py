@@ -33,6 +33,7 @@ __all__ = [
     "instance_rate",
     "parking",
     "pool",
+    "position",
     "reclaimed",
     "release",
     "seconds",
@@ -140,6 +141,14 @@ def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
     if status == "CONTENDED":
         return Parking(parked=False, pool=pool, reason="contended")
     return Parking(parked=False, pool=pool, reason="gone")  # NOPOOL
+
+
+def position(reply: Sequence[Any]) -> int:
+    """park.lua's reply to a worker: the task's place in the FIFO (1 = next), 0 if it was parked
+    or held a slot already, -1 if the pool no longer exists."""
+    if reply[0] == "PARKED":
+        return int(reply[2])
+    return 0 if reply[0] == "ALREADY" else -1
 
 
 def pool(name: str, row: Sequence[Any]) -> Pool | None:

@@ -300,8 +300,7 @@ class RedisPoolStore(StoreReading):
             [self._call("park", values, pool), self._handoff_call(pool)],
             f"park a task in pool {pool!r}",
         )
-        position = {"PARKED": parked[2], "ALREADY": 0}.get(parked[0], -1)
-        return int(position), replies.effects(handed, pool)
+        return replies.position(parked), replies.effects(handed, pool)
 
     def park_at_publish(
         self,
@@ -326,6 +325,9 @@ class RedisPoolStore(StoreReading):
         if not self._pool_of.get(instance):
             self._pool_of.pop(instance, None)
         holder = _json(info or {"instance": instance})
+        # The hand-off pipelined with each attempt runs even when the park is answered MOVED:
+        # what every one of them handed out or reclaimed is this call's to settle.
+        settled: list[Effects] = []
 
         def attempt(believed: str) -> Parking | Moved:
             if not believed:
@@ -338,14 +340,15 @@ class RedisPoolStore(StoreReading):
             what = f"park a task in pool {believed!r}"
             answers = self._pipeline(calls, what)
             answer = replies.parking(answers[0], believed)
-            if entry is None or isinstance(answer, Moved):
-                return answer
-            effects = replies.effects(answers[1], believed)
-            return dataclasses.replace(
-                answer, handoffs=effects.handoffs, reclaimed=effects.reclaimed
-            )
+            if entry is not None:
+                settled.append(replies.effects(answers[1], believed))
+            return answer
 
-        return self._moved(instance, attempt)
+        parking = self._moved(instance, attempt)
+        if not settled:
+            return parking
+        effects = sum(settled[1:], settled[0])
+        return dataclasses.replace(parking, handoffs=effects.handoffs, reclaimed=effects.reclaimed)
 
     def believed_pool(self, instance: str) -> str | None:
         """The pool this store last saw serve ``instance`` ("" for none, None if never seen):

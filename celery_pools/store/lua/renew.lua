@@ -14,12 +14,11 @@
 
 local holders = KEYS
 local lease_ms = ARGV[1]
-local tokens = {unpack(ARGV, 2)}
 
 local now = redis_clock()
 local expiry = now + tonumber(lease_ms)
 local renewed = 0
 for i, key in ipairs(holders) do
-  renewed = renewed + redis.call('ZADD', key, 'XX', 'CH', expiry, tokens[i])
+  renewed = renewed + redis.call('ZADD', key, 'XX', 'CH', expiry, ARGV[i + 1])  -- its token
 end
 return {'OK', now, renewed}
