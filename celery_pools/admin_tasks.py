@@ -10,6 +10,7 @@ task                                arguments (result)
 ``celery_pools.update_pool``        ``name, limit=None, timeout=None, wait=None`` (the ``Pool``)
 ``celery_pools.clear_pool``         ``name, release_held=False`` (what was dropped)
 ``celery_pools.delete_pool``        ``name`` (what was removed)
+``celery_pools.release_slot``       ``task_id, force=False`` (the slot freed)
 ``celery_pools.assign_instance``    ``instance, pool`` (the instance's previous pool)
 ``celery_pools.unassign_instance``  ``instance`` (the pool it had)
 ``celery_pools.list_pools``         none (a ``PoolStatus`` per pool)
@@ -49,6 +50,7 @@ __all__ = [
     "pause_instance",
     "pool_status",
     "register_management_tasks",
+    "release_slot",
     "remove_rate_limit",
     "resume_instance",
     "set_rate_limit",
@@ -115,6 +117,17 @@ def delete_pool(task: Any, name: str) -> JSON:
     return views.deleted(_manager(task).delete(name))
 
 
+def release_slot(task: Any, task_id: str, force: bool = False) -> JSON:
+    """Free the slot task ``task_id`` abandoned (it ended without releasing: killed, a hard time
+    limit, terminated) before its grace ends, once its call is known to be over.
+
+    A running task's slot is freed only with ``force`` (its call may be in flight). Fails with
+    SlotNotFoundError when the task has no slot, SlotInUseError when it is running. Returns the
+    slot freed.
+    """
+    return views.freed(_manager(task).release(task_id, force=_check_flag(force, "force")))
+
+
 def assign_instance(task: Any, instance: str, pool: str) -> JSON:
     """Associate a connector instance with a pool; returns the pool it had before (or null)."""
     return views.assignment(instance, pool, _manager(task).assign(instance, pool))
@@ -162,6 +175,7 @@ _TASKS: dict[str, Callable[..., Any]] = {
     "update_pool": update_pool,
     "clear_pool": clear_pool,
     "delete_pool": delete_pool,
+    "release_slot": release_slot,
     "assign_instance": assign_instance,
     "unassign_instance": unassign_instance,
     "list_pools": list_pools,

@@ -160,7 +160,11 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
     if status is AcquireStatus.TIMEOUT:
         return Fail(_timeout_error(acq, caller), timed_out=True, pool=acq.pool, waited=acq.waited)
     next_state = state.next_attempt(
-        first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
+        first=acq.first,
+        pool=acq.pool,
+        uid=acq.uid,
+        timeout=acq.timeout,
+        handoff="",
     )
     if status is AcquireStatus.FULL and acq.reason == "handoff":
         return Park(next_state, acq)
@@ -173,6 +177,12 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
             f"{acq.retry_after:.2f} s"
             if acq.reason == "rate"
             else f"instance {caller.instance!r} is paused for {acq.retry_after:.1f} s more"
+        )
+    elif acq.reason == "copy":
+        countdown = backoff.countdown(state.attempts, acq.deadline - acq.now)
+        reason = (
+            f"another execution of {caller} holds its slot of pool {acq.pool!r} (its message "
+            "was delivered again while it runs): waiting for it to end"
         )
     else:
         countdown = backoff.countdown(state.attempts, acq.deadline - acq.now)

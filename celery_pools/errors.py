@@ -8,6 +8,8 @@ anything this package raises on purpose::
     │                              (also a ValueError)
     ├── PoolNotFoundError          no pool of that name (also a LookupError)
     ├── PoolExistsError            a pool of that name already exists
+    ├── SlotNotFoundError          the task holds no slot to release (also a LookupError)
+    ├── SlotInUseError             the task's slot is held by a running execution
     ├── UnassignedInstanceError    the instance has no pool and ``pools_require_assignment`` is on
     ├── PoolBackendError           Redis could not be reached or failed; the cause is chained
     ├── PoolFullError              no free slot: the reason stored while a task waits (state RETRY)
@@ -37,6 +39,8 @@ __all__ = [
     "PoolNotFoundError",
     "PoolTimeoutError",
     "RateLimitTimeoutError",
+    "SlotInUseError",
+    "SlotNotFoundError",
     "UnassignedInstanceError",
 ]
 
@@ -79,6 +83,24 @@ class PoolExistsError(PoolError):
 
     def __init__(self, message: str, *, pool: str = ""):
         super().__init__(message)
+        self.pool = pool
+
+
+class SlotNotFoundError(PoolError, LookupError):
+    """An operator asked to release the slot of a task that holds none (nor an abandoned one)."""
+
+    def __init__(self, message: str, *, task_id: str = ""):
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class SlotInUseError(PoolError):
+    """An operator asked to release a slot whose holder is running (its lease is renewed): its
+    call may be in flight. Releasing it anyway needs ``force``."""
+
+    def __init__(self, message: str, *, task_id: str = "", pool: str = ""):
+        super().__init__(message)
+        self.task_id = task_id
         self.pool = pool
 
 

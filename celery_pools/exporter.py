@@ -49,6 +49,16 @@ _HANDOFF_COUNTERS = (
     ),
     ("sent_back", "sent_back_total", "Parked tasks of a paused instance sent to countdown."),
 )
+#: Counters of abandoned slots: (PoolMetrics field, metric name, help).
+_ABANDONED_COUNTERS = (
+    (
+        "abandoned",
+        "abandoned_slots_total",
+        "Slots abandoned: the holder ended without releasing (killed, time limit, terminated).",
+    ),
+    ("abandoned_expired", "abandoned_expired_total", "Abandoned slots freed when the grace ended."),
+    ("abandoned_released", "abandoned_released_total", "Abandoned slots freed by an operator."),
+)
 
 
 def collect_families(
@@ -68,7 +78,8 @@ def collect_families(
         return CounterMetricFamily(f"{_NS}_{name}", doc, labels=list(labels))
 
     limit = gauge("limit_slots", "Slots the pool has (its limit).")
-    in_use = gauge("in_use_slots", "Slots held now.")
+    in_use = gauge("in_use_slots", "Slots held now (abandoned ones included).")
+    abandoned = gauge("abandoned_slots", "Slots kept taken now after their holder ended.")
     free = gauge("free_slots", "Slots free now.")
     waiting = gauge("waiting_tasks", "Tasks waiting for a slot now.")
     oldest = gauge("oldest_wait_seconds", "How long the longest-waiting task has waited.")
@@ -88,7 +99,9 @@ def collect_families(
     cleared = counter("cleared_waiters_total", "Waiting tasks ended by a clear.")
     released = counter("releases_total", "Slots given back by their holders.")
     reclaimed = counter("reclaimed_leases_total", "Slots taken back from dead holders (leaks).")
-    handoff_families = [(field, counter(name, doc)) for field, name, doc in _HANDOFF_COUNTERS]
+    handoff_families = [
+        (field, counter(name, doc)) for field, name, doc in _HANDOFF_COUNTERS + _ABANDONED_COUNTERS
+    ]
     wait = HistogramMetricFamily(
         f"{_NS}_wait_seconds", "Time from a task's first request to its slot.", labels=["pool"]
     )
@@ -99,6 +112,7 @@ def collect_families(
         s, pool = m.status, [m.status.name]
         limit.add_metric(pool, s.limit)
         in_use.add_metric(pool, s.in_use)
+        abandoned.add_metric(pool, len(s.abandoned))
         free.add_metric(pool, s.free)
         waiting.add_metric(pool, s.waiting)
         oldest.add_metric(pool, s.oldest_wait or 0.0)
@@ -117,7 +131,7 @@ def collect_families(
             family.add_metric(pool, getattr(m, field))
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
-    yield from (limit, in_use, free, waiting, oldest, timeout, suspicious)
+    yield from (limit, in_use, abandoned, free, waiting, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
     yield from (family for _, family in handoff_families)
     yield from (wait, hold)

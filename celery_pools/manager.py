@@ -32,7 +32,7 @@ from .models import (
     check_wait,
 )
 from .ratelimit import InstanceRate, RateLimit, parse_rate
-from .store import ClearResult, DeleteResult, RedisPoolStore
+from .store import ClearResult, DeleteResult, Freed, RedisPoolStore
 
 __all__ = ["PoolManager"]
 
@@ -160,6 +160,22 @@ class PoolManager:
             self._hand_off(name)
         self._end_parked()
         return result
+
+    def release(self, task_id: str, *, force: bool = False) -> Freed:
+        """Free the slot task ``task_id`` abandoned (its holder ended without releasing, and its
+        call is known to be over) before its grace ends; the next waiting task takes it.
+
+        A slot the task holds while running (its lease renewed) is freed only with ``force``: its
+        call may be in flight, so the pool may then see one call more than its limit. Raises
+        :class:`~celery_pools.errors.SlotNotFoundError` when the task has no slot,
+        :class:`~celery_pools.errors.SlotInUseError` when it is running and ``force`` is not
+        given.
+        """
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
+            raise PoolConfigError.invalid("task_id", task_id, "a task id: 1 to 255 characters")
+        freed = self.store.free(task_id, force=force)
+        self._hand_off(freed.pool)
+        return freed
 
     def status(self, name: str) -> PoolStatus:
         """The pool's definition, holders and waiters, read atomically."""

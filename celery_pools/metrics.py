@@ -4,7 +4,8 @@ The Lua scripts update a per-pool ``stats`` hash in the same atomic step as the 
 count, so the figures cost no extra round trip and never disagree with the pool's state:
 
 - counters: acquisitions (immediate and after waiting, and per instance), timeouts, clears (and
-  the waiters and holders they dropped), slots released, leases reclaimed from dead holders;
+  the waiters and holders they dropped), slots released, leases reclaimed from dead holders,
+  slots abandoned by holders that ended without releasing (and how those came free);
 - histograms: seconds waited for a slot (immediate acquisitions count as 0) and seconds a slot
   was held, in the fixed :data:`BUCKETS`.
 """
@@ -103,6 +104,17 @@ class PoolMetrics(Model):
         default=0,
         description="Parked tasks of a paused instance sent from the FIFO to wait by countdown.",
     )
+    abandoned: int = Field(
+        default=0,
+        description="Slots abandoned: their holder ended without releasing (killed, hard time "
+        "limit, terminated), so they stayed taken for the grace.",
+    )
+    abandoned_expired: int = Field(
+        default=0, description="Abandoned slots that came free when their grace ended."
+    )
+    abandoned_released: int = Field(
+        default=0, description="Abandoned slots freed early by an operator."
+    )
     acquired_by_instance: dict[str, int]
     wait: Histogram
     hold: Histogram
@@ -161,6 +173,9 @@ def parse_stats(status: PoolStatus, stats: Mapping[str, str]) -> PoolMetrics:
         grants_withdrawn=counter("grants_withdrawn"),
         handoffs_returned=counter("handoffs_returned"),
         sent_back=counter("sent_back"),
+        abandoned=counter("abandoned"),
+        abandoned_expired=counter("abandoned_expired"),
+        abandoned_released=counter("abandoned_released"),
         acquired_by_instance={
             field.split(":", 1)[1]: int(value)
             for field, value in stats.items()

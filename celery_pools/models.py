@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "POOL_NAME_PATTERN",
     "WAIT_MODES",
+    "AbandonedSlot",
     "Holder",
     "Model",
     "Pool",
@@ -225,6 +226,23 @@ class Holder(Model):
     lease_expires: float = Field(description="When the lease lapses unless renewed (Unix seconds).")
 
 
+class AbandonedSlot(Model):
+    """A slot whose holder ended without releasing it: its process was killed, it passed a hard
+    time limit or was revoked with ``terminate=True``. The call it made may still be in flight, so
+    the slot stays taken until ``until`` (the grace, ``pools_abandoned_grace_seconds``), or until
+    an operator frees it (``celery pools release TASK_ID``)."""
+
+    task_id: str
+    task_name: str = ""
+    instance: str = ""
+    hostname: str = ""
+    pid: int | None = None
+    since: float = Field(description="When the slot was taken (Unix seconds, Redis clock).")
+    abandoned: float = Field(description="When its holder ended (Unix seconds, Redis clock).")
+    until: float = Field(description="When the slot comes free (Unix seconds, Redis clock).")
+    why: str = Field(default="", description="How the holder ended: the exception, or 'revoke'.")
+
+
 class Waiter(Model):
     """A task waiting for a slot of a pool."""
 
@@ -247,6 +265,10 @@ class PoolStatus(Model):
     instances: list[str]
     holders: list[Holder]
     waiters: list[Waiter]
+    abandoned: list[AbandonedSlot] = Field(
+        default_factory=list,
+        description="Slots kept taken after their holder ended without releasing (in in_use).",
+    )
     oldest_wait: float | None = Field(
         default=None, description="Seconds the longest-waiting task has waited, if any."
     )

@@ -37,6 +37,9 @@ class PoolsSettings(Model):
     suspicious_hold_seconds: float = Field(default=900.0, gt=0.0)
     handoff_lease_seconds: float = Field(default=DEFAULT_HANDOFF_LEASE, gt=0.0, le=3600.0)
     reaper_interval: float = Field(default=0.25, gt=0.0, le=60.0)
+    #: How long the slot of a holder that ended without releasing (killed, hard time limit,
+    #: terminated) stays taken, its call possibly still in flight; None: one lease.
+    abandoned_grace_seconds: float | None = Field(default=None, ge=0.0, le=86_400.0)
     freeze_gc: bool = True
     declare: dict[str, PoolSpec] = Field(default_factory=dict)
 
@@ -92,6 +95,13 @@ class PoolsSettings(Model):
                     SETTING_PREFIX + exc.field, exc.value, exc.allowed
                 ) from None
             raise
+
+    @property
+    def abandoned_grace(self) -> float:
+        """Seconds an abandoned slot stays taken: ``pools_abandoned_grace_seconds``, by default
+        the lease (a holder the pool stops hearing from keeps its slot one lease either way)."""
+        grace = self.abandoned_grace_seconds
+        return self.lease_seconds if grace is None else grace
 
     def resolve_redis_url(self, app: Any) -> str:
         """The Redis URL for pool state: ``pools_redis_url``, else a Redis broker's URL.

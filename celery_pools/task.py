@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,6 +218,8 @@ class PooledTask(Task):  # type: ignore[misc]
                     "instance": caller.instance,
                     "hostname": execution.request.hostname or "",
                     "pid": os.getpid(),
+                    # Which execution asks: another one of the same task id is a copy.
+                    "thread": str(threading.get_ident()),
                 },
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),

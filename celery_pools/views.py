@@ -16,7 +16,7 @@ from .advisor import Advice
 from .metrics import Histogram, PoolMetrics
 from .models import Pool, PoolStatus
 from .ratelimit import InstanceRate, RateLimit
-from .store import ClearResult, DeleteResult
+from .store import ClearResult, DeleteResult, Freed
 
 __all__ = [
     "JSON",
@@ -24,6 +24,7 @@ __all__ = [
     "assignment",
     "cleared",
     "deleted",
+    "freed",
     "metrics",
     "pause",
     "pool",
@@ -42,8 +43,8 @@ def pool(definition: Pool) -> JSON:
 
 
 def status(snapshot: PoolStatus) -> JSON:
-    """A pool's status: limit, timeout, in use, free, waiting, instances, holders, waiters, oldest
-    wait and the Redis clock it was read at."""
+    """A pool's status: limit, timeout, in use, free, waiting, instances, holders, waiters,
+    abandoned slots (counted in in use), oldest wait and the Redis clock it was read at."""
     return snapshot.model_dump(mode="json")
 
 
@@ -55,6 +56,21 @@ def cleared(result: ClearResult) -> JSON:
 def deleted(result: DeleteResult) -> JSON:
     """What a delete removed: ``pool``, ``instances``, ``holders``, ``waiters``."""
     return dataclasses.asdict(result)
+
+
+def freed(result: Freed) -> JSON:
+    """A slot an operator freed: ``task_id``, ``pool``, ``abandoned`` (false: a running holder's,
+    forced), and the holder's ``task_name``, ``hostname``, ``pid``, ``since`` (Unix seconds)."""
+    since = result.holder.get("since")
+    return {
+        "task_id": result.task_id,
+        "pool": result.pool,
+        "abandoned": result.abandoned,
+        "task_name": result.holder.get("task_name", ""),
+        "hostname": result.holder.get("hostname", ""),
+        "pid": result.holder.get("pid"),
+        "since": since / 1000 if isinstance(since, int | float) else None,
+    }
 
 
 def assignment(instance: str, pool_name: str | None, previous: str | None) -> JSON:
@@ -107,6 +123,9 @@ def metrics(m: PoolMetrics, suspicious_after: float) -> JSON:
         "grants_withdrawn": m.grants_withdrawn,
         "handoffs_returned": m.handoffs_returned,
         "sent_back": m.sent_back,
+        "abandoned": m.abandoned,
+        "abandoned_expired": m.abandoned_expired,
+        "abandoned_released": m.abandoned_released,
         "wait": _histogram(m.wait),
         "hold": _histogram(m.hold),
         "suspicious_after": suspicious_after,

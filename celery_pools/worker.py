@@ -7,8 +7,11 @@
   taken up in time (the stale copy, if it ever arrives, is recognised by its hand-off id and
   never runs), and publishes parked tasks whose deadline passed, or whose pool was cleared or
   deleted, so that they fail through Celery's normal failure path.
-- Signal handlers that release the slot of a task that ended where its own process could not
-  release it: a hard time limit, ``revoke(terminate=True)``, a child process killed.
+- Signal handlers for a task that ended where its own process could not release its slot: a
+  hard time limit, ``revoke(terminate=True)``, a child process killed. Its call to the external
+  system may still be in flight (a server keeps serving a request whose client died), so the slot
+  is abandoned, not released: it stays taken for ``pools_abandoned_grace_seconds``. A task revoked
+  before it started made no call: its slot (a hand-off or grant) is released.
 - Before the prefork pool forks its first child, the main process's objects are frozen out of
   the garbage collector (``pools_freeze_gc``), so that the children's collections do not copy
   the memory they share with it.
@@ -18,17 +21,24 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from typing import Any
 
 from celery import bootsteps
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
-from celery.signals import task_failure, task_revoked, worker_before_create_process
+from celery.signals import (
+    task_failure,
+    task_received,
+    task_revoked,
+    worker_before_create_process,
+)
 from celery.worker import state as worker_state
 
 from .background import Periodic
 from .context import get_extension, is_pooled
 from .errors import PoolBackendError
+from .models import AbandonedSlot
 
 __all__ = [
     "HandoffReaper",
@@ -41,12 +51,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Slots of tasks that end in the main process, without their own code running to the end.
+# How tasks end in the main process, without their own code running to the end.
 _MAIN_PROCESS_ENDINGS = (TimeLimitExceeded, WorkerLostError)
 
 
 class LeaseKeeper(Periodic):
-    """Renews, every third of the lease, the leases of slots held by this worker's running tasks."""
+    """Renews, every third of the lease, the leases of slots held by this worker's running tasks,
+    and abandons the slots of those that ended without releasing and without a signal saying so
+    (with ``acks_late`` and ``task_reject_on_worker_lost`` Celery sends none for a killed child)."""
 
     activity = "lease renewal"
 
@@ -54,6 +66,13 @@ class LeaseKeeper(Periodic):
         super().__init__("celery-pools-leases", get_extension(app).settings.lease_seconds / 3)
         self.app = app
         self._reported: set[str] = set()
+        # The pooled requests this worker received and has not seen end: id(request) ->
+        # (request, when received, monotonic). Written by the consumer, swapped by the tick.
+        self._watched: dict[int, tuple[Any, float]] = {}
+
+    def watch(self, request: Any) -> None:
+        """Follow ``request`` (a pooled task this worker received) until it ends."""
+        self._watched[id(request)] = (request, time.monotonic())
 
     def tick(self) -> int:
         """Renew the leases of the running pooled tasks now; return how many were renewed.
@@ -68,7 +87,40 @@ class LeaseKeeper(Periodic):
         held = ext.store.held_pools(list(requests))
         renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
         self._report_suspicious(requests, held, ext.settings.suspicious_hold_seconds)
+        self._abandon_ended(set(requests))
         return renewed
+
+    def _ended(self, active: set[str]) -> list[Any]:
+        """The watched requests that started in a process of this worker and have ended since;
+        the others stay watched (an ETA task not started yet, for an hour at most)."""
+        watched, self._watched = self._watched, {}
+        live = active | {req.id for req in list(worker_state.reserved_requests)}
+        now, ended = time.monotonic(), []
+        for key, (req, since) in watched.items():
+            if req.id not in live and req.worker_pid is not None:
+                ended.append(req)
+            elif req.id in live or now - since < 3600:
+                self._watched.setdefault(key, (req, since))
+        return ended
+
+    def _abandon_ended(self, active: set[str]) -> None:
+        """Abandon the slots that ended executions still hold in their process: they ended
+        without releasing (an execution that released holds none; a copy holding a slot in
+        another process is left alone). Celery sends no signal for a killed child with
+        ``acks_late`` and ``task_reject_on_worker_lost``: this is how its slot is found."""
+        ext = get_extension(self.app)
+        ended = self._ended(active)
+        still = ext.store.held_pools(list({req.id for req in ended}))
+        for req in ended:
+            if req.id not in still:
+                continue
+            outcome = ext.store.abandon(
+                req.id, grace=ext.settings.abandoned_grace, why="lost", pid=req.worker_pid
+            )
+            if outcome is not None:
+                ext.dispatcher.settle(outcome.effects)
+                if outcome.slot is not None:
+                    _report_abandoned(req.task_name, outcome.pool, outcome.slot)
 
     def _report_suspicious(
         self, requests: dict[str, Any], held: dict[str, str], limit: float
@@ -127,6 +179,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         # Raises PoolConfigError, naming the setting to set, when no Redis is configured: the
         # worker must not start and run pooled tasks unthrottled.
         ext = get_extension(worker.app)
+        self.app = worker.app
         self.redis_url = ext.redis_url
         # Steps are built before any starts: before the pool forks its first child.
         if ext.settings.freeze_gc:
@@ -154,12 +207,19 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 exc,
             )
         self.keeper = LeaseKeeper(worker.app)
+        task_received.connect(self._received, weak=False, dispatch_uid=f"celery_pools.{id(self)}")
         self.keeper.start()
         self.reaper = HandoffReaper(worker.app, ext.settings.reaper_interval)
         self.reaper.start()
 
+    def _received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        task = getattr(request, "task", None)
+        if self.keeper is not None and getattr(task, "app", None) is self.app and is_pooled(task):
+            self.keeper.watch(request)
+
     def stop(self, worker: Any) -> None:
         """Stop renewing leases and reaping hand-offs."""
+        task_received.disconnect(dispatch_uid=f"celery_pools.{id(self)}")
         for thread in (self.keeper, self.reaper):
             if thread is not None:
                 thread.stop()
@@ -183,15 +243,17 @@ def declare_pools(app: Any) -> list[str]:
 
 
 def connect_worker_signals(app: Any) -> None:
-    """Release slots of pooled tasks of ``app`` that end in the worker's main process, and
-    freeze the main process's objects before its first fork (``pools_freeze_gc``)."""
+    """Abandon (or release) slots of pooled tasks of ``app`` that end in the worker's main
+    process, and freeze the main process's objects before its first fork (``pools_freeze_gc``)."""
 
-    def release(task_id: str | None, task: Any, why: str) -> None:
+    def end(task_id: str | None, task: Any, why: str, *, started: bool) -> None:
         if not task_id or getattr(task, "app", None) is not app or not is_pooled(task):
             return
-        dispatcher = get_extension(app).dispatcher
+        ext = get_extension(app)
+        dispatcher = ext.dispatcher
+        grace = ext.settings.abandoned_grace if started else 0.0
         try:
-            released = dispatcher.store.release_token(task_id)
+            ended = dispatcher.store.abandon(task_id, grace=grace, why=why)
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: could not release the slot of %s[%s] after %s (%s); it is "
@@ -202,31 +264,64 @@ def connect_worker_signals(app: Any) -> None:
                 exc,
             )
             return
-        if released is None:
+        if ended is None:
             return
-        dispatcher.settle(released.effects)
-        if released.released:
+        dispatcher.settle(ended.effects)
+        if ended.slot is not None:
+            _report_abandoned(task.name, ended.pool, ended.slot)
+        elif ended.released:
             logger.info(
                 "celery-pools: released the slot of %s[%s] in pool %r after %s",
                 task.name,
                 task_id,
-                released.pool,
+                ended.pool,
                 why,
             )
+
+    def off_loop(task_id: str | None, task: Any, why: str, *, started: bool) -> None:
+        # These signals come on the worker's event loop: a call to a pools' Redis that is down
+        # must not stall it (the consumer would hold messages it has taken from the broker).
+        threading.Thread(
+            target=end,
+            args=(task_id, task, why),
+            kwargs={"started": started},
+            name="celery-pools-ending",
+            daemon=True,
+        ).start()
 
     def on_failure(
         sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
     ) -> None:
         if isinstance(exception, _MAIN_PROCESS_ENDINGS):
-            release(task_id, sender, type(exception).__name__)
+            off_loop(task_id, sender, type(exception).__name__, started=True)
 
-    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-        release(getattr(request, "id", None), sender, "revoke")
+    def on_revoked(
+        sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
+    ) -> None:
+        why = "revoke(terminate=True)" if terminated else "revoke"
+        off_loop(getattr(request, "id", None), sender, why, started=bool(terminated))
 
     task_failure.connect(on_failure, weak=False, dispatch_uid=f"celery_pools.failure.{id(app)}")
     task_revoked.connect(on_revoked, weak=False, dispatch_uid=f"celery_pools.revoked.{id(app)}")
     worker_before_create_process.connect(
         _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
+    )
+
+
+def _report_abandoned(task_name: str, pool: str, slot: AbandonedSlot) -> None:
+    logger.warning(
+        "celery-pools: %s[%s] ended without releasing its slot (%s) on host %s, pid %s: its call "
+        "may still be in flight, so its slot of pool %r stays taken until %s (for %g s; "
+        "'celery pools release %s' frees it now)",
+        task_name,
+        slot.task_id,
+        slot.why,
+        slot.hostname or "?",
+        slot.pid or "?",
+        pool,
+        time.strftime("%H:%M:%S", time.localtime(slot.until)),
+        slot.until - slot.abandoned,
+        slot.task_id,
     )
 
 

@@ -166,23 +166,42 @@ def test_lowering_the_limit_never_stops_running_tasks_and_gates_new_ones(env, ru
             assert running == 1, (label, running)
 
 
-def test_a_second_message_with_the_same_task_id_takes_no_second_slot(env, run_worker):
+def test_a_copy_of_a_running_task_waits_for_it_to_end(env, run_worker):
+    """One execution per slot: a second message with the id of a running task (a redelivery
+    past the visibility timeout) waits, with a free slot beside it, until the first ends."""
     manager = _pool(env, limit=2)
     app = env.app()
     hold = app.tasks["t.hold"]
     with run_worker(app, concurrency=4):
-        original = hold.apply_async(("original", 2.0), task_id="same-id")
+        original = hold.apply_async(("original", 1.5), task_id="same-id")
         wait_until(lambda: env.probe().current() == 1, 10, message="original never started")
-        hold.apply_async(("redelivered", 0.5), task_id="same-id")
+        hold.apply_async(("copy", 0.1), task_id="same-id")
         wait_until(
-            lambda: "redelivered" in {label for label, _ in env.probe().starts()},
+            lambda: [w.task_id for w in manager.status("api").waiters] == ["same-id"],
             10,
-            message="redelivered copy never ran",
+            message="the copy never waited",
         )
         status = manager.status("api")
-        assert [h.task_id for h in status.holders] == ["same-id"]
-        assert status.in_use == 1
-        original.get(timeout=30)
+        assert ([h.task_id for h in status.holders], status.in_use, status.free) == (
+            ["same-id"],
+            1,
+            1,
+        )
+        assert original.get(timeout=30) == "original"
+        wait_until(
+            lambda: "copy" in {label for label, _ in env.probe().starts()},
+            20,
+            message="the copy never ran after the original",
+        )
+        wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot kept")
+    events = env.probe().events()
+    assert [(kind, label) for kind, label, _, _ in events] == [
+        ("start", "original"),
+        ("end", "original"),
+        ("start", "copy"),
+        ("end", "copy"),
+    ]
+    assert env.probe().max_concurrency() == 1
 
 
 def test_unassigned_instance_runs_unlimited_and_warns_once(env, run_worker, caplog):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded
 
+from tests.support.fake_api import FakeAPI
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import WorkerProcess
@@ -76,18 +76,6 @@ def test_a_long_task_keeps_its_slot_past_the_lease(env):
     assert manager.status("api").in_use == 0
 
 
-def test_hard_time_limit_releases_the_slot(env):
-    manager = _pool(env, limit=1)
-    app = env.app()
-    env.worker(concurrency=2)
-    stuck = app.tasks["t.sleep_hard_limit"].apply_async(("stuck", 30), time_limit=1)
-    with pytest.raises(TimeLimitExceeded):
-        stuck.get(timeout=30)
-    # The lease is 60 s: only the main process's release explains a free slot now.
-    wait_until(lambda: manager.status("api").in_use == 0, 5, message="slot not released")
-    assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
-
-
 def test_soft_time_limit_releases_the_slot(env):
     manager = _pool(env, limit=1)
     app = env.app()
@@ -100,27 +88,78 @@ def test_soft_time_limit_releases_the_slot(env):
     assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
 
 
-def test_revoke_with_terminate_releases_the_slot(env):
+GRACE = 3.0
+
+
+def _start_victim(env, app, ending):
+    """Start the task each ending ends: a hard time limit of 3 s, or one to kill or terminate."""
+    if ending == "time_limit":
+        return app.tasks["t.sleep_hard_limit"].apply_async(("victim", 30), time_limit=3)
+    return app.tasks["t.hold"].delay("victim", 30)
+
+
+@pytest.mark.parametrize(
+    ("ending", "why"),
+    [
+        ("sigkill", ("WorkerLostError",)),
+        ("time_limit", ("TimeLimitExceeded",)),
+        # Celery reports a terminated task both as revoked and, its process gone, as lost.
+        ("terminate", ("revoke(terminate=True)", "WorkerLostError")),
+    ],
+)
+def test_a_holder_that_ends_without_releasing_keeps_its_slot_through_the_grace(env, ending, why):
+    """Its call may still be in flight: the slot stays taken (abandoned) until the grace ends,
+    shown in the status and counted; then the next task takes it."""
+    env.extra_worker_env["CP_ABANDONED_GRACE_SECONDS"] = str(GRACE)
     manager = _pool(env, limit=1)
     app = env.app()
-    env.worker(concurrency=2)
+    worker = env.worker(concurrency=2)
+    victim = _start_victim(env, app, ending)
+    wait_until(lambda: _started(env, "victim"), 30, message="victim never started")
+    (holder,) = manager.status("api").holders
+    if ending == "sigkill":
+        worker.kill_child(holder.pid)
+    elif ending == "terminate":
+        app.control.revoke(victim.id, terminate=True, signal="SIGKILL")
+    wait_until(lambda: manager.status("api").abandoned, 15, message="slot never abandoned")
+    status = manager.status("api")
+    (slot,) = status.abandoned
+    assert (slot.task_id, slot.pid, slot.hostname) == (victim.id, holder.pid, holder.hostname)
+    assert slot.why in why
+    assert slot.until - slot.abandoned == pytest.approx(GRACE, abs=0.01)
+    assert (status.in_use, status.free, status.holders) == (1, 0, [])
+    nxt = app.tasks["t.hold"].delay("next", 0)
+    assert nxt.get(timeout=30) == "next"
+    # It started only once the grace had ended (both clocks are the same Redis server's).
+    started = dict(env.probe().starts())["next"]
+    assert started >= slot.until, (started, slot.until)
+    metrics = manager.metrics("api")
+    assert (metrics.abandoned, metrics.abandoned_expired) == (1, 1)
+    assert metrics.status.abandoned == []
+    worker.wait_for_log(
+        rf"t\.\w+\[{victim.id}\] ended without releasing its slot \(.*\) on host .*, pid "
+        rf"{holder.pid}: its call may "
+        r"still be in flight",
+        timeout=10,
+    )
+
+
+def test_release_frees_an_abandoned_slot_at_once(env):
+    env.extra_worker_env["CP_ABANDONED_GRACE_SECONDS"] = "120"
+    manager = _pool(env, limit=1)
+    app = env.app()
+    worker = env.worker(concurrency=2)
     victim = app.tasks["t.hold"].delay("victim", 30)
     wait_until(lambda: _started(env, "victim"), 30, message="victim never started")
-    assert manager.status("api").in_use == 1
-    app.control.revoke(victim.id, terminate=True, signal="SIGKILL")
-    wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot not released")
-    assert app.tasks["t.hold"].delay("next", 0).get(timeout=30) == "next"
-
-
-def test_killed_child_process_releases_the_slot(env):
-    manager = _pool(env, limit=1)
-    app = env.app()
-    worker = env.worker(concurrency=1)
-    app.tasks["t.hold"].delay("victim", 30)
-    wait_until(lambda: _started(env, "victim"), 30, message="victim never started")
-    (child,) = worker.child_pids()
-    os.kill(child, signal.SIGKILL)
-    wait_until(lambda: manager.status("api").in_use == 0, 10, message="slot not released")
+    worker.kill_child(manager.status("api").holders[0].pid)
+    wait_until(lambda: manager.status("api").abandoned, 15, message="slot never abandoned")
+    nxt = app.tasks["t.hold"].delay("next", 0)
+    wait_until(lambda: nxt.state == "RETRY", 30, message="next never waited")
+    freed = manager.release(victim.id)
+    assert (freed.pool, freed.abandoned) == ("api", True)
+    # Far inside the 120 s grace.
+    assert nxt.get(timeout=20) == "next"
+    assert manager.metrics("api").abandoned_released == 1
 
 
 def test_warm_shutdown_lets_the_task_finish_and_release(env):
@@ -202,3 +241,29 @@ def test_a_childs_garbage_collection_does_not_copy_the_main_processs_memory(env)
     # Without freezing, the collection touches every inherited object and copies its page.
     assert unfrozen["copied_kb"] > 8 * 1024, unfrozen
     assert copied["copied_kb"] < unfrozen["copied_kb"] / 4, (copied, unfrozen)
+
+
+def test_a_child_killed_mid_call_with_acks_late_keeps_its_slot_and_its_copy_waits(env):
+    """With acks_late and task_reject_on_worker_lost Celery sends no signal for a killed child
+    and delivers its message again at once. The worker finds the slot its task left (within a
+    third of the lease), abandons it, and the copy waits out the grace: the API, which still
+    serves the dead child's call, never sees two at once."""
+    env.lease_seconds = 3.0
+    env.extra_worker_env.update(CP_ACKS_LATE="1", CP_ABANDONED_GRACE_SECONDS="4")
+    manager = _pool(env, limit=1)
+    app = env.app()
+    worker = env.worker(concurrency=2)
+    with FakeAPI(cap=1) as api:
+        victim = app.tasks["t.call_api"].delay("victim", api.url, 3000)
+        wait_until(api.in_flight, 30, message="the call never started")
+        (call,) = api.in_flight()
+        worker.kill_child(call.pid)
+        wait_until(lambda: manager.status("api").abandoned, 15, message="slot never abandoned")
+        (slot,) = manager.status("api").abandoned
+        assert (slot.task_id, slot.pid, slot.why) == (victim.id, call.pid, "lost")
+        assert victim.get(timeout=60) == "victim"
+    calls = api.calls()
+    assert [c.task for c in calls] == [victim.id, victim.id]  # the killed call, then the copy
+    assert (api.max_in_flight, api.refused) == (1, 0)
+    assert calls[1].started >= calls[0].ended  # the copy waited for the dead call to end
+    worker.wait_for_log(rf"\[{victim.id}\] ended without releasing its slot \(lost\)", timeout=10)

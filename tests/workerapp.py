@@ -12,6 +12,9 @@ import gc
 import os
 import signal
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import redis
@@ -187,6 +190,21 @@ def create_app(  # noqa: PLR0915  (one test task after another)
         probe_client.hset(f"probe:{probe_name}:spawned", child.id, "parked" if parked else "sent")
         return str(child.id)
 
+    @app.task(
+        base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.call_api", shared=False
+    )
+    def call_api(self: Any, label: str, url: str, ms: int) -> str:
+        """One call of ``ms`` milliseconds to the fake API (tests/support/fake_api.py), which
+        counts the calls in flight itself; its 429 fails the task."""
+        query = urllib.parse.urlencode({"ms": ms, "task": self.request.id, "pid": os.getpid()})
+        with probe().track(label):
+            try:
+                with urllib.request.urlopen(f"{url}?{query}", timeout=60) as answer:
+                    answer.read()
+            except urllib.error.HTTPError as exc:
+                raise RuntimeError(f"the API answered {exc.code}") from None
+        return label
+
     @app.task(name="t.gc_copy", shared=False)
     def gc_copy() -> dict[str, int]:
         """In a worker child: the private memory (kB) one full collection adds, and how many
@@ -231,6 +249,22 @@ def _connect_test_hooks(app: Celery, probe_client: redis.Redis, probe_name: str)
             probe_client.hsetnx(f"probe:{probe_name}:first_seen", task_id, seconds + micros / 1e6)
 
 
+def _optional_conf(env: Any) -> dict[str, Any]:
+    """Settings a test asks for only when it needs them."""
+    conf: dict[str, Any] = {}
+    if env.get("CP_ACKS_LATE") == "1":
+        conf.update(task_acks_late=True, task_reject_on_worker_lost=True)
+    if "CP_VISIBILITY_TIMEOUT" in env:
+        visibility = float(env["CP_VISIBILITY_TIMEOUT"])
+        conf["broker_transport_options"] = {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": visibility / 3,
+        }
+    if "CP_ABANDONED_GRACE_SECONDS" in env:
+        conf["pools_abandoned_grace_seconds"] = float(env["CP_ABANDONED_GRACE_SECONDS"])
+    return conf
+
+
 def _from_env() -> Celery:
     env = os.environ
     if "CP_POOLS_URL" not in env:
@@ -250,6 +284,7 @@ def _from_env() -> Celery:
         pools_suspicious_hold_seconds=float(env.get("CP_SUSPICIOUS_HOLD_SECONDS", "900")),
         worker_eta_task_limit=int(env["CP_ETA_TASK_LIMIT"]) if "CP_ETA_TASK_LIMIT" in env else None,
         pools_freeze_gc=env.get("CP_FREEZE_GC", "1") == "1",
+        **_optional_conf(env),
     )
 
 

@@ -14,6 +14,7 @@ from celery_pools import views
 from celery_pools.errors import PoolBackendError
 from celery_pools.manager import PoolManager
 from celery_pools.metrics import PoolMetrics
+from celery_pools.models import PoolStatus
 from celery_pools.ratelimit import InstanceRate
 
 from .group import json_option, manager_of, option, pools, print_json, suspicious_after
@@ -86,7 +87,7 @@ def _describe(
         f"  limit      {s.limit}",
         f"  timeout    {seconds(s.timeout)}",
         f"  wait       {wait}",
-        f"  in use     {s.in_use}",
+        f"  in use     {s.in_use}" + (f" ({len(s.abandoned)} abandoned)" if s.abandoned else ""),
         f"  free       {s.free}",
         f"  waiting    {s.waiting}{oldest}",
         f"  instances  {', '.join(s.instances) or '-'}",
@@ -120,6 +121,8 @@ def _describe(
             f"pools_suspicious_hold_seconds ({seconds(suspicious_after)}): stuck, or leaking "
             "its connection?"
         )
+    if s.abandoned:
+        lines += ["", *_describe_abandoned(s)]
     lines += ["", f"Waiters ({len(s.waiters)})"]
     if s.waiters:
         rows = [
@@ -128,6 +131,27 @@ def _describe(
         ]
         lines.append(indent(table(["TASK ID", "TASK", "WAITING SINCE", "DEADLINE"], rows)))
     return "\n".join(lines)
+
+
+def _describe_abandoned(s: PoolStatus) -> list[str]:
+    rows = [
+        [
+            a.task_id,
+            a.task_name or "?",
+            a.hostname or "?",
+            str(a.pid) if a.pid is not None else "?",
+            a.why or "?",
+            ago(a.abandoned, s.now),
+            ahead(a.until, s.now),
+        ]
+        for a in s.abandoned
+    ]
+    headers = ["TASK ID", "TASK", "WORKER", "PID", "ENDED BY", "ABANDONED", "FREE IN"]
+    return [
+        f"Abandoned ({len(s.abandoned)}): holders that ended without releasing; each slot stays "
+        "taken while its call may be in flight ('celery pools release TASK_ID' frees one now)",
+        indent(table(headers, rows)),
+    ]
 
 
 def _rate_row(rate: InstanceRate) -> list[str]:
@@ -150,6 +174,8 @@ def _describe_metrics(m: PoolMetrics) -> list[str]:
         f"{plural(m.cleared_holders, 'holder')} dropped)",
         f"  releases         {m.released}",
         f"  reclaimed leases {m.reclaimed}",
+        f"  abandoned        {m.abandoned} ({m.abandoned_expired} freed after the grace, "
+        f"{m.abandoned_released} released by an operator)",
         f"  hand-offs        {m.handoffs} ({m.handoffs_retried} handed out again, "
         f"{m.grants_lapsed} grants lapsed, {m.grants_withdrawn} withdrawn, "
         f"{m.handoffs_returned} given back, {m.sent_back} sent back for a pause)",

@@ -194,3 +194,36 @@ def unassign(ctx: click.Context, instance: str, as_json: bool) -> None:
         click.echo(f"Instance {instance} had no pool; nothing changed.")
     else:
         click.echo(f"Unassigned instance {instance} from pool {previous}.")
+
+
+@pools.command(cls=CeleryCommand)
+@click.argument("task_id")
+@option(
+    "--force",
+    is_flag=True,
+    help="Also free the slot of a task that is running (its call may be in flight: the pool may "
+    "then see one call over its limit).",
+)
+@yes_option
+@json_option
+@click.pass_context
+def release(ctx: click.Context, task_id: str, force: bool, yes: bool, as_json: bool) -> None:
+    """Free the slot task TASK_ID abandoned, now.
+
+    A task that ended without releasing its slot (its process was killed, a hard time limit,
+    revoke with terminate) leaves it taken for pools_abandoned_grace_seconds, as its call may
+    still be in flight; once you know that call is over, this frees the slot for the next waiting
+    task. A running task's slot is freed only with --force (asks for confirmation).
+    """
+    if force:
+        confirm(
+            yes,
+            f"free the slot of task {task_id!r} even if it is running",
+            "its call may be in flight, so the pool may see one call over its limit",
+        )
+    freed = manager_of(ctx).release(task_id, force=force)
+    if as_json:
+        print_json(views.freed(freed))
+        return
+    what = "abandoned slot" if freed.abandoned else "slot (its task was running)"
+    click.echo(f"Freed the {what} of task {task_id} in pool {freed.pool}.")

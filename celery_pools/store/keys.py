@@ -36,6 +36,10 @@ is the key's name in :class:`KeySpace` and in the Lua scripts::
                                                                 -> entry JSON
     rate_parked     {celery_pools}:pool:<name>:rate_parked HASH rate-limited instance -> its tasks
                                                                 parked in the FIFO
+    abandoned       {celery_pools}:pool:<name>:abandoned  ZSET  task id whose holder ended without
+                                                                releasing -> end of its grace (ms)
+    abandoned_holder {celery_pools}:pool:<name>:abandoned_holder HASH  task id -> holder JSON,
+                                                                with abandoned, until and why
 
 Times are milliseconds on the Redis server's clock. Pool names cannot contain ``:``, so one
 pool's keys never collide with another's.
@@ -65,6 +69,8 @@ class PoolKeys:
     parked: str
     handoffs: str
     rate_parked: str
+    abandoned: str
+    abandoned_holder: str
 
     def all(self) -> list[str]:
         """Every key of the pool."""
@@ -174,6 +180,8 @@ def _pool_keys(root: str, name: str) -> PoolKeys:
         parked=f"{base}:parked",
         handoffs=f"{base}:handoffs",
         rate_parked=f"{base}:rate_parked",
+        abandoned=f"{base}:abandoned",
+        abandoned_holder=f"{base}:abandoned_holder",
     )
 
 

@@ -111,11 +111,13 @@ class StoreReading(StoreBase):
                 pipe.hgetall(keys.holder)
                 pipe.zrange(keys.waiters, 0, -1, withscores=True)
                 pipe.hgetall(keys.waiter)
+                pipe.zrange(keys.abandoned, 0, -1, withscores=True)
+                pipe.hgetall(keys.abandoned_holder)
             reply = pipe.execute()
         now = self._observe_time(reply[0])
         result = []
         for index, name in enumerate(names):
-            rows = reply[1 + 6 * index : 7 + 6 * index]
+            rows = reply[1 + 8 * index : 9 + 8 * index]
             if rows[0]:
                 result.append(replies.status(name, now, rows))
         return result

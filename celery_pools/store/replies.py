@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from celery_pools.models import Holder, Pool, PoolStatus, Waiter
+from celery_pools.models import AbandonedSlot, Holder, Pool, PoolStatus, Waiter
 from celery_pools.ratelimit import InstanceRate, RateLimit
 
 from .results import (
@@ -28,6 +28,7 @@ from .results import (
 
 __all__ = [
     "Moved",
+    "abandoned",
     "acquisition",
     "effects",
     "instance_rate",
@@ -101,6 +102,19 @@ def release(reply: Sequence[Any]) -> tuple[bool, float | None, int]:
         if isinstance(since, int | float):
             held = max(0.0, seconds(now - since))
     return status == "RELEASED", held, int(parked)
+
+
+def abandoned(token: str, raw: str | None) -> AbandonedSlot:
+    """An abandoned slot from its holder JSON (abandon.lua adds abandoned, until and why)."""
+    info, common = _described(token, raw)
+    return AbandonedSlot(
+        **common,
+        hostname=info.get("hostname", ""),
+        pid=info.get("pid"),
+        abandoned=seconds(info.get("abandoned", 0)),
+        until=seconds(info.get("until", 0)),
+        why=info.get("why", ""),
+    )
 
 
 def effects(reply: Sequence[Any], pool: str) -> Effects:
@@ -193,11 +207,13 @@ def _described(token: str, raw: str | None) -> tuple[dict[str, Any], dict[str, A
 
 
 def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
-    """A pool's status at ``now`` (seconds) from the six replies read for it:
+    """A pool's status at ``now`` (seconds) from the eight replies read for it:
     ``HGETALL config``, ``SMEMBERS pool_instances``, ``ZRANGE holders`` and ``HGETALL holder``,
-    ``ZRANGE waiters`` and ``HGETALL waiter`` (the ZSETs with their scores, in ms). Holders whose
-    lease lapsed and waiters past their deadline are left out."""
-    config, instances, holders, holder_info, waiters, waiter_info = rows
+    ``ZRANGE waiters`` and ``HGETALL waiter``, ``ZRANGE abandoned`` and
+    ``HGETALL abandoned_holder`` (the ZSETs with their scores, in ms). Holders whose lease lapsed,
+    waiters past their deadline and abandoned slots past their grace are left out: the next
+    operation frees them. Abandoned slots count as in use."""
+    config, instances, holders, holder_info, waiters, waiter_info, kept, kept_info = rows
     limit = int(config["limit"])
     live_holders = []
     for token, expiry in holders:
@@ -218,16 +234,22 @@ def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
             _, common = _described(token, waiter_info.get(token))
             live_waiters.append(Waiter(**common, deadline=seconds(deadline)))
     live_waiters.sort(key=lambda w: w.since)
+    kept_slots = sorted(
+        (abandoned(token, kept_info.get(token)) for token, until in kept if seconds(until) > now),
+        key=lambda slot: slot.abandoned,
+    )
+    in_use = len(live_holders) + len(kept_slots)
     return PoolStatus(
         name=name,
         limit=limit,
         timeout=seconds(config["timeout"]),
-        in_use=len(live_holders),
-        free=max(0, limit - len(live_holders)),
+        in_use=in_use,
+        free=max(0, limit - in_use),
         waiting=len(live_waiters),
         instances=sorted(instances),
         holders=live_holders,
         waiters=live_waiters,
+        abandoned=kept_slots,
         oldest_wait=(now - live_waiters[0].since) if live_waiters else None,
         now=now,
     )

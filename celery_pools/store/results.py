@@ -7,12 +7,16 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from celery_pools.models import AbandonedSlot
+
 __all__ = [
+    "Abandonment",
     "AcquireStatus",
     "Acquisition",
     "ClearResult",
     "DeleteResult",
     "Effects",
+    "Freed",
     "Grant",
     "Handoff",
     "Parking",
@@ -165,6 +169,30 @@ class Release(_Settled):
 
     released: bool
     held: float | None = None
+
+
+@dataclass(frozen=True)
+class Abandonment(_Settled):
+    """The answer to abandoning a slot (its holder ended without releasing it).
+
+    ``slot`` is the abandoned slot, kept taken until its grace ends; None when the token held no
+    slot, or held one it never used (a hand-off it had not claimed), which was given back at once
+    (``released``).
+    """
+
+    slot: AbandonedSlot | None = None
+    released: bool = False
+
+
+@dataclass(frozen=True)
+class Freed:
+    """The answer to an operator's release of a task's slot: the pool whose slot was freed,
+    whether it was an abandoned slot (or a running holder's), and its holder JSON."""
+
+    task_id: str
+    pool: str
+    abandoned: bool
+    holder: dict[str, Any]
 
 
 @dataclass(frozen=True)

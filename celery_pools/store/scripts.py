@@ -58,7 +58,7 @@ SCRIPTS: dict[str, Script] = {
             "acquire",
             keys=(
                 "instances", "held", "rates", "rate_state", "paused", *_POOL_SLOT,
-                "queue", "handoffs", "rate_parked", "stale",
+                "queue", "handoffs", "rate_parked", "stale", "abandoned", "abandoned_holder",
             ),
             args=(
                 "instance", "believed", "token", "lease_ms", "first_ms", "waited_uid", "info",
@@ -69,6 +69,19 @@ SCRIPTS: dict[str, Script] = {
             "release",
             keys=("held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs"),
             args=("token", "pool", "bounds"),
+        ),
+        Script(
+            "abandon",
+            keys=(
+                "held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs",
+                "abandoned", "abandoned_holder",
+            ),
+            args=("token", "pool", "grace_ms", "why", "pid", "bounds"),
+        ),
+        Script(
+            "free",
+            keys=("abandoned", "abandoned_holder", "stats", "queue"),
+            args=("token",),
         ),
         Script("renew", keys=("holders",), args=("lease_ms",), variadic=True),
         Script(
@@ -91,7 +104,7 @@ SCRIPTS: dict[str, Script] = {
             "clear",
             keys=(
                 "held", *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked", "expired",
-                "stale",
+                "stale", "abandoned", "abandoned_holder",
             ),
             args=("pool", "release_held", "stale_ms"),
         ),
@@ -100,7 +113,7 @@ SCRIPTS: dict[str, Script] = {
             keys=(
                 "pools", "instances", "held", "config", "pool_instances", "holders", "holder",
                 "waiters", "waiter", "stats", "queue", "parked", "handoffs", "rate_parked",
-                "expired", "stale",
+                "expired", "stale", "abandoned", "abandoned_holder",
             ),
             args=("pool", "stale_ms"),
         ),
@@ -109,7 +122,7 @@ SCRIPTS: dict[str, Script] = {
             "park",
             keys=(
                 "instances", "held", "rates", "paused", *_POOL_SLOT, "queue", "parked",
-                "handoffs", "rate_parked",
+                "handoffs", "rate_parked", "abandoned",
             ),
             args=(
                 "token", "first_ms", "entry_json", "instance", "pool", "wait", "grant_lease_ms",
@@ -120,7 +133,8 @@ SCRIPTS: dict[str, Script] = {
             "handoff",
             keys=(
                 "held", "rates", "rate_state", "paused", "expired", "sent_back", "stale",
-                *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked",
+                *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked", "abandoned",
+                "abandoned_holder",
             ),
             args=("pool", "handoff_lease_ms", "stale_ms"),
         ),

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from celery_pools.errors import PoolNotFoundError
+from celery_pools.errors import PoolNotFoundError, SlotInUseError, SlotNotFoundError
 from celery_pools.metrics import BUCKET_BOUNDS_ARG
 from celery_pools.models import DEFAULT_HANDOFF_LEASE, DEFAULT_TIMEOUT, Pool
 from celery_pools.ratelimit import RateLimit
@@ -20,7 +20,16 @@ from .base import ms
 from .keys import KeySpace
 from .reading import StoreReading
 from .replies import Moved
-from .results import Acquisition, ClearResult, DeleteResult, Effects, Parking, Release
+from .results import (
+    Abandonment,
+    Acquisition,
+    ClearResult,
+    DeleteResult,
+    Effects,
+    Freed,
+    Parking,
+    Release,
+)
 from .wire import ScriptCall
 
 __all__ = ["RATE_PARKED_MAX", "STALE_HANDOFF_SECONDS", "RedisPoolStore"]
@@ -241,6 +250,71 @@ class RedisPoolStore(StoreReading):
         """Release whatever slot ``token`` holds, wherever it is; None if it holds none."""
         pool = self.held_pools([token]).get(token)
         return self.release(token, pool) if pool else None
+
+    def abandon(
+        self, token: str, *, grace: float, why: str, pid: int | None = None
+    ) -> Abandonment | None:
+        """``token``'s execution ended without releasing its slot (its process was killed, a
+        hard time limit, ``revoke(terminate=True)``): keep the slot taken for ``grace`` seconds,
+        since the call it made may still be in flight, then free it. A hand-off the task never
+        claimed, or any slot when ``grace`` is 0, is given back at once. With ``pid``, only a
+        slot held by that process. None if it holds no slot.
+        """
+        pool = self.held_pools([token]).get(token)
+        if not pool:
+            return None
+        values = {
+            "token": token,
+            "pool": pool,
+            "grace_ms": ms(grace),
+            "why": why,
+            "pid": "" if pid is None else str(pid),
+            "bounds": BUCKET_BOUNDS_ARG,
+        }
+        status, _now, info, parked, _until = self._run("abandon", values, pool)
+        effects = self.hand_off(pool) if int(parked) and status != "ABANDONED" else Effects(pool)
+        return Abandonment(
+            pool=pool,
+            handoffs=effects.handoffs,
+            reclaimed=effects.reclaimed,
+            slot=replies.abandoned(token, info) if status == "ABANDONED" else None,
+            released=status == "RELEASED",
+        )
+
+    def free(self, token: str, *, force: bool = False) -> Freed:
+        """Free ``token``'s slot now: its abandoned slot (the call it made is known to be over)
+        or, with ``force``, the slot its running execution holds. Raises
+        :class:`SlotNotFoundError` when it has neither, :class:`SlotInUseError` when it holds a
+        slot with a live lease and ``force`` is not given. The freed slot is not handed on: the
+        caller runs :meth:`hand_off` (or a reaper does)."""
+        names = self.pool_names()
+        with self._backend("find a task's slot"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(self.keys.held, token)
+            for name in names:
+                pipe.zscore(self.keys.pool(name).abandoned, token)
+            found = pipe.execute()
+        held, kept = found[0], [name for name, at in zip(names, found[1:], strict=True) if at]
+        for pool in kept:
+            status, _now, info, _parked = self._run("free", {"token": token}, pool)
+            if status == "FREED":
+                return Freed(task_id=token, pool=pool, abandoned=True, holder=json.loads(info))
+        if not held:
+            raise SlotNotFoundError(
+                f"task {token!r} holds no slot and has no abandoned slot", task_id=token
+            )
+        with self._backend("read a holder"):
+            holder = json.loads(self.client.hget(self.keys.pool(held).holder, token) or "{}")
+        if not force:
+            raise SlotInUseError(
+                f"task {token!r} holds a slot of pool {held!r} and is running (host "
+                f"{holder.get('hostname') or '?'}, pid {holder.get('pid') or '?'}): its call may "
+                "be in flight; release it anyway with force",
+                task_id=token,
+                pool=held,
+            )
+        self._run("release", {"token": token, "pool": held, "bounds": BUCKET_BOUNDS_ARG}, held)
+        return Freed(task_id=token, pool=held, abandoned=False, holder=holder)
 
     def renew(self, held: dict[str, str], *, lease: float) -> int:
         """Extend the leases of ``held`` (token -> pool) to ``lease`` seconds from now; return how

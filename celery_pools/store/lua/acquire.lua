@@ -3,11 +3,15 @@
 -- while it waits for a token, and no token is spent while no slot is free.
 --
 -- The Redis server's clock decides every lease, deadline and rate decision. Holders whose lease has
--- lapsed are reclaimed first. A token that already holds a slot keeps it (a redelivered message
--- takes no second slot and no second rate token). Rate limits use GCRA (lib/gcra.lua).
+-- lapsed are reclaimed first, and abandoned slots whose grace ended are freed (lib/lapsed.lua);
+-- until then an abandoned slot counts as in use. One execution per slot: the execution that holds
+-- a slot keeps it when it asks again (no second slot, no second rate token), and another
+-- execution of the same task id (its message delivered again while the first still runs) waits
+-- until the first gives the slot back. Rate limits use GCRA (lib/gcra.lua).
 --
 -- Stats fields touched: acquired_immediate, acquired_waited, "acquired:<instance>", timeouts,
--- rate_timeouts, reclaimed, grants_lapsed, handoffs_returned, the wait-time histogram "wait:*";
+-- rate_timeouts, reclaimed, grants_lapsed, handoffs_returned, abandoned_expired, the wait-time
+-- histogram "wait:*";
 -- "started" is set (ms) on the first event.
 --
 -- Reply: {"MOVED", now, pool} when another pool serves the instance ("" for none): call again with
@@ -23,7 +27,9 @@
 --   "UNASSIGNED"  the instance has no pool (its rate token, if it has a rate limit, is taken)
 --   "FULL"        no free slot; with reason "countdown" the task is registered as a waiter until
 --                 first + timeout; with reason "handoff" it must park (park.lua). In hand-off mode
---                 a task also parks while older tasks are parked (FIFO).
+--                 a task also parks while older tasks are parked (FIFO). With reason "copy"
+--                 another execution of the same task id holds its slot: this one waits by
+--                 countdown, registered as a waiter whose wait starts now (first is now)
 --   "RATE"        a slot is free but the rate limit or a pause says wait retry_ms; reason is "rate"
 --                 or "paused"; nothing was taken. A task handed or granted a slot whose instance
 --                 was paused or rate-limited since gives the slot back (the caller hands it on) and
@@ -47,6 +53,8 @@
 --   handoffs     {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
 --   stale        {p}:stale                   ZSET hand-off ids that never run
+--   abandoned         {p}:pool:<name>:abandoned          ZSET task id -> end of its grace (ms)
+--   abandoned_holder  {p}:pool:<name>:abandoned_holder   HASH task id -> holder JSON
 --
 -- Arguments:
 --   instance               the connector instance
@@ -55,7 +63,8 @@
 --   lease_ms               the holder's lease (ms)
 --   first_ms               when the task first asked (ms, Redis clock); "" the first time
 --   waited_uid             uid of the pool the task last waited in; "" if it has not
---   info                   holder JSON (task_name, instance, hostname, pid); "since" added
+--   info                   holder JSON (task_name, instance, hostname, pid, thread: the
+--                          execution asking); "since" added
 --   bounds                 histogram bucket upper bounds (ms, ascending, comma-separated)
 --   unassigned_timeout_ms  wait bound (ms) of an instance with no pool held back by its rate limit
 --                          or a pause
@@ -70,7 +79,7 @@
 -- include: lib/lapsed.lua
 
 local instances, held, rates, rate_state, paused, config, holders, holder, waiters, waiter, stats,
-  queue, handoffs, rate_parked, stale = unpack(KEYS)
+  queue, handoffs, rate_parked, stale, abandoned, abandoned_holder = unpack(KEYS)
 local instance, believed, token, lease_ms, first_ms, waited_uid, info, bounds,
   unassigned_timeout_ms, wait, handoff_id, rate_parked_max = unpack(ARGV)
 
@@ -161,6 +170,7 @@ redis.call('HSETNX', stats, 'started', now)
 reclaimed = sweep_lapsed(
   {held = held, holders = holders, holder = holder, handoffs = handoffs, stats = stats},
   actual, now)
+sweep_abandoned({abandoned = abandoned, abandoned_holder = abandoned_holder, stats = stats}, now)
 -- Forget waiters a minute past their deadline: their task is gone (revoked, purged, lost).
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', waiters, '-inf', now - 60000, 'LIMIT', 0, 100)) do
   redis.call('ZREM', waiters, gone)
@@ -191,7 +201,7 @@ local function holding_now()
   return taking
 end
 
-local in_use = redis.call('ZCARD', holders)
+local in_use = redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned)
 if redis.call('ZSCORE', holders, token) then
   local holding = cjson.decode(redis.call('HGET', holder, token) or '{}')
   if holding['handoff'] then
@@ -244,6 +254,18 @@ if redis.call('ZSCORE', holders, token) then
   -- redelivered message.
   if handoff_id ~= '' and handoff_id ~= holding['claimed'] then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+  end
+  -- One execution per slot. The execution that holds it asking again (Celery runs an eager
+  -- task's retry inside the first run) keeps it. Any other execution of this task id (its
+  -- message delivered again past the broker's visibility timeout, or by a worker that died
+  -- running it) is a copy: it waits by countdown, as a new request, until the slot is given
+  -- back, its lease lapses or it is abandoned (abandon.lua), then asks under the usual rules.
+  local asking = cjson.decode(info)
+  if holding['hostname'] ~= asking['hostname'] or holding['pid'] ~= asking['pid']
+      or holding['thread'] ~= asking['thread'] then
+    first, deadline = now, now + timeout
+    wait_here()
+    return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'copy')
   end
   redis.call('ZADD', holders, now + lease, token)
   return reply('OK', limit, in_use, timeout, uid, 1, 0, '')

@@ -1,6 +1,6 @@
 -- clear.lua: drop every pending request of a pool. Tasks waiting in it end with PoolClearedError at
 -- their next attempt (they began to wait before the recorded clear time). Holders keep their slots
--- unless release_held is "1".
+-- unless release_held is "1", which frees abandoned slots too (abandon.lua).
 --
 -- Parked tasks (hand-off mode) move to expired with reason "cleared": a worker's reaper publishes
 -- them and they fail with PoolClearedError. A task handed a slot, whose message may be on its way,
@@ -26,6 +26,8 @@
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
 --   expired      {p}:expired                 LIST entries to publish to fail
 --   stale        {p}:stale                   ZSET hand-off ids that never run
+--   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
+--   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH task id -> holder JSON
 --
 -- Arguments:
 --   pool          the pool's name
@@ -36,7 +38,7 @@
 -- include: lib/ending.lua
 
 local held, config, holders, holder, waiters, waiter, stats, queue, parked, handoffs, rate_parked,
-  expired, stale = unpack(KEYS)
+  expired, stale, abandoned, abandoned_holder = unpack(KEYS)
 local pool, release_held, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
@@ -59,6 +61,8 @@ if release_held == '1' then
     released = released + 1
   end
   redis.call('DEL', holders, holder)
+  released = released + redis.call('ZCARD', abandoned)
+  redis.call('DEL', abandoned, abandoned_holder)
 end
 redis.call('HINCRBY', stats, 'clears', 1)
 redis.call('HINCRBY', stats, 'cleared_waiters', dropped)

@@ -27,6 +27,8 @@
 --   rate_parked     {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
 --   expired         {p}:expired                 LIST entries to publish to fail
 --   stale           {p}:stale                   ZSET hand-off ids that never run
+--   abandoned       {p}:pool:<name>:abandoned   ZSET abandoned slots
+--   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH their holder JSON
 --
 -- Arguments:
 --   pool      the pool's name
@@ -36,7 +38,7 @@
 -- include: lib/ending.lua
 
 local pools, instances, held, config, pool_instances, holders, holder, waiters, waiter, stats,
-  queue, parked, handoffs, rate_parked, expired, stale = unpack(KEYS)
+  queue, parked, handoffs, rate_parked, expired, stale, abandoned, abandoned_holder = unpack(KEYS)
 local pool, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
@@ -59,6 +61,6 @@ local waiting = redis.call('ZCARD', waiters)
 end_handoffs(handoffs, holder, stale, expired, 'deleted', pool, now, tonumber(stale_ms))
 end_parked(queue, parked, expired, 'deleted', pool)
 redis.call('DEL', config, pool_instances, holders, holder, waiters, waiter, stats, queue, parked,
-  handoffs, rate_parked)
+  handoffs, rate_parked, abandoned, abandoned_holder)
 redis.call('SREM', pools, pool)
 return {'DELETED', now, #members, #holding, waiting}

@@ -7,7 +7,7 @@
 --    joins stale, so that its message, should it still arrive, never runs; a slot granted at
 --    publication (nothing parked: the producer publishes the message itself) just comes back, and
 --    its message, if it arrives late, acquires as any other; other lapsed holders are reclaimed
---    (their process died). See lib/lapsed.lua.
+--    (their process died); abandoned slots whose grace ended are freed. See lib/lapsed.lua.
 -- 2. Parked tasks past their deadline leave the FIFO for expired, so that the caller publishes
 --    them to fail with PoolTimeoutError through Celery's normal failure path.
 -- 3. While a slot is free and a task is parked, the oldest gets the slot under a fresh hand-off id;
@@ -26,7 +26,8 @@
 --    park.lua); an instance found not due is not looked at again in the same call, and at most 100
 --    tokens and 1,000 entries are looked at a call.
 --
--- Stats fields touched: handoffs, handoffs_retried, grants_lapsed, reclaimed, timeouts, sent_back.
+-- Stats fields touched: handoffs, handoffs_retried, grants_lapsed, reclaimed, timeouts, sent_back,
+-- abandoned_expired.
 --
 -- Reply: {"OK", now, {task id, hand-off id, entry JSON, ...}, {task id, holder JSON, ...}}: the
 -- hand-offs to publish now, then the holders reclaimed from dead processes; {"NOPOOL", now, {}, {}}
@@ -50,6 +51,8 @@
 --   parked       {p}:pool:<name>:parked      HASH parked task id -> entry JSON
 --   handoffs     {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
+--   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
+--   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH task id -> holder JSON
 --
 -- Arguments:
 --   pool              the pool's name
@@ -61,7 +64,7 @@
 -- include: lib/lapsed.lua
 
 local held, rates, rate_state, paused, expired, sent_back, stale, config, holders, holder, waiters,
-  waiter, stats, queue, parked, handoffs, rate_parked = unpack(KEYS)
+  waiter, stats, queue, parked, handoffs, rate_parked, abandoned, abandoned_holder = unpack(KEYS)
 local pool, handoff_lease_ms, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
@@ -112,6 +115,7 @@ end
 reclaimed = sweep_lapsed(
   {held = held, holders = holders, holder = holder, handoffs = handoffs, stats = stats},
   pool, now, requeue)
+sweep_abandoned({abandoned = abandoned, abandoned_holder = abandoned_holder, stats = stats}, now)
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout) * 1000, 'LIMIT', 0, 100)) do
   local entry_json = redis.call('HGET', parked, token)
@@ -124,7 +128,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout
   end
 end
 
-local free = limit - redis.call('ZCARD', holders)
+local free = limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)
 local sent, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
 while free > 0 and passed_over < 1000 and checked < 100 do

@@ -44,6 +44,7 @@
 --   parked       {p}:pool:<name>:parked      HASH parked task id -> entry JSON
 --   handoffs     {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
+--   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
 --
 -- Arguments:
 --   token            the task id
@@ -62,7 +63,7 @@
 -- include: lib/clock.lua
 
 local instances, held, rates, paused, config, holders, holder, waiters, waiter, stats, queue,
-  parked, handoffs, rate_parked = unpack(KEYS)
+  parked, handoffs, rate_parked, abandoned = unpack(KEYS)
 local token, first_ms, entry_json, instance, pool, wait, grant_lease_ms, grant_info,
   rate_parked_max = unpack(ARGV)
 
@@ -102,7 +103,8 @@ end
 if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', holders, token) then
   return {'ALREADY', now}
 end
-local nobody_waits = redis.call('ZCARD', queue) == 0 and redis.call('ZCARD', holders) < limit
+local nobody_waits = redis.call('ZCARD', queue) == 0
+  and redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned) < limit
 if publishing and redis.call('HEXISTS', rates, instance) == 1 and (nobody_waits
     or tonumber(redis.call('HGET', rate_parked, instance) or '0') >= tonumber(rate_parked_max)) then
   -- Rate-limited, and a slot free with nobody waiting (no grant: it would need the rate token

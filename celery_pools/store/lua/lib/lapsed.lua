@@ -9,6 +9,8 @@
 --   left where it is, for handoff.lua.
 -- - Any other holder's process died or stopped renewing: its slot is reclaimed (reclaimed).
 -- Returns the reclaimed holders as a flat list {task id, holder JSON, ...}.
+--
+-- sweep_abandoned(k, now), below: the abandoned slots whose grace ended.
 local function sweep_lapsed(k, pool, now, requeue)
   local reclaimed, count = {}, 0
   for _, token in ipairs(redis.call('ZRANGEBYSCORE', k.holders, '-inf', now, 'LIMIT', 0, 100)) do
@@ -36,4 +38,19 @@ local function sweep_lapsed(k, pool, now, requeue)
     redis.call('HINCRBY', k.stats, 'reclaimed', count)
   end
   return reclaimed
+end
+
+-- sweep_abandoned(k, now): free the abandoned slots whose grace ended by `now` (ms), at most 100 a
+-- call (abandon.lua keeps them; `k` holds abandoned, abandoned_holder and stats). Counts
+-- abandoned_expired; returns how many it freed.
+local function sweep_abandoned(k, now)
+  local ended = redis.call('ZRANGEBYSCORE', k.abandoned, '-inf', now, 'LIMIT', 0, 100)
+  for _, token in ipairs(ended) do
+    redis.call('ZREM', k.abandoned, token)
+    redis.call('HDEL', k.abandoned_holder, token)
+  end
+  if #ended > 0 then
+    redis.call('HINCRBY', k.stats, 'abandoned_expired', #ended)
+  end
+  return #ended
 end

@@ -1,0 +1,139 @@
+"""A fake external API with a concurrency cap, which counts its own requests in flight.
+
+It stands for the system a pool protects (an API that allows N simultaneous requests) and is
+the tests' independent witness of the limit: it knows nothing of celery-pools. Like a real
+server it keeps serving a request whose client has died (it sleeps the call's full length
+whatever happens to the connection), counts that request as in flight until then, answers 429
+to a request that arrives while ``cap`` are in flight, and records who made every call (task
+id and process id, sent by the client).
+
+A call is ``GET /call?ms=<duration>&task=<task id>&pid=<client pid>``; the answer is 200 with
+``ok``, or 429.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+__all__ = ["Call", "FakeAPI"]
+
+
+@dataclass
+class Call:
+    """One request the API received."""
+
+    task: str
+    pid: int
+    started: float
+    ms: int = 0
+    ended: float | None = None
+    refused: bool = False
+
+    def remaining(self) -> float:
+        """Seconds until the API ends serving it (monotonic clock)."""
+        return self.started + self.ms / 1000 - time.monotonic()
+
+
+@dataclass
+class _Record:
+    cap: int
+    in_flight: dict[int, Call] = field(default_factory=dict)  # request number -> call
+    calls: list[Call] = field(default_factory=list)
+    max_in_flight: int = 0
+    refused: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeAPI:
+    """The API on a free loopback port, a thread per request: ``with FakeAPI(4) as api: ...``."""
+
+    def __init__(self, cap: int) -> None:
+        self._record = _Record(cap)
+        record = self._record
+        numbers = iter(range(1, 1 << 62))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                call = Call(
+                    task=query.get("task", [""])[0],
+                    pid=int(query.get("pid", ["0"])[0]),
+                    started=time.monotonic(),
+                    ms=int(query.get("ms", ["0"])[0]),
+                )
+                with record.lock:
+                    number = next(numbers)
+                    record.calls.append(call)
+                    call.refused = len(record.in_flight) >= record.cap
+                    if call.refused:
+                        record.refused += 1
+                    else:
+                        record.in_flight[number] = call
+                        record.max_in_flight = max(record.max_in_flight, len(record.in_flight))
+                if not call.refused:
+                    # Served to the end whether or not the client is still there.
+                    time.sleep(call.ms / 1000)
+                    with record.lock:
+                        del record.in_flight[number]
+                call.ended = time.monotonic()
+                try:
+                    self.send_response(429 if call.refused else 200)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"no" if call.refused else b"ok")
+                except OSError:
+                    pass  # the client died: a real server logs a broken pipe and goes on
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        """The URL of the call endpoint."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}/call"
+
+    def start(self) -> FakeAPI:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests it ever served at once."""
+        with self._record.lock:
+            return self._record.max_in_flight
+
+    @property
+    def refused(self) -> int:
+        """How many requests it answered 429."""
+        with self._record.lock:
+            return self._record.refused
+
+    def in_flight(self) -> list[Call]:
+        """The requests it is serving now."""
+        with self._record.lock:
+            return list(self._record.in_flight.values())
+
+    def calls(self) -> list[Call]:
+        """Every request it received, in order of arrival."""
+        with self._record.lock:
+            return list(self._record.calls)
