@@ -27,11 +27,13 @@ from .errors import (
     PoolNotFoundError,
     PoolTimeoutError,
     RateLimitTimeoutError,
+    SlotInUseError,
+    SlotNotFoundError,
     UnassignedInstanceError,
 )
 from .install import install
 from .manager import PoolManager
-from .models import DEFAULT_TIMEOUT, MAX_TIMEOUT, Holder, Pool, PoolStatus, Waiter
+from .models import DEFAULT_TIMEOUT, MAX_TIMEOUT, AbandonedSlot, Holder, Pool, PoolStatus, Waiter
 from .ratelimit import InstanceRate, RateLimit
 from .settings import PoolsSettings
 from .task import PooledTask
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_TIMEOUT",
+    "AbandonedSlot",
     "Holder",
     "InstanceRate",
     "Pool",
@@ -60,6 +63,8 @@ __all__ = [
     "PoolsSettings",
     "RateLimit",
     "RateLimitTimeoutError",
+    "SlotInUseError",
+    "SlotNotFoundError",
     "UnassignedInstanceError",
     "Waiter",
     "__version__",

@@ -16,6 +16,7 @@ from celery_pools.waiting import WaitState, next_countdown
 
 def test_public_api_is_pinned():
     assert sorted(celery_pools.__all__) == [
+        "AbandonedSlot",
         "DEFAULT_TIMEOUT",
         "Holder",
         "InstanceRate",
@@ -37,6 +38,8 @@ def test_public_api_is_pinned():
         "PoolsSettings",
         "RateLimit",
         "RateLimitTimeoutError",
+        "SlotInUseError",
+        "SlotNotFoundError",
         "UnassignedInstanceError",
         "Waiter",
         "__version__",
