@@ -214,8 +214,8 @@ class PoolSpec(_PoolSettingsValidation):
         return Pool(name=name, limit=self.limit, timeout=self.timeout, wait=self.wait)
 
 
-class Holder(Model):
-    """A task that holds a slot of a pool."""
+class _Taken(Model):
+    """Who took a slot, and when."""
 
     task_id: str
     task_name: str = ""
@@ -223,21 +223,20 @@ class Holder(Model):
     hostname: str = ""
     pid: int | None = None
     since: float = Field(description="When the slot was taken (Unix seconds, Redis clock).")
+
+
+class Holder(_Taken):
+    """A task that holds a slot of a pool."""
+
     lease_expires: float = Field(description="When the lease lapses unless renewed (Unix seconds).")
 
 
-class AbandonedSlot(Model):
+class AbandonedSlot(_Taken):
     """A slot whose holder ended without releasing it: its process was killed, it passed a hard
     time limit or was revoked with ``terminate=True``. The call it made may still be in flight, so
     the slot stays taken until ``until`` (the grace, ``pools_abandoned_grace_seconds``), or until
     an operator frees it (``celery pools release TASK_ID``)."""
 
-    task_id: str
-    task_name: str = ""
-    instance: str = ""
-    hostname: str = ""
-    pid: int | None = None
-    since: float = Field(description="When the slot was taken (Unix seconds, Redis clock).")
     abandoned: float = Field(description="When its holder ended (Unix seconds, Redis clock).")
     until: float = Field(description="When the slot comes free (Unix seconds, Redis clock).")
     why: str = Field(default="", description="How the holder ended: the exception, or 'revoke'.")

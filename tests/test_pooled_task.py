@@ -166,10 +166,12 @@ def test_lowering_the_limit_never_stops_running_tasks_and_gates_new_ones(env, ru
             assert running == 1, (label, running)
 
 
-def test_a_copy_of_a_running_task_waits_for_it_to_end(env, run_worker):
+@pytest.mark.parametrize("wait", ["countdown", "handoff"])
+def test_a_copy_of_a_running_task_waits_for_it_to_end(env, run_worker, wait):
     """One execution per slot: a second message with the id of a running task (a redelivery
     past the visibility timeout) waits, with a free slot beside it, until the first ends."""
     manager = _pool(env, limit=2)
+    manager.update("api", wait=wait)
     app = env.app()
     hold = app.tasks["t.hold"]
     with run_worker(app, concurrency=4):

@@ -36,6 +36,7 @@
 
 -- include: lib/clock.lua
 -- include: lib/histogram.lua
+-- include: lib/giving.lua
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs, abandoned,
   abandoned_holder = unpack(KEYS)
@@ -46,17 +47,13 @@ local info = redis.call('HGET', holder, token) or ''
 if pid ~= '' and (info == '' or tostring(cjson.decode(info)['pid']) ~= pid) then
   return {'NOT_HELD', now, '', redis.call('ZCARD', queue), 0}
 end
-local holding = redis.call('ZSCORE', holders, token)
-local claimed = holding and redis.call('HEXISTS', handoffs, token) == 0
+local claimed = redis.call('HEXISTS', handoffs, token) == 0
 local grace = tonumber(grace_ms)
-local released = redis.call('ZREM', holders, token)
-redis.call('HDEL', holder, token)
-if redis.call('HGET', held, token) == pool then
-  redis.call('HDEL', held, token)
-end
-redis.call('ZREM', waiters, token)
-redis.call('HDEL', waiter, token)
-redis.call('HDEL', handoffs, token)
+local released
+info, released = give_back({
+  held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
+  handoffs = handoffs,
+}, token, pool)
 local parked = redis.call('ZCARD', queue)
 if released == 0 then
   return {'NOT_HELD', now, '', parked, 0}

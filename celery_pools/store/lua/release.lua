@@ -25,20 +25,16 @@
 
 -- include: lib/clock.lua
 -- include: lib/histogram.lua
+-- include: lib/giving.lua
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs = unpack(KEYS)
 local token, pool, bounds = unpack(ARGV)
 
 local now = redis_clock()
-local info = redis.call('HGET', holder, token) or ''
-local released = redis.call('ZREM', holders, token)
-redis.call('HDEL', holder, token)
-if redis.call('HGET', held, token) == pool then
-  redis.call('HDEL', held, token)
-end
-redis.call('ZREM', waiters, token)
-redis.call('HDEL', waiter, token)
-redis.call('HDEL', handoffs, token)
+local info, released = give_back({
+  held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
+  handoffs = handoffs,
+}, token, pool)
 if released == 1 and info ~= '' then
   observe(stats, 'hold', now - (tonumber(cjson.decode(info)['since']) or now), bounds)
   redis.call('HINCRBY', stats, 'released', 1)
