@@ -228,7 +228,7 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
     # The status keys are all still there, with three more.
     assert set(shown) == {
         "name", "limit", "timeout", "in_use", "free", "waiting", "instances", "holders",
-        "waiters", "oldest_wait", "now", "wait", "rates", "metrics",
+        "waiters", "abandoned", "oldest_wait", "now", "wait", "rates", "metrics",
     }  # fmt: skip
     assert (shown["name"], shown["limit"], shown["in_use"], shown["wait"]) == (
         "api",
@@ -271,6 +271,9 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
         "grants_withdrawn": 0,
         "handoffs_returned": 0,
         "sent_back": 0,
+        "abandoned": 0,
+        "abandoned_expired": 0,
+        "abandoned_released": 0,
         "suspicious_after": 900.0,
         "suspicious_holders": [],
     }

@@ -25,6 +25,7 @@ EXPECTED_NAMES = {
     "celery_pools.update_pool",
     "celery_pools.clear_pool",
     "celery_pools.delete_pool",
+    "celery_pools.release_slot",
     "celery_pools.assign_instance",
     "celery_pools.unassign_instance",
     "celery_pools.list_pools",

@@ -75,16 +75,18 @@ def test_prefork_workers_keep_the_limit_with_rabbitmq_as_the_broker(rabbit_env, 
 
 
 @pytest.mark.slow
-def test_a_handed_off_task_redelivered_after_its_worker_died_runs_in_its_slot(rabbit_env):
+def test_a_handed_off_task_redelivered_after_its_worker_died_waits_for_its_slot(rabbit_env):
     """``acks_late``: the worker running a task that was handed its slot is killed; RabbitMQ gives
-    the same message to another worker at once, while the dead run's lease still holds the slot.
-    The message runs there, in that slot (not dropped as a stale copy, not given a second one)."""
+    the same message to another worker at once, while the dead run's lease still holds the slot
+    (its call may still be in flight). The copy is not dropped as a stale one and does not run
+    beside the dead run: it waits until that lease lapses, then takes the slot."""
     env = rabbit_env
+    env.lease_seconds = 3.0
     manager = _pool(env, limit=1, wait="handoff")
     doomed = env.worker(concurrency=1)
     app = env.app()
     app.tasks["t.hold"].delay("blocker", 0.5)  # granted the free slot at publication
-    victim = app.tasks["t.hold_late"].delay("victim", 60)  # parked, then handed the slot
+    victim = app.tasks["t.hold_late"].delay("victim", 15)  # parked, then handed the slot
     assert manager.status("api").waiting == 1
     wait_until(
         lambda: "victim" in {label for label, _ in env.probe().starts()},
@@ -92,11 +94,17 @@ def test_a_handed_off_task_redelivered_after_its_worker_died_runs_in_its_slot(ra
         message="the handed-off task never started",
     )
     env.worker(concurrency=1)
+    killed_at = float(env.probe().client.time()[0])  # the Redis clock, as the probe's starts
     doomed.kill()
-    assert victim.get(timeout=60) == "victim:redelivered"
-    assert [label for label, _ in env.probe().starts()].count("victim") == 2
+    # The copy waited by countdown: it runs from a message of its own, not the redelivered one.
+    assert victim.get(timeout=60) == "victim:first"
+    starts = [at for label, at in env.probe().starts() if label == "victim"]
+    assert len(starts) == 2
+    # Not before the dead run's lease lapsed: it was renewed at most a third of it before the kill.
+    assert starts[1] >= killed_at + env.lease_seconds * 2 / 3 - 1, (starts, killed_at)
     status = manager.status("api")
     assert (status.in_use, status.waiting) == (0, 0)
     (metrics,) = manager.store.metrics(["api"])
-    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 1)  # no second slot
+    assert metrics.reclaimed == 1  # the dead run's slot, at its lease's end
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 2)
     _delete_queue(app, env.queue)
