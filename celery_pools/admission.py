@@ -160,11 +160,7 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
     if status is AcquireStatus.TIMEOUT:
         return Fail(_timeout_error(acq, caller), timed_out=True, pool=acq.pool, waited=acq.waited)
     next_state = state.next_attempt(
-        first=acq.first,
-        pool=acq.pool,
-        uid=acq.uid,
-        timeout=acq.timeout,
-        handoff="",
+        first=acq.first, pool=acq.pool, uid=acq.uid, timeout=acq.timeout, handoff=""
     )
     if status is AcquireStatus.FULL and acq.reason == "handoff":
         return Park(next_state, acq)

@@ -92,6 +92,20 @@ def test_a_full_countdown_pool_waits_with_backoff_and_never_past_its_deadline():
     assert near.countdown == pytest.approx(0.1)
 
 
+def test_a_copy_of_a_running_execution_waits_by_countdown_in_any_mode():
+    """acquire.lua answers a copy with first = now: its wait starts when it found the first run."""
+    state = WaitState(first=NOW - 500.0, handoff="id-1.3", attempts=0)
+    decision = admit(_acq(AcquireStatus.FULL, reason="copy", first=NOW), state, CALLER, _backoff())
+    assert isinstance(decision, Wait)
+    assert 0.125 <= decision.countdown <= 0.25
+    assert decision.state == WaitState(
+        first=NOW, pool="api", uid="u1", timeout=30.0, attempts=1, handoff=""
+    )
+    assert str(decision.reason).startswith(
+        "another execution of task t.push[id-1] holds its slot of pool 'api'"
+    )
+
+
 def test_a_full_handoff_pool_parks_and_forgets_the_hand_off_it_came_with():
     state = WaitState(handoff="id-1.7", attempts=1)
     decision = admit(_acq(AcquireStatus.FULL, reason="handoff"), state, CALLER, _backoff())

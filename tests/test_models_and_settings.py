@@ -121,6 +121,9 @@ def test_settings_defaults_and_broker_fallback():
     assert settings.lease_seconds == 60.0
     assert settings.require_assignment is False
     assert settings.resolve_redis_url(_app()) == "redis://h:1/0"
+    assert settings.abandoned_grace == 60.0  # one lease
+    assert PoolsSettings.from_app(_app(pools_lease_seconds=20)).abandoned_grace == 20.0
+    assert PoolsSettings.from_app(_app(pools_abandoned_grace_seconds=0)).abandoned_grace == 0.0
     explicit = _app(pools_redis_url="redis://pools:2/3")
     assert PoolsSettings.from_app(explicit).resolve_redis_url(explicit) == "redis://pools:2/3"
 
@@ -145,6 +148,7 @@ def test_settings_without_any_redis_name_the_setting_to_set():
         ),
         ({"pools_retry_backoff_min": 9, "pools_retry_backoff_max": 1}, "pools_retry_backoff_min"),
         ({"pools_freeze_gc": "sometimes"}, "pools_freeze_gc"),
+        ({"pools_abandoned_grace_seconds": -1}, "pools_abandoned_grace_seconds"),
     ],
 )
 def test_bad_settings_name_the_setting(conf, field):
