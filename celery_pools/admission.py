@@ -174,15 +174,14 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
             if acq.reason == "rate"
             else f"instance {caller.instance!r} is paused for {acq.retry_after:.1f} s more"
         )
-    elif acq.reason == "copy":
+    else:
         countdown = backoff.countdown(state.attempts, acq.deadline - acq.now)
         reason = (
             f"another execution of {caller} holds its slot of pool {acq.pool!r} (its message "
             "was delivered again while it runs): waiting for it to end"
+            if acq.reason == "copy"
+            else f"waiting for a slot of pool {acq.pool!r}: {acq.in_use} of {acq.limit} in use"
         )
-    else:
-        countdown = backoff.countdown(state.attempts, acq.deadline - acq.now)
-        reason = f"waiting for a slot of pool {acq.pool!r}: {acq.in_use} of {acq.limit} in use"
     full = PoolFullError(
         f"{reason}; waited {acq.waited:.1f} s of {acq.timeout:g} s, next try in {countdown:.2f} s"
     )

@@ -99,7 +99,7 @@ def collect_families(
     cleared = counter("cleared_waiters_total", "Waiting tasks ended by a clear.")
     released = counter("releases_total", "Slots given back by their holders.")
     reclaimed = counter("reclaimed_leases_total", "Slots taken back from dead holders (leaks).")
-    handoff_families = [
+    counter_families = [
         (field, counter(name, doc)) for field, name, doc in _HANDOFF_COUNTERS + _ABANDONED_COUNTERS
     ]
     wait = HistogramMetricFamily(
@@ -127,13 +127,13 @@ def collect_families(
         cleared.add_metric(pool, m.cleared_waiters)
         released.add_metric(pool, m.released)
         reclaimed.add_metric(pool, m.reclaimed)
-        for field, family in handoff_families:
+        for field, family in counter_families:
             family.add_metric(pool, getattr(m, field))
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
     yield from (limit, in_use, abandoned, free, waiting, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
-    yield from (family for _, family in handoff_families)
+    yield from (family for _, family in counter_families)
     yield from (wait, hold)
 
 

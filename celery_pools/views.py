@@ -61,16 +61,7 @@ def deleted(result: DeleteResult) -> JSON:
 def freed(result: Freed) -> JSON:
     """A slot an operator freed: ``task_id``, ``pool``, ``abandoned`` (false: a running holder's,
     forced), and the holder's ``task_name``, ``hostname``, ``pid``, ``since`` (Unix seconds)."""
-    since = result.holder.get("since")
-    return {
-        "task_id": result.task_id,
-        "pool": result.pool,
-        "abandoned": result.abandoned,
-        "task_name": result.holder.get("task_name", ""),
-        "hostname": result.holder.get("hostname", ""),
-        "pid": result.holder.get("pid"),
-        "since": since / 1000 if isinstance(since, int | float) else None,
-    }
+    return dataclasses.asdict(result)
 
 
 def assignment(instance: str, pool_name: str | None, previous: str | None) -> JSON:

@@ -20,6 +20,7 @@ from .results import (
     AcquireStatus,
     Acquisition,
     Effects,
+    Freed,
     Grant,
     Handoff,
     Parking,
@@ -31,6 +32,7 @@ __all__ = [
     "abandoned",
     "acquisition",
     "effects",
+    "freed",
     "instance_rate",
     "parking",
     "pool",
@@ -114,6 +116,21 @@ def abandoned(token: str, raw: str | None) -> AbandonedSlot:
         abandoned=seconds(info.get("abandoned", 0)),
         until=seconds(info.get("until", 0)),
         why=info.get("why", ""),
+    )
+
+
+def freed(token: str, pool: str, abandoned: bool, raw: str | None) -> Freed:
+    """An operator's release, from the freed slot's holder JSON."""
+    info = json.loads(raw or "{}")
+    since = info.get("since")
+    return Freed(
+        task_id=token,
+        pool=pool,
+        abandoned=abandoned,
+        task_name=info.get("task_name", ""),
+        hostname=info.get("hostname", ""),
+        pid=info.get("pid"),
+        since=seconds(since) if isinstance(since, int | float) else None,
     )
 
 

@@ -187,12 +187,15 @@ class Abandonment(_Settled):
 @dataclass(frozen=True)
 class Freed:
     """The answer to an operator's release of a task's slot: the pool whose slot was freed,
-    whether it was an abandoned slot (or a running holder's), and its holder JSON."""
+    whether it was an abandoned slot (or a running holder's), and who held it since when."""
 
     task_id: str
     pool: str
     abandoned: bool
-    holder: dict[str, Any]
+    task_name: str = ""
+    hostname: str = ""
+    pid: int | None = None
+    since: float | None = None
 
 
 @dataclass(frozen=True)

@@ -298,23 +298,24 @@ class RedisPoolStore(StoreReading):
         for pool in kept:
             status, _now, info, _parked = self._run("free", {"token": token}, pool)
             if status == "FREED":
-                return Freed(task_id=token, pool=pool, abandoned=True, holder=json.loads(info))
+                return replies.freed(token, pool, True, info)
         if not held:
             raise SlotNotFoundError(
                 f"task {token!r} holds no slot and has no abandoned slot", task_id=token
             )
         with self._backend("read a holder"):
-            holder = json.loads(self.client.hget(self.keys.pool(held).holder, token) or "{}")
+            raw = self.client.hget(self.keys.pool(held).holder, token)
+        holder = replies.freed(token, held, False, str(raw) if raw else None)
         if not force:
             raise SlotInUseError(
                 f"task {token!r} holds a slot of pool {held!r} and is running (host "
-                f"{holder.get('hostname') or '?'}, pid {holder.get('pid') or '?'}): its call may "
+                f"{holder.hostname or '?'}, pid {holder.pid or '?'}): its call may "
                 "be in flight; release it anyway with force",
                 task_id=token,
                 pool=held,
             )
         self._run("release", {"token": token, "pool": held, "bounds": BUCKET_BOUNDS_ARG}, held)
-        return Freed(task_id=token, pool=held, abandoned=False, holder=holder)
+        return holder
 
     def renew(self, held: dict[str, str], *, lease: float) -> int:
         """Extend the leases of ``held`` (token -> pool) to ``lease`` seconds from now; return how
