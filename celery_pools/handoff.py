@@ -31,7 +31,7 @@ from . import signals
 from .store import Effects, Handoff, Reclaimed, RedisPoolStore
 from .waiting import HEADER
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "outside_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Dispatcher:
         options["headers"] = headers
         if producer is not None:
             options["producer"] = producer
-        with _outside_tasks():
+        with outside_tasks():
             self.app.send_task(
                 message["task"], message["args"], message["kwargs"], add_to_parent=False, **options
             )
@@ -193,10 +193,11 @@ def _log_reclaimed(pool: str, holders: Iterable[Reclaimed]) -> None:
 
 
 @contextmanager
-def _outside_tasks() -> Iterator[None]:
-    """Hide this thread's running tasks from ``send_task``, which would make the task that frees a
-    slot the parent (``parent_id``, ``root_id``, result trail) of the task it hands the slot to.
-    The parked message already carries the parent and root of the call that sent it."""
+def outside_tasks() -> Iterator[None]:
+    """Hide this thread's running tasks from ``send_task``, which would make the running task the
+    parent (``parent_id``, ``root_id``, result trail) of the message sent: the task that frees a
+    slot of the task it hands the slot to, a waiting task of its own next attempt. The message sent
+    already carries the parent and root of the call that sent it first."""
     hidden = []
     while len(_task_stack):
         hidden.append(_task_stack.pop())

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from celery import Task
@@ -24,6 +24,7 @@ from . import admission, signals
 from .admission import Backoff, Caller, Fail, Park, Run, Stale, Unassigned, Wait
 from .context import PoolsExtension, get_extension
 from .errors import PoolBackendError, PoolConfigError
+from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
 from .producer import park_at_publish, withdraw_grant
@@ -189,6 +190,8 @@ class PooledTask(Task):  # type: ignore[misc]
         instance = self.resolve_connector_instance(tuple(args), dict(kwargs))
         execution = _Execution(request, Caller(self.name, request.id, instance), args, kwargs)
         state = WaitState.from_headers(request.headers)
+        if not state.waited:  # its first message: the ETA it runs with, whatever it waits
+            state = replace(state, eta=str(request.eta or ""))
         while True:
             try:
                 return self._attempt(ext, execution, state)
@@ -237,6 +240,10 @@ class PooledTask(Task):  # type: ignore[misc]
         decision = admission.admit(acq, state, caller, backoff)
         match decision:
             case Run():
+                if state.waited:
+                    # The request it would have had without waiting: a countdown's message has
+                    # an ETA of its own, a hand-off's none.
+                    execution.request.eta = state.eta or None
                 self._signal(
                     signals.slot_acquired,
                     caller,
@@ -365,8 +372,10 @@ class PooledTask(Task):  # type: ignore[misc]
         )
         options = {key: value for key, value in signature.options.items() if value is not None}
         # Task.apply_async, not self.apply_async: a mixin overriding apply_async (dedup or lock
-        # libraries do) must not swallow the reschedule.
-        Task.apply_async(self, signature.args, signature.kwargs, **options)
+        # libraries do) must not swallow the reschedule. Outside this task: it is not its own
+        # parent (a root task keeps no parent, a chain member its own).
+        with outside_tasks():
+            Task.apply_async(self, signature.args, signature.kwargs, **options)
         raise Retry(exc=wait.reason, when=wait.countdown, sig=signature)
 
     def pause_instance(self, seconds: float, instance: str | None = None) -> float:

@@ -2,7 +2,8 @@
 
 A task that finds its pool full is sent again with a countdown. What it needs to know on its next
 attempt travels in the ``celery_pools`` header of the new message: when it first asked (Redis
-clock), which pool it waited in, that pool's uid and timeout, and how many attempts it made.
+clock), which pool it waited in, that pool's uid and timeout, how many attempts it made, and the
+ETA its first message had (a countdown's new message has another; the task runs with its own).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class WaitState:
     attempts: int = 0
     handoff: str = ""
     fail: dict[str, Any] | None = None
+    #: The ETA (ISO 8601) of the task's first message, "" for none: the ETA it runs with.
+    eta: str = ""
 
     @classmethod
     def from_headers(cls, headers: Any) -> WaitState:
@@ -47,9 +50,15 @@ class WaitState:
                 attempts=int(raw.get("attempts") or 0),
                 handoff=str(raw.get("handoff") or ""),
                 fail=dict(fail) if isinstance(fail, dict) else None,
+                eta=str(raw.get("eta") or ""),
             )
         except (TypeError, ValueError):
             return cls()
+
+    @property
+    def waited(self) -> bool:
+        """Whether the task waited before this execution (its message is not its first)."""
+        return self.first is not None
 
     def to_header(self) -> dict[str, Any]:
         """The header value (JSON-, msgpack- and AMQP-table-safe)."""

@@ -9,6 +9,7 @@ can count concurrency and body runs without trusting celery-pools.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import time
@@ -204,6 +205,33 @@ def create_app(  # noqa: PLR0915  (one test task after another)
             except urllib.error.HTTPError as exc:
                 raise RuntimeError(f"the API answered {exc.code}") from None
         return label
+
+    @app.task(
+        base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.request", shared=False
+    )
+    def request_of(self: Any, value: int, label: str) -> int:
+        """Record the request this execution runs with (ids, ETA, canvas) under ``label``."""
+        request = self.request
+        probe_client.hset(
+            f"probe:{probe_name}:requests",
+            label,
+            json.dumps(
+                {
+                    "id": request.id,
+                    "parent_id": request.parent_id,
+                    "root_id": request.root_id,
+                    "eta": None if request.eta is None else str(request.eta),
+                    "expires": None if request.expires is None else str(request.expires),
+                    "group": request.group,
+                    "group_index": request.group_index,
+                    "chord": request.chord is not None,
+                    "chain": len(request.chain or ()),
+                }
+            ),
+        )
+        with probe().track(label):
+            time.sleep(0.02)
+        return value
 
     @app.task(name="t.gc_copy", shared=False)
     def gc_copy() -> dict[str, int]:
