@@ -2,8 +2,9 @@
 
 Pure: no Redis, no Celery, no signals. :class:`~celery_pools.task.PooledTask` asks the store,
 hands the answer to :func:`admit` and carries out the decision: run the body with the slot, park
-for a hand-off, wait (sent again with a countdown), fail with a typed error, ignore a stale copy,
-or run without a limit when the instance has no pool. Every error a task ends with, its body not
+for a hand-off, stand by (block until a slot is handed to it) or end a standby that was sent back
+to the FIFO, wait (sent again with a countdown), fail with a typed error, ignore a stale copy, or
+run without a limit when the instance has no pool. Every error a task ends with, its body not
 run, is worded here.
 """
 
@@ -33,8 +34,10 @@ __all__ = [
     "Decision",
     "Fail",
     "Park",
+    "Requeued",
     "Run",
     "Stale",
+    "Standby",
     "Unassigned",
     "Wait",
     "admit",
@@ -94,6 +97,24 @@ class Park:
 
 
 @dataclass(frozen=True)
+class Standby:
+    """Block as a standby for ``seconds`` at most (until a freed slot is handed to it), then ask
+    again with the same wait state."""
+
+    seconds: float
+    acquisition: Acquisition
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """The standby's block ended with no slot: it is back at its place in the FIFO, and this run
+    ends as a parked task's does (``reason`` is what its ``RETRY`` state stores)."""
+
+    reason: PoolFullError
+    acquisition: Acquisition
+
+
+@dataclass(frozen=True)
 class Wait:
     """Send the task again in ``countdown`` seconds, with ``state``; ``reason`` is what its
     ``RETRY`` state stores. ``waiting`` is the answer it waits on (none when Redis was not
@@ -127,7 +148,7 @@ class Unassigned:
     or if the pool it waited in was deleted)."""
 
 
-Decision = Run | Park | Wait | Fail | Stale | Unassigned
+Decision = Run | Park | Standby | Requeued | Wait | Fail | Stale | Unassigned
 
 
 def _did_not_run(cause: str, caller: Caller, waited: float, of: float | None = None) -> str:
@@ -164,6 +185,16 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
     )
     if status is AcquireStatus.FULL and acq.reason == "handoff":
         return Park(next_state, acq)
+    if status is AcquireStatus.FULL and acq.reason == "standby":
+        return Standby(max(0.0, min(acq.retry_after, acq.deadline - acq.now)), acq)
+    if status is AcquireStatus.FULL and acq.reason == "requeued":
+        return Requeued(
+            PoolFullError(
+                f"back in the hand-off FIFO of pool {acq.pool!r} ({acq.in_use} of {acq.limit} in "
+                f"use) after standing by; waited {acq.waited:.1f} s of {acq.timeout:g} s"
+            ),
+            acq,
+        )
     # FULL or RATE: wait and try again (by countdown: no hand-off of its own any more).
     if status is AcquireStatus.RATE:
         # The token is due at a known time: come back then, not earlier or later.

@@ -68,6 +68,8 @@ class PoolsExtension:
                         key_prefix=settings.key_prefix,
                         socket_timeout=settings.redis_socket_timeout,
                         handoff_lease=settings.handoff_lease_seconds,
+                        standby_max=settings.standby_max,
+                        standby_block=settings.standby_seconds,
                     )
         return self._store
 

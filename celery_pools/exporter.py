@@ -59,6 +59,12 @@ _ABANDONED_COUNTERS = (
     ("abandoned_expired", "abandoned_expired_total", "Abandoned slots freed when the grace ended."),
     ("abandoned_released", "abandoned_released_total", "Abandoned slots freed by an operator."),
 )
+#: Counters of standbys: (PoolMetrics field, metric name, help).
+_STANDBY_COUNTERS = (
+    ("standbys_promoted", "standbys_promoted_total", "Parked tasks promoted to standby."),
+    ("standbys_woken", "standbys_woken_total", "Standbys woken by a freed slot handed to them."),
+    ("standbys_returned", "standbys_returned_total", "Standbys sent back to the FIFO."),
+)
 
 
 def collect_families(
@@ -82,6 +88,7 @@ def collect_families(
     abandoned = gauge("abandoned_slots", "Slots kept taken now after their holder ended.")
     free = gauge("free_slots", "Slots free now.")
     waiting = gauge("waiting_tasks", "Tasks waiting for a slot now.")
+    standbys = gauge("standby_tasks", "Waiting tasks standing by in a worker now (in waiting).")
     oldest = gauge("oldest_wait_seconds", "How long the longest-waiting task has waited.")
     timeout = gauge("timeout_seconds", "How long a task may wait for a slot.")
     suspicious = gauge(
@@ -100,7 +107,8 @@ def collect_families(
     released = counter("releases_total", "Slots given back by their holders.")
     reclaimed = counter("reclaimed_leases_total", "Slots taken back from dead holders (leaks).")
     counter_families = [
-        (field, counter(name, doc)) for field, name, doc in _HANDOFF_COUNTERS + _ABANDONED_COUNTERS
+        (field, counter(name, doc))
+        for field, name, doc in _HANDOFF_COUNTERS + _ABANDONED_COUNTERS + _STANDBY_COUNTERS
     ]
     wait = HistogramMetricFamily(
         f"{_NS}_wait_seconds", "Time from a task's first request to its slot.", labels=["pool"]
@@ -115,6 +123,7 @@ def collect_families(
         abandoned.add_metric(pool, len(s.abandoned))
         free.add_metric(pool, s.free)
         waiting.add_metric(pool, s.waiting)
+        standbys.add_metric(pool, s.standbys)
         oldest.add_metric(pool, s.oldest_wait or 0.0)
         timeout.add_metric(pool, s.timeout)
         suspicious.add_metric(pool, len(m.suspicious_holders(suspicious_after)))
@@ -131,7 +140,7 @@ def collect_families(
             family.add_metric(pool, getattr(m, field))
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
-    yield from (limit, in_use, abandoned, free, waiting, oldest, timeout, suspicious)
+    yield from (limit, in_use, abandoned, free, waiting, standbys, oldest, timeout, suspicious)
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
     yield from (family for _, family in counter_families)
     yield from (wait, hold)

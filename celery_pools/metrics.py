@@ -115,6 +115,17 @@ class PoolMetrics(Model):
     abandoned_released: int = Field(
         default=0, description="Abandoned slots freed early by an operator."
     )
+    standbys_promoted: int = Field(
+        default=0, description="Parked tasks promoted to standby (their message sent ahead)."
+    )
+    standbys_woken: int = Field(
+        default=0, description="Standbys woken in one round trip by a freed slot handed to them."
+    )
+    standbys_returned: int = Field(
+        default=0,
+        description="Standbys sent back to their place in the FIFO (block over, process died, "
+        "message lost).",
+    )
     acquired_by_instance: dict[str, int]
     wait: Histogram
     hold: Histogram
@@ -176,6 +187,9 @@ def parse_stats(status: PoolStatus, stats: Mapping[str, str]) -> PoolMetrics:
         abandoned=counter("abandoned"),
         abandoned_expired=counter("abandoned_expired"),
         abandoned_released=counter("abandoned_released"),
+        standbys_promoted=counter("standbys_promoted"),
+        standbys_woken=counter("standbys_woken"),
+        standbys_returned=counter("standbys_returned"),
         acquired_by_instance={
             field.split(":", 1)[1]: int(value)
             for field, value in stats.items()

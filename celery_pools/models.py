@@ -18,6 +18,8 @@ from .errors import PoolConfigError
 __all__ = [
     "DEFAULT_HANDOFF_LEASE",
     "DEFAULT_LEASE",
+    "DEFAULT_STANDBY_MAX",
+    "DEFAULT_STANDBY_SECONDS",
     "DEFAULT_TIMEOUT",
     "INSTANCE_NAME_PATTERN",
     "MAX_TIMEOUT",
@@ -42,6 +44,10 @@ __all__ = [
 DEFAULT_TIMEOUT = 30.0
 #: Seconds a task handed a slot has to start and claim it (``pools_handoff_lease_seconds``).
 DEFAULT_HANDOFF_LEASE = 10.0
+#: Standbys a hand-off pool keeps at most (``pools_standby_max``): none unless a deployment asks.
+DEFAULT_STANDBY_MAX = 0
+#: Seconds a standby blocks at most before it goes back to the FIFO (``pools_standby_seconds``).
+DEFAULT_STANDBY_SECONDS = 2.0
 #: Seconds a holder's slot stays taken without a renewal (``pools_lease_seconds``).
 DEFAULT_LEASE = 60.0
 #: The longest a pool may let a task wait for a slot, in seconds.
@@ -261,6 +267,11 @@ class PoolStatus(Model):
     in_use: int
     free: int
     waiting: int
+    standbys: int = Field(
+        default=0,
+        description="Waiters standing by: the oldest parked tasks, their message out ahead of "
+        "need, blocked in a worker until a freed slot is handed to them (in waiting).",
+    )
     instances: list[str]
     holders: list[Holder]
     waiters: list[Waiter]

@@ -12,7 +12,15 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from .errors import PoolConfigError
-from .models import DEFAULT_HANDOFF_LEASE, DEFAULT_LEASE, Model, PoolSpec, check_pool_name
+from .models import (
+    DEFAULT_HANDOFF_LEASE,
+    DEFAULT_LEASE,
+    DEFAULT_STANDBY_MAX,
+    DEFAULT_STANDBY_SECONDS,
+    Model,
+    PoolSpec,
+    check_pool_name,
+)
 
 __all__ = ["SETTING_PREFIX", "PoolsSettings"]
 
@@ -40,6 +48,10 @@ class PoolsSettings(Model):
     #: How long the slot of a holder that ended without releasing (killed, hard time limit,
     #: terminated) stays taken, its call possibly still in flight; None: one lease.
     abandoned_grace_seconds: float | None = Field(default=None, ge=0.0, le=86_400.0)
+    #: Standbys a hand-off pool keeps at most (0: none); the pool sizes them below that.
+    standby_max: int = Field(default=DEFAULT_STANDBY_MAX, ge=0, le=1000)
+    #: Seconds a standby blocks at most before it goes back to its place in the FIFO.
+    standby_seconds: float = Field(default=DEFAULT_STANDBY_SECONDS, gt=0.0, le=30.0)
     freeze_gc: bool = True
     declare: dict[str, PoolSpec] = Field(default_factory=dict)
 
@@ -88,13 +100,21 @@ class PoolsSettings(Model):
                 "must not be larger than pools_retry_backoff_max",
             )
         try:
-            return cls.parse(values)
+            settings = cls.parse(values)
         except PoolConfigError as exc:
             if exc.field and not exc.field.startswith(SETTING_PREFIX):
                 raise PoolConfigError.invalid(
                     SETTING_PREFIX + exc.field, exc.value, exc.allowed
                 ) from None
             raise
+        if settings.standby_seconds >= settings.redis_socket_timeout:
+            raise PoolConfigError.invalid(
+                "pools_standby_seconds",
+                settings.standby_seconds,
+                f"less than pools_redis_socket_timeout ({settings.redis_socket_timeout:g} s): a "
+                "standby blocks on its Redis connection",
+            )
+        return settings
 
     @property
     def abandoned_grace(self) -> float:

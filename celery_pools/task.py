@@ -15,15 +15,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Retry
 from celery.utils import uuid
 from celery.utils.dispatch import Signal
 
 from . import admission, signals
-from .admission import Backoff, Caller, Fail, Park, Run, Stale, Unassigned, Wait
+from .admission import (
+    Backoff,
+    Caller,
+    Fail,
+    Park,
+    Requeued,
+    Run,
+    Stale,
+    Standby,
+    Unassigned,
+    Wait,
+)
 from .context import PoolsExtension, get_extension
-from .errors import PoolBackendError, PoolConfigError
+from .errors import PoolBackendError, PoolConfigError, PoolFullError
 from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
@@ -54,6 +65,10 @@ class _Slot:
     pool: str
     caller: Caller
     handed: bool = False  # claimed through a hand-off: others are likely parked behind it
+
+
+class _AskAgain(Exception):
+    """Internal: a standby's block ended; ask again with the same wait state."""
 
 
 class _Again(Exception):
@@ -195,6 +210,8 @@ class PooledTask(Task):  # type: ignore[misc]
         while True:
             try:
                 return self._attempt(ext, execution, state)
+            except _AskAgain:
+                continue
             except _Again as again:
                 if not request.is_eager:
                     self._reschedule(execution, again.wait)
@@ -227,6 +244,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
+                standby=self._standby_seconds(ext, execution.request),
             )
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)
@@ -264,6 +282,12 @@ class PooledTask(Task):  # type: ignore[misc]
                 return None
             case Park():
                 self._park(ext, execution, decision, state)
+            case Standby():
+                self._stand_by(ext, execution, decision, state)
+                raise _AskAgain()
+            case Requeued():
+                self._waiting(caller, decision.acquisition, None)
+                raise Retry(exc=decision.reason, when=None)
             case Wait():
                 if decision.waiting is not None:
                     self._waiting(caller, decision.waiting, decision.countdown)
@@ -279,6 +303,43 @@ class PooledTask(Task):  # type: ignore[misc]
         if type(self).pool_wait is not None:
             return check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
         return ""
+
+    def _standby_seconds(self, ext: PoolsExtension, request: Any) -> float:
+        """How long this execution may block as a standby: ``pools_standby_seconds``, and at most
+        a tenth of its time limits, which count the block (it runs in the worker's process)."""
+        block: float = ext.settings.standby_seconds
+        hard, soft = request.timelimit or (None, None)
+        conf = self.app.conf
+        limits = [
+            limit
+            for limit in (
+                hard or self.time_limit or conf.task_time_limit,
+                soft or self.soft_time_limit or conf.task_soft_time_limit,
+            )
+            if limit
+        ]
+        return min([block, *(float(limit) / 10 for limit in limits)])
+
+    def _stand_by(
+        self, ext: PoolsExtension, execution: _Execution, standby: Standby, state: WaitState
+    ) -> None:
+        """Block until a freed slot is handed to this standby, it is ended, or its block ends."""
+        request, acq = execution.request, standby.acquisition
+        if self.track_started and not request.ignore_result:
+            # Celery stored STARTED before the body: the task still waits, and its state says
+            # so as it did while parked: PENDING when parked at publication, else RETRY.
+            if state.attempts:
+                reason = PoolFullError(
+                    f"standing by for a slot of pool {acq.pool!r} ({acq.in_use} of {acq.limit} "
+                    f"in use); waited {acq.waited:.1f} s of {acq.timeout:g} s"
+                )
+                self.backend.store_result(request.id, reason, states.RETRY, request=request)
+            else:
+                self.backend.store_result(request.id, None, states.PENDING, request=request)
+        try:
+            ext.store.block(execution.caller.token, acq.pool, standby.seconds)
+        except PoolBackendError as exc:  # the next attempt finds out what Redis says
+            logger.debug("celery-pools: %s stopped standing by: %s", execution.caller, exc)
 
     def _signal(self, signal: Signal, caller: Caller, pool: str, **fields: Any) -> None:
         """Send one of celery-pools' signals about this execution."""

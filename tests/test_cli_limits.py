@@ -227,8 +227,8 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
     shown = json.loads(result.stdout)
     # The status keys are all still there, with three more.
     assert set(shown) == {
-        "name", "limit", "timeout", "in_use", "free", "waiting", "instances", "holders",
-        "waiters", "abandoned", "oldest_wait", "now", "wait", "rates", "metrics",
+        "name", "limit", "timeout", "in_use", "free", "waiting", "standbys", "instances",
+        "holders", "waiters", "abandoned", "oldest_wait", "now", "wait", "rates", "metrics",
     }  # fmt: skip
     assert (shown["name"], shown["limit"], shown["in_use"], shown["wait"]) == (
         "api",
@@ -274,6 +274,9 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
         "abandoned": 0,
         "abandoned_expired": 0,
         "abandoned_released": 0,
+        "standbys_promoted": 0,
+        "standbys_woken": 0,
+        "standbys_returned": 0,
         "suspicious_after": 900.0,
         "suspicious_holders": [],
     }

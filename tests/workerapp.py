@@ -288,6 +288,10 @@ def _optional_conf(env: Any) -> dict[str, Any]:
             "visibility_timeout": visibility,
             "unacked_restore_interval": visibility / 3,
         }
+    if "CP_STANDBY_MAX" in env:
+        conf["pools_standby_max"] = int(env["CP_STANDBY_MAX"])
+    if "CP_STANDBY_SECONDS" in env:
+        conf["pools_standby_seconds"] = float(env["CP_STANDBY_SECONDS"])
     if "CP_ABANDONED_GRACE_SECONDS" in env:
         conf["pools_abandoned_grace_seconds"] = float(env["CP_ABANDONED_GRACE_SECONDS"])
     return conf

@@ -89,7 +89,8 @@ def _describe(
         f"  wait       {wait}",
         f"  in use     {s.in_use}" + (f" ({len(s.abandoned)} abandoned)" if s.abandoned else ""),
         f"  free       {s.free}",
-        f"  waiting    {s.waiting}{oldest}",
+        f"  waiting    {s.waiting}{oldest}"
+        + (f" ({s.standbys} standing by)" if s.standbys else ""),
         f"  instances  {', '.join(s.instances) or '-'}",
     ]
     if rates:
@@ -179,6 +180,8 @@ def _describe_metrics(m: PoolMetrics) -> list[str]:
         f"  hand-offs        {m.handoffs} ({m.handoffs_retried} handed out again, "
         f"{m.grants_lapsed} grants lapsed, {m.grants_withdrawn} withdrawn, "
         f"{m.handoffs_returned} given back, {m.sent_back} sent back for a pause)",
+        f"  standbys         {m.standbys_promoted} promoted, {m.standbys_woken} woken by a "
+        f"freed slot, {m.standbys_returned} sent back to the FIFO",
         f"  wait for a slot  p50 {quantile(m.wait.quantile(0.5))}, "
         f"p95 {quantile(m.wait.quantile(0.95))}",
         f"  slot held        p50 {quantile(m.hold.quantile(0.5))}, "

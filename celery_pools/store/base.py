@@ -10,7 +10,11 @@ from typing import Any, TypeVar
 import redis
 
 from celery_pools.errors import PoolBackendError
-from celery_pools.models import DEFAULT_HANDOFF_LEASE
+from celery_pools.models import (
+    DEFAULT_HANDOFF_LEASE,
+    DEFAULT_STANDBY_MAX,
+    DEFAULT_STANDBY_SECONDS,
+)
 
 from . import fork
 from .clock import RedisClock
@@ -49,11 +53,17 @@ class StoreBase:
         keys: KeySpace | None = None,
         *,
         handoff_lease: float = DEFAULT_HANDOFF_LEASE,
+        standby_max: int = DEFAULT_STANDBY_MAX,
+        standby_block: float = DEFAULT_STANDBY_SECONDS,
     ) -> None:
         self.client = client
         self.keys = keys or KeySpace()
         #: Seconds a task handed a slot has to start and claim it (``pools_handoff_lease_seconds``).
         self.handoff_lease = handoff_lease
+        #: Standbys a hand-off pool keeps at most, 0 for none (``pools_standby_max``).
+        self.standby_max = standby_max
+        #: Seconds a standby blocks at most (``pools_standby_seconds``).
+        self.standby_block = standby_block
         self.clock = RedisClock()
         self._scripts = ScriptCaller(client, {name: script_source(name) for name in SCRIPTS})
         self._pool_of: dict[str, str] = {}

@@ -40,6 +40,14 @@ is the key's name in :class:`KeySpace` and in the Lua scripts::
                                                                 releasing -> end of its grace (ms)
     abandoned_holder {celery_pools}:pool:<name>:abandoned_holder HASH  task id -> holder JSON,
                                                                 with abandoned, until and why
+    standby         {celery_pools}:pool:<name>:standby    ZSET  standby task id -> place in line
+                                                                (us): parked tasks whose message
+                                                                is out ahead of need
+    standby_entry   {celery_pools}:pool:<name>:standby_entry HASH  standby task id -> JSON (id,
+                                                                entry, promoted, ready, until,
+                                                                host, pid, thread)
+    wake            {celery_pools}:pool:<name>:wake:<task id>  LIST  a standby's wake-up ("go",
+                                                                "end"); the field is the prefix
 
 Times are milliseconds on the Redis server's clock. Pool names cannot contain ``:``, so one
 pool's keys never collide with another's.
@@ -71,6 +79,9 @@ class PoolKeys:
     rate_parked: str
     abandoned: str
     abandoned_holder: str
+    standby: str
+    standby_entry: str
+    wake: str
 
     def all(self) -> list[str]:
         """Every key of the pool."""
@@ -182,6 +193,9 @@ def _pool_keys(root: str, name: str) -> PoolKeys:
         rate_parked=f"{base}:rate_parked",
         abandoned=f"{base}:abandoned",
         abandoned_holder=f"{base}:abandoned_holder",
+        standby=f"{base}:standby",
+        standby_entry=f"{base}:standby_entry",
+        wake=f"{base}:wake:",
     )
 
 

@@ -1,6 +1,8 @@
-"""The store's reads: definitions, associations, held slots, status snapshots, metrics and rates.
+"""The store's reads: definitions, associations, held slots, status snapshots, metrics, rates,
+and a standby's wait for its wake-up (a blocking pop of its own wake LIST).
 
-None of them writes; a snapshot of several keys is read in one transaction, so it is consistent.
+None of them writes but that pop; a snapshot of several keys is read in one transaction, so it
+is consistent.
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ class StoreReading(StoreBase):
             raise PoolNotFoundError(f"no pool named {name!r}", pool=name)
         return statuses[0]
 
+    def block(self, token: str, pool: str, seconds: float) -> str | None:
+        """Block as ``token``'s standby in ``pool`` for ``seconds`` at most (BLPOP on its wake
+        LIST): "go" when a slot was handed to it, "end" when its pool was cleared or deleted,
+        None when nothing came. Either way the task then asks again (:meth:`acquire`, with its
+        hand-off id): it claims the slot, finds its message stale, or goes back to the FIFO."""
+        key = self.keys.pool(pool).wake + token
+        with self._backend(f"wait as a standby of pool {pool!r}"):
+            # BLPOP's timeout is whole or fractional seconds; 0 would block for ever.
+            popped = self.client.blpop([key], timeout=max(0.001, seconds))
+        return None if popped is None else str(popped[1])
+
     def statuses(self, names: Iterable[str] | None = None) -> list[PoolStatus]:
         """Snapshots of the named pools (all pools by default), read in one transaction."""
         names = self.pool_names() if names is None else list(names)
@@ -113,11 +126,12 @@ class StoreReading(StoreBase):
                 pipe.hgetall(keys.waiter)
                 pipe.zrange(keys.abandoned, 0, -1, withscores=True)
                 pipe.hgetall(keys.abandoned_holder)
+                pipe.zcard(keys.standby)
             reply = pipe.execute()
         now = self._observe_time(reply[0])
         result = []
         for index, name in enumerate(names):
-            rows = reply[1 + 8 * index : 9 + 8 * index]
+            rows = reply[1 + 9 * index : 10 + 9 * index]
             if rows[0]:
                 result.append(replies.status(name, now, rows))
         return result

@@ -135,16 +135,18 @@ def freed(token: str, pool: str, abandoned: bool, raw: str | None) -> Freed:
 
 
 def effects(reply: Sequence[Any], pool: str) -> Effects:
-    """handoff.lua's reply: the hand-offs to publish and the holders reclaimed."""
-    _status, _now, handed, lapsed = reply
+    """handoff.lua's reply: the hand-offs and standbys to publish and the holders reclaimed."""
+    _status, _now, handed, lapsed, promoted = reply
     handoffs = tuple(
         Handoff(
-            token=str(handed[i]),
-            handoff_id=str(handed[i + 1]),
+            token=str(flat[i]),
+            handoff_id=str(flat[i + 1]),
             pool=pool,
-            entry=json.loads(handed[i + 2]),
+            entry=json.loads(flat[i + 2]),
+            standby=standby,
         )
-        for i in range(0, len(handed), 3)
+        for flat, standby in ((handed, False), (promoted, True))
+        for i in range(0, len(flat), 3)
     )
     return Effects(pool, handoffs, reclaimed(lapsed))
 
@@ -224,13 +226,13 @@ def _described(token: str, raw: str | None) -> tuple[dict[str, Any], dict[str, A
 
 
 def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
-    """A pool's status at ``now`` (seconds) from the eight replies read for it:
+    """A pool's status at ``now`` (seconds) from the nine replies read for it:
     ``HGETALL config``, ``SMEMBERS pool_instances``, ``ZRANGE holders`` and ``HGETALL holder``,
     ``ZRANGE waiters`` and ``HGETALL waiter``, ``ZRANGE abandoned`` and
-    ``HGETALL abandoned_holder`` (the ZSETs with their scores, in ms). Holders whose lease lapsed,
-    waiters past their deadline and abandoned slots past their grace are left out: the next
-    operation frees them. Abandoned slots count as in use."""
-    config, instances, holders, holder_info, waiters, waiter_info, kept, kept_info = rows
+    ``HGETALL abandoned_holder`` (the ZSETs with their scores, in ms), ``ZCARD standby``.
+    Holders whose lease lapsed, waiters past their deadline and abandoned slots past their grace
+    are left out: the next operation frees them. Abandoned slots count as in use."""
+    config, instances, holders, holder_info, waiters, waiter_info, kept, kept_info, standbys = rows
     limit = int(config["limit"])
     live_holders = []
     for token, expiry in holders:
@@ -263,6 +265,7 @@ def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
         in_use=in_use,
         free=max(0, limit - in_use),
         waiting=len(live_waiters),
+        standbys=int(standbys),
         instances=sorted(instances),
         holders=live_holders,
         waiters=live_waiters,

@@ -50,12 +50,15 @@ class Reclaimed:
 
 @dataclass(frozen=True)
 class Handoff:
-    """A slot handed to a parked task: publish ``entry``'s message with ``handoff_id``."""
+    """A slot handed to a parked task: publish ``entry``'s message with ``handoff_id``. A
+    ``standby`` is handed no slot yet: its message goes out ahead of need, and its task blocks
+    until a freed slot is handed to it under the same id."""
 
     token: str
     handoff_id: str
     pool: str
     entry: dict[str, Any]
+    standby: bool = False
 
 
 @dataclass(frozen=True)

@@ -59,15 +59,20 @@ SCRIPTS: dict[str, Script] = {
             keys=(
                 "instances", "held", "rates", "rate_state", "paused", *_POOL_SLOT,
                 "queue", "handoffs", "rate_parked", "stale", "abandoned", "abandoned_holder",
+                "standby", "standby_entry", "wake", "parked",
             ),
             args=(
                 "instance", "believed", "token", "lease_ms", "first_ms", "waited_uid", "info",
                 "bounds", "unassigned_timeout_ms", "wait", "handoff_id", "rate_parked_max",
+                "standby_ms", "stale_ms", "handoff_lease_ms",
             ),
         ),
         Script(
             "release",
-            keys=("held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs"),
+            keys=(
+                "held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs",
+                "standby",
+            ),
             args=("token", "pool", "bounds"),
         ),
         Script(
@@ -104,7 +109,7 @@ SCRIPTS: dict[str, Script] = {
             "clear",
             keys=(
                 "held", *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked", "expired",
-                "stale", "abandoned", "abandoned_holder",
+                "stale", "abandoned", "abandoned_holder", "standby", "standby_entry", "wake",
             ),
             args=("pool", "release_held", "stale_ms"),
         ),
@@ -113,7 +118,8 @@ SCRIPTS: dict[str, Script] = {
             keys=(
                 "pools", "instances", "held", "config", "pool_instances", "holders", "holder",
                 "waiters", "waiter", "stats", "queue", "parked", "handoffs", "rate_parked",
-                "expired", "stale", "abandoned", "abandoned_holder",
+                "expired", "stale", "abandoned", "abandoned_holder", "standby", "standby_entry",
+                "wake",
             ),
             args=("pool", "stale_ms"),
         ),
@@ -122,7 +128,7 @@ SCRIPTS: dict[str, Script] = {
             "park",
             keys=(
                 "instances", "held", "rates", "paused", *_POOL_SLOT, "queue", "parked",
-                "handoffs", "rate_parked", "abandoned",
+                "handoffs", "rate_parked", "abandoned", "standby",
             ),
             args=(
                 "token", "first_ms", "entry_json", "instance", "pool", "wait", "grant_lease_ms",
@@ -134,9 +140,9 @@ SCRIPTS: dict[str, Script] = {
             keys=(
                 "held", "rates", "rate_state", "paused", "expired", "sent_back", "stale",
                 *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked", "abandoned",
-                "abandoned_holder",
+                "abandoned_holder", "standby", "standby_entry", "wake",
             ),
-            args=("pool", "handoff_lease_ms", "stale_ms"),
+            args=("pool", "handoff_lease_ms", "stale_ms", "standby_max", "standby_block_ms"),
         ),
         Script(
             "ungrant",

@@ -12,7 +12,7 @@ import redis
 
 from celery_pools.errors import PoolNotFoundError, SlotInUseError, SlotNotFoundError
 from celery_pools.metrics import BUCKET_BOUNDS_ARG
-from celery_pools.models import DEFAULT_HANDOFF_LEASE, DEFAULT_TIMEOUT, Pool
+from celery_pools.models import DEFAULT_TIMEOUT, Pool
 from celery_pools.ratelimit import RateLimit
 
 from . import replies
@@ -65,9 +65,10 @@ class RedisPoolStore(StoreReading):
         *,
         key_prefix: str = "celery_pools",
         socket_timeout: float = 5.0,
-        handoff_lease: float = DEFAULT_HANDOFF_LEASE,
+        **options: Any,
     ) -> RedisPoolStore:
-        """A store on the Redis at ``url``, with keys under ``key_prefix``."""
+        """A store on the Redis at ``url``, with keys under ``key_prefix``; ``options`` are the
+        store's own (``handoff_lease``, ``standby_max``, ``standby_block``: see its class)."""
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -75,7 +76,7 @@ class RedisPoolStore(StoreReading):
             socket_connect_timeout=min(socket_timeout, 2.0),
             health_check_interval=30,
         )
-        return cls(client, KeySpace(key_prefix), handoff_lease=handoff_lease)
+        return cls(client, KeySpace(key_prefix), **options)
 
     # -- pools ------------------------------------------------------------------------------
 
@@ -186,6 +187,7 @@ class RedisPoolStore(StoreReading):
         unassigned_timeout: float = DEFAULT_TIMEOUT,
         wait: str = "",
         handoff: str = "",
+        standby: float | None = None,
     ) -> Acquisition:
         """Take a slot of the pool serving ``instance`` (and a rate token) for ``token``, held
         for ``lease`` seconds unless renewed.
@@ -195,7 +197,9 @@ class RedisPoolStore(StoreReading):
         the wait. ``unassigned_timeout`` bounds the wait of an instance with no pool that waits
         for its rate limit. ``wait`` overrides the pool's waiting mode ("countdown", "handoff");
         ``handoff`` is the hand-off id the task's message carries, to claim a slot handed to it.
-        One script run, one round trip, unless the instance's pool changed.
+        ``standby`` is how long this execution may block as a standby (None: the store's
+        ``standby_block``); a standby answered FULL with reason "standby" then calls
+        :meth:`block`. One script run, one round trip, unless the instance's pool changed.
         """
         values = {
             "instance": instance,
@@ -209,6 +213,9 @@ class RedisPoolStore(StoreReading):
             "wait": wait,
             "handoff_id": handoff,
             "rate_parked_max": RATE_PARKED_MAX,
+            "standby_ms": ms(self.standby_block if standby is None else standby),
+            "stale_ms": ms(STALE_HANDOFF_SECONDS),
+            "handoff_lease_ms": ms(self.handoff_lease),
         }
 
         def attempt(believed: str) -> Acquisition | Moved:
@@ -338,6 +345,8 @@ class RedisPoolStore(StoreReading):
             "pool": pool,
             "handoff_lease_ms": ms(self.handoff_lease),
             "stale_ms": ms(STALE_HANDOFF_SECONDS),
+            "standby_max": self.standby_max,
+            "standby_block_ms": ms(self.standby_block),
         }
         return self._call("handoff", values, pool)
 

@@ -27,9 +27,12 @@
 --   "UNASSIGNED"  the instance has no pool (its rate token, if it has a rate limit, is taken)
 --   "FULL"        no free slot; with reason "countdown" the task is registered as a waiter until
 --                 first + timeout; with reason "handoff" it must park (park.lua). In hand-off mode
---                 a task also parks while older tasks are parked (FIFO). With reason "copy"
---                 another execution of the same task id holds its slot: this one waits by
---                 countdown, registered as a waiter whose wait starts now (first is now)
+--                 a task also parks while older tasks are parked or stand by (FIFO). With reason
+--                 "copy" another execution of the same task id holds its slot: this one waits by
+--                 countdown, registered as a waiter whose wait starts now (first is now). With
+--                 reason "standby" the task is a standby (lib/standby.lua): it blocks on its wake
+--                 LIST for retry_ms at most, then asks again; with reason "requeued" its block
+--                 ended and it went back to its place in the FIFO (its run ends, parked)
 --   "RATE"        a slot is free but the rate limit or a pause says wait retry_ms; reason is "rate"
 --                 or "paused"; nothing was taken. A task handed or granted a slot whose instance
 --                 was paused or rate-limited since gives the slot back (the caller hands it on) and
@@ -55,6 +58,10 @@
 --   stale        {p}:stale                   ZSET hand-off ids that never run
 --   abandoned         {p}:pool:<name>:abandoned          ZSET task id -> end of its grace (ms)
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder   HASH task id -> holder JSON
+--   standby      {p}:pool:<name>:standby     ZSET standby task id -> place (us)
+--   standby_entry  {p}:pool:<name>:standby_entry  HASH standby task id -> standby JSON
+--   wake         {p}:pool:<name>:wake:       prefix of each standby's wake LIST
+--   parked       {p}:pool:<name>:parked      HASH parked task id -> entry JSON
 --
 -- Arguments:
 --   instance               the connector instance
@@ -72,16 +79,22 @@
 --   handoff_id             the hand-off id its message carries ("" when none)
 --   rate_parked_max        how many tasks of one rate-limited instance may be parked at a time:
 --                          past that, a task that would park waits by countdown
+--   standby_ms             how long this execution may block as a standby (ms)
+--   stale_ms               how long the id of a standby sent back to the FIFO stays stale (ms)
+--   handoff_lease_ms       the hand-off lease (ms) of a slot a standby takes
 
 -- include: lib/clock.lua
 -- include: lib/gcra.lua
 -- include: lib/histogram.lua
 -- include: lib/lapsed.lua
+-- include: lib/standby.lua
 
 local instances, held, rates, rate_state, paused, config, holders, holder, waiters, waiter, stats,
-  queue, handoffs, rate_parked, stale, abandoned, abandoned_holder = unpack(KEYS)
+  queue, handoffs, rate_parked, stale, abandoned, abandoned_holder, standby, standby_entry,
+  wake, parked = unpack(KEYS)
 local instance, believed, token, lease_ms, first_ms, waited_uid, info, bounds,
-  unassigned_timeout_ms, wait, handoff_id, rate_parked_max = unpack(ARGV)
+  unassigned_timeout_ms, wait, handoff_id, rate_parked_max, standby_ms, stale_ms,
+  handoff_lease_ms = unpack(ARGV)
 
 local now = redis_clock()
 local actual = redis.call('HGET', instances, instance) or ''
@@ -202,6 +215,47 @@ local function holding_now()
 end
 
 local in_use = redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned)
+if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
+  -- A standby's message (lib/standby.lua): it takes a free slot, or blocks until one is handed
+  -- to it; asking again when its block ended (nothing handed), it goes back to the FIFO.
+  local record = cjson.decode(redis.call('HGET', standby_entry, token))
+  if record['id'] ~= handoff_id then
+    return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
+  end
+  local k = {
+    held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
+    stats = stats, queue = queue, parked = parked, handoffs = handoffs, stale = stale,
+    standby = standby, standby_entry = standby_entry, wake = wake,
+  }
+  local asking = cjson.decode(info)
+  local blocked_here = record['ready'] and record['hostname'] == asking['hostname']
+    and record['pid'] == asking['pid'] and record['thread'] == asking['thread']
+  if now >= deadline then
+    redis.call('ZREM', standby, token)
+    redis.call('HDEL', standby_entry, token)
+    redis.call('DEL', wake .. token)
+    give_up('pool')
+    return reply('TIMEOUT', limit, in_use, timeout, uid, 0, 0, 'pool')
+  end
+  if in_use < limit then
+    to_handoff(k, token, actual, now, tonumber(handoff_lease_ms))  -- claimed just below
+    redis.call('DEL', wake .. token)
+  elseif blocked_here then  -- it asks again after its block, nothing handed to it
+    to_fifo(k, token, now, tonumber(stale_ms))
+    return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'requeued')
+  else
+    if not record['ready'] then
+      average(stats, 'standby_latency_avg_ms', now - tonumber(record['promoted']))
+    end
+    -- Blocked here now (a copy of its message delivered elsewhere takes over: the first one,
+    -- if it still runs, finds the slot claimed, or its block over, and never runs its body).
+    record['ready'], record['until'] = now, now + tonumber(standby_ms)
+    record['hostname'], record['pid'], record['thread'] = asking['hostname'], asking['pid'],
+      asking['thread']
+    redis.call('HSET', standby_entry, token, cjson.encode(record))
+    return reply('FULL', limit, in_use, timeout, uid, 0, tonumber(standby_ms), 'standby')
+  end
+end
 if redis.call('ZSCORE', holders, token) then
   local holding = cjson.decode(redis.call('HGET', holder, token) or '{}')
   if holding['handoff'] then
@@ -283,7 +337,7 @@ if handoff_id ~= '' then
     return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
   end
 end
-local queued = mode == 'handoff' and redis.call('ZCARD', queue) or 0
+local queued = mode == 'handoff' and redis.call('ZCARD', queue) + redis.call('ZCARD', standby) or 0
 
 if in_use < limit and queued == 0 then
   local retry, reason = hold_back()

@@ -6,7 +6,8 @@
 -- them and they fail with PoolClearedError. A task handed a slot, whose message may be on its way,
 -- holds that slot and keeps it unless held slots are released too: then it goes the same way as a
 -- parked task, and its hand-off id joins stale, so that the message, if it was published, never
--- runs (the task fails once, whichever way it went).
+-- runs (the task fails once, whichever way it went). Standbys end that way in any case (they hold
+-- no slot; lib/standby.lua), and a blocked one is woken to find its message stale.
 --
 -- Stats fields touched: clears, cleared_waiters, cleared_holders.
 --
@@ -28,6 +29,9 @@
 --   stale        {p}:stale                   ZSET hand-off ids that never run
 --   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH task id -> holder JSON
+--   standby      {p}:pool:<name>:standby     ZSET standby task id -> place (us)
+--   standby_entry  {p}:pool:<name>:standby_entry  HASH standby task id -> standby JSON
+--   wake         {p}:pool:<name>:wake:       prefix of each standby's wake LIST
 --
 -- Arguments:
 --   pool          the pool's name
@@ -36,9 +40,11 @@
 
 -- include: lib/clock.lua
 -- include: lib/ending.lua
+-- include: lib/standby.lua
 
 local held, config, holders, holder, waiters, waiter, stats, queue, parked, handoffs, rate_parked,
-  expired, stale, abandoned, abandoned_holder = unpack(KEYS)
+  expired, stale, abandoned, abandoned_holder, standby, standby_entry, wake =
+  unpack(KEYS)
 local pool, release_held, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
@@ -49,6 +55,8 @@ redis.call('HSET', config, 'cleared', now)
 local dropped = redis.call('ZCARD', waiters)
 redis.call('DEL', waiters, waiter)
 end_parked(queue, parked, expired, 'cleared', pool)
+end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake},
+  expired, 'cleared', pool, now, tonumber(stale_ms))
 redis.call('DEL', queue, parked, rate_parked)
 local released = 0
 if release_held == '1' then

@@ -6,7 +6,8 @@
 -- be on its way (the releasing worker may have died before publishing it): their hand-off id joins
 -- stale, so that the message, if it was published, never runs, and the task fails once, whichever
 -- way it went. A slot granted at publication has one message, published by the producer: its task
--- fails with PoolDeletedError when it starts (its pool is gone).
+-- fails with PoolDeletedError when it starts (its pool is gone). Standbys end the same way as a
+-- hand-off (lib/standby.lua), and a blocked one is woken to find its message stale.
 --
 -- Reply: {"DELETED", now, instances unassigned, holders, waiters}, or {"NOPOOL", now}.
 --
@@ -29,6 +30,9 @@
 --   stale           {p}:stale                   ZSET hand-off ids that never run
 --   abandoned       {p}:pool:<name>:abandoned   ZSET abandoned slots
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH their holder JSON
+--   standby      {p}:pool:<name>:standby     ZSET standby task id -> place (us)
+--   standby_entry  {p}:pool:<name>:standby_entry  HASH standby task id -> standby JSON
+--   wake         {p}:pool:<name>:wake:       prefix of each standby's wake LIST
 --
 -- Arguments:
 --   pool      the pool's name
@@ -36,9 +40,11 @@
 
 -- include: lib/clock.lua
 -- include: lib/ending.lua
+-- include: lib/standby.lua
 
 local pools, instances, held, config, pool_instances, holders, holder, waiters, waiter, stats,
-  queue, parked, handoffs, rate_parked, expired, stale, abandoned, abandoned_holder = unpack(KEYS)
+  queue, parked, handoffs, rate_parked, expired, stale, abandoned, abandoned_holder, standby,
+  standby_entry, wake = unpack(KEYS)
 local pool, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
@@ -60,6 +66,8 @@ end
 local waiting = redis.call('ZCARD', waiters)
 end_handoffs(handoffs, holder, stale, expired, 'deleted', pool, now, tonumber(stale_ms))
 end_parked(queue, parked, expired, 'deleted', pool)
+end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake},
+  expired, 'deleted', pool, now, tonumber(stale_ms))
 redis.call('DEL', config, pool_instances, holders, holder, waiters, waiter, stats, queue, parked,
   handoffs, rate_parked, abandoned, abandoned_holder)
 redis.call('SREM', pools, pool)

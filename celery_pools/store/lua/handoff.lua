@@ -25,13 +25,24 @@
 --    about 10 of each rate-limited instance are parked at a time (rate_parked, acquire.lua and
 --    park.lua); an instance found not due is not looked at again in the same call, and at most 100
 --    tokens and 1,000 entries are looked at a call.
+--    Free slots go to standbys first (they are the oldest waiters, lib/standby.lua): a blocked one
+--    is woken, one whose message is on its way holds the slot as a hand-off.
+-- 4. While the pool is full, the oldest parked tasks are promoted to standby, up to the target:
+--    min(standby_max, limit, 1 + ceil(2 * limit * latency / hold), floor(block * limit / (2 * hold)))
+--    with hold the pool's mean hold time and latency its mean promotion-to-block time (moving
+--    averages in stats; 1 while no hold was measured): enough standbys that a freed slot finds one
+--    blocked, no more than are likely woken within half their block. Tasks parked under a rate
+--    limit, or of a paused instance, are not promoted (their hand-off decides their turn). A
+--    standby not blocked within the hand-off lease (its message lost), or blocked 2 s past its
+--    block (its process died), goes back to its place in the FIFO.
 --
 -- Stats fields touched: handoffs, handoffs_retried, grants_lapsed, reclaimed, timeouts, sent_back,
--- abandoned_expired.
+-- abandoned_expired, standbys_promoted, standbys_woken, standbys_returned.
 --
--- Reply: {"OK", now, {task id, hand-off id, entry JSON, ...}, {task id, holder JSON, ...}}: the
--- hand-offs to publish now, then the holders reclaimed from dead processes; {"NOPOOL", now, {}, {}}
--- when the pool does not exist.
+-- Reply: {"OK", now, {task id, hand-off id, entry JSON, ...}, {task id, holder JSON, ...},
+-- {task id, standby id, entry JSON, ...}}: the hand-offs to publish now, the holders reclaimed
+-- from dead processes, then the standbys promoted, to publish now too;
+-- {"NOPOOL", now, {}, {}, {}} when the pool does not exist.
 --
 -- Keys:
 --   held         {p}:held                    HASH task id -> pool name
@@ -53,26 +64,38 @@
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
 --   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder HASH task id -> holder JSON
+--   standby      {p}:pool:<name>:standby     ZSET standby task id -> place (us)
+--   standby_entry  {p}:pool:<name>:standby_entry  HASH standby task id -> standby JSON
+--   wake         {p}:pool:<name>:wake:       prefix of each standby's wake LIST
 --
 -- Arguments:
 --   pool              the pool's name
 --   handoff_lease_ms  how long a handed-off task has to start and claim its slot
 --   stale_ms          how long a lapsed hand-off id stays in stale (ms)
+--   standby_max       at most this many standbys (0: none)
+--   standby_block_ms  how long a standby blocks at most (ms)
 
 -- include: lib/clock.lua
 -- include: lib/gcra.lua
 -- include: lib/lapsed.lua
+-- include: lib/standby.lua
 
 local held, rates, rate_state, paused, expired, sent_back, stale, config, holders, holder, waiters,
-  waiter, stats, queue, parked, handoffs, rate_parked, abandoned, abandoned_holder = unpack(KEYS)
-local pool, handoff_lease_ms, stale_ms = unpack(ARGV)
+  waiter, stats, queue, parked, handoffs, rate_parked, abandoned, abandoned_holder, standby,
+  standby_entry, wake = unpack(KEYS)
+local pool, handoff_lease_ms, stale_ms, standby_max, standby_block_ms = unpack(ARGV)
 
 local now = redis_clock()
 local cfg = redis.call('HMGET', config, 'limit', 'timeout')
-local handed, reclaimed = {}, {}
+local handed, reclaimed, promoted = {}, {}, {}
 if not cfg[1] then
-  return {'NOPOOL', now, handed, reclaimed}
+  return {'NOPOOL', now, handed, reclaimed, promoted}
 end
+local k = {
+  held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
+  stats = stats, queue = queue, parked = parked, handoffs = handoffs, stale = stale,
+  standby = standby, standby_entry = standby_entry, wake = wake,
+}
 local limit, timeout = tonumber(cfg[1]), tonumber(cfg[2])
 redis.call('ZREMRANGEBYSCORE', stale, '-inf', now)
 
@@ -116,6 +139,14 @@ reclaimed = sweep_lapsed(
   {held = held, holders = holders, holder = holder, handoffs = handoffs, stats = stats},
   pool, now, requeue)
 sweep_abandoned({abandoned = abandoned, abandoned_holder = abandoned_holder, stats = stats}, now)
+for _, token in ipairs(redis.call('ZRANGE', standby, 0, -1)) do
+  local record = cjson.decode(redis.call('HGET', standby_entry, token))
+  local ready = tonumber(record['ready'])
+  if (ready and tonumber(record['until']) + 2000 < now)
+      or (not ready and tonumber(record['promoted']) + tonumber(handoff_lease_ms) < now) then
+    to_fifo(k, token, now, tonumber(stale_ms))
+  end
+end
 
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout) * 1000, 'LIMIT', 0, 100)) do
   local entry_json = redis.call('HGET', parked, token)
@@ -129,6 +160,12 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout
 end
 
 local free = limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)
+while free > 0 do
+  local oldest = redis.call('ZRANGE', standby, 0, 0)
+  if #oldest == 0 then break end
+  to_handoff(k, oldest[1], pool, now, tonumber(handoff_lease_ms))
+  free = free - 1
+end
 local sent, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
 while free > 0 and passed_over < 1000 and checked < 100 do
@@ -186,7 +223,46 @@ while free > 0 and passed_over < 1000 and checked < 100 do
     leave_fifo(token)  -- its entry is gone: nothing to publish
   end
 end
+
+-- How many standbys this pool keeps while it is full (see 4. above).
+local function standby_target()
+  local cap = math.min(tonumber(standby_max), limit)
+  local hold = tonumber(redis.call('HGET', stats, 'hold_avg_ms') or '')
+  if cap <= 0 or not hold or hold <= 0 then
+    return math.min(cap, 1)
+  end
+  local latency = tonumber(redis.call('HGET', stats, 'standby_latency_avg_ms') or '') or 5
+  local by_latency = 1 + math.ceil(2 * limit * latency / hold)
+  local by_block = math.floor(tonumber(standby_block_ms) * limit / (2 * hold))
+  return math.max(0, math.min(cap, by_latency, by_block))
+end
+if free <= 0 and redis.call('EXISTS', queue) == 1 then
+  local missing = standby_target() - redis.call('ZCARD', standby)
+  local looked = 0
+  while missing > 0 and looked < 20 do
+    local head = redis.call('ZRANGE', queue, looked, looked, 'WITHSCORES')
+    if #head == 0 then break end
+    local token = head[1]
+    local entry_json = redis.call('HGET', parked, token)
+    local entry = entry_json and cjson.decode(entry_json)
+    local instance = entry and (entry['info'] or {})['instance']
+    if entry and not entry['rate_parked'] and not (instance and redis.call('HEXISTS', paused, instance) == 1) then
+      redis.call('ZREM', queue, token)
+      redis.call('HDEL', parked, token)
+      local id = token .. '.' .. redis.call('HINCRBY', config, 'handoff_seq', 1)
+      redis.call('ZADD', standby, head[2], token)
+      redis.call('HSET', standby_entry, token, cjson.encode({id = id, entry = entry_json, promoted = now}))
+      redis.call('HINCRBY', stats, 'standbys_promoted', 1)
+      promoted[#promoted + 1] = token
+      promoted[#promoted + 1] = id
+      promoted[#promoted + 1] = entry_json
+      missing = missing - 1
+    else
+      looked = looked + 1
+    end
+  end
+end
 if redis.call('EXISTS', queue) == 0 then
   redis.call('DEL', rate_parked)  -- nothing parked: no count can be off
 end
-return {'OK', now, handed, reclaimed}
+return {'OK', now, handed, reclaimed, promoted}

@@ -17,7 +17,8 @@
 --
 -- Reply: {status, now, ...}, status one of
 --   "PARKED"     {position, deadline (ms)}: parked at its place in the FIFO (1 = next) until then
---   "ALREADY"    parked, holding or handed a slot already (a redelivered or repeated message)
+--   "ALREADY"    parked, standing by, holding or handed a slot already (a redelivered or repeated
+--                message)
 --   "NOPOOL"     the pool no longer exists (a worker starts again from acquire.lua)
 --   "MOVED"      {pool}: at publication, another pool serves the instance ("" for none)
 --   "AS_USUAL"   {reason}: at publication, publish as usual: "countdown", "limited" (paused),
@@ -45,6 +46,7 @@
 --   handoffs     {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
 --   rate_parked  {p}:pool:<name>:rate_parked HASH instance -> its tasks parked
 --   abandoned    {p}:pool:<name>:abandoned   ZSET task id -> end of its grace (ms)
+--   standby      {p}:pool:<name>:standby     ZSET standby task id -> place (us)
 --
 -- Arguments:
 --   token            the task id
@@ -63,7 +65,7 @@
 -- include: lib/clock.lua
 
 local instances, held, rates, paused, config, holders, holder, waiters, waiter, stats, queue,
-  parked, handoffs, rate_parked, abandoned = unpack(KEYS)
+  parked, handoffs, rate_parked, abandoned, standby = unpack(KEYS)
 local token, first_ms, entry_json, instance, pool, wait, grant_lease_ms, grant_info,
   rate_parked_max = unpack(ARGV)
 
@@ -100,10 +102,11 @@ if publishing then
     return {'AS_USUAL', now, 'held'}
   end
 end
-if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', holders, token) then
+if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', holders, token)
+    or redis.call('ZSCORE', standby, token) then
   return {'ALREADY', now}
 end
-local nobody_waits = redis.call('ZCARD', queue) == 0
+local nobody_waits = redis.call('ZCARD', queue) + redis.call('ZCARD', standby) == 0
   and redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned) < limit
 if publishing and redis.call('HEXISTS', rates, instance) == 1 and (nobody_waits
     or tonumber(redis.call('HGET', rate_parked, instance) or '0') >= tonumber(rate_parked_max)) then

@@ -2,11 +2,12 @@
 -- ever touches the caller's own token. A task revoked after its hand-off, before its start, leaves
 -- an entry in handoffs: it goes too.
 --
--- Stats fields touched (when a slot is given back): released and the hold-time histogram "hold:*".
+-- Stats fields touched (when a slot is given back): released, the hold-time histogram "hold:*" and
+-- its moving average hold_avg_ms (handoff.lua sizes standbys by it).
 --
 -- Reply: {status, now, holder JSON or "", parked}: status "RELEASED" when a slot was given back,
--- "NOT_HELD" when the token held none; parked is how many tasks wait in the hand-off FIFO (the
--- caller then runs handoff.lua).
+-- "NOT_HELD" when the token held none; parked is how many tasks wait in the hand-off FIFO or as
+-- standbys (the caller then runs handoff.lua).
 --
 -- Keys:
 --   held      {p}:held                    HASH task id -> pool name
@@ -17,6 +18,7 @@
 --   stats     {p}:pool:<name>:stats       HASH counters and histograms
 --   queue     {p}:pool:<name>:queue       ZSET the hand-off FIFO
 --   handoffs  {p}:pool:<name>:handoffs    HASH task id handed a slot -> entry
+--   standby   {p}:pool:<name>:standby     ZSET standby task id -> place (us)
 --
 -- Arguments:
 --   token   the task id
@@ -27,7 +29,7 @@
 -- include: lib/histogram.lua
 -- include: lib/giving.lua
 
-local held, holders, holder, waiters, waiter, stats, queue, handoffs = unpack(KEYS)
+local held, holders, holder, waiters, waiter, stats, queue, handoffs, standby = unpack(KEYS)
 local token, pool, bounds = unpack(ARGV)
 
 local now = redis_clock()
@@ -36,7 +38,10 @@ local info, released = give_back({
   handoffs = handoffs,
 }, token, pool)
 if released == 1 and info ~= '' then
-  observe(stats, 'hold', now - (tonumber(cjson.decode(info)['since']) or now), bounds)
+  local held_ms = now - (tonumber(cjson.decode(info)['since']) or now)
+  observe(stats, 'hold', held_ms, bounds)
+  average(stats, 'hold_avg_ms', held_ms)
   redis.call('HINCRBY', stats, 'released', 1)
 end
-return {released == 1 and 'RELEASED' or 'NOT_HELD', now, info, redis.call('ZCARD', queue)}
+return {released == 1 and 'RELEASED' or 'NOT_HELD', now, info,
+  redis.call('ZCARD', queue) + redis.call('ZCARD', standby)}

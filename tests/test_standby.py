@@ -1,0 +1,188 @@
+"""Standby waiters: the oldest parked tasks of a hand-off pool wait inside a worker, blocked on
+Redis, and a freed slot wakes the oldest in one round trip. Counted by the probe, not the pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
+from tests.support.polling import wait_until
+from tests.workerapp import INSTANCE
+
+
+def _pool(env, limit, timeout=30.0):
+    manager = env.manager()
+    manager.create("api", limit=limit, timeout=timeout, wait="handoff")
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+def _started(env, label):
+    return label in {name for name, _ in env.probe().starts()}
+
+
+def _standbys(manager):
+    """The standby records in Redis: task id -> {id, ready, until, pid, ...}."""
+    raw = manager.store.client.hgetall(manager.store.keys.pool("api").standby_entry)
+    return {token: json.loads(record) for token, record in raw.items()}
+
+
+def _errbacks(env):
+    return env.probe().client.lrange(f"probe:{env.name}:errbacks", 0, -1)
+
+
+def test_standbys_are_woken_in_fifo_order_and_never_exceed_the_limit(env, run_worker):
+    manager = _pool(env, limit=2)
+    app = env.app(pools_standby_max=2)
+    with run_worker(app, concurrency=8):
+        blocker = app.tasks["t.hold"].delay("blocker", 4.0)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        app.tasks["t.hold"].delay("second", 4.0)
+        wait_until(lambda: _started(env, "second"), 10, message="second never started")
+        labels = [f"w{i}" for i in range(10)]
+        results = []
+        for label in labels:  # one at a time: a known FIFO order
+            results.append(app.tasks["t.hold"].delay(label, 0.1))
+            count = len(results)
+            wait_until(lambda count=count: manager.status("api").waiting == count, 10)
+        # The oldest stand by, blocked in the worker (one while no hold time was measured, at
+        # most pools_standby_max); the others stay parked in Redis.
+        wait_until(
+            lambda: any(r.get("ready") for r in _standbys(manager).values()),
+            10,
+            message="no standby blocked",
+        )
+        ids = {r.id: i for i, r in enumerate(results)}
+        standing = {ids.get(t, t) for t in _standbys(manager)}
+        assert standing == set(range(len(standing)))
+        assert manager.status("api").standbys == len(standing)
+        blocker.get(timeout=30)
+        assert [r.get(timeout=60) for r in results] == labels
+    starts = [label for label, _ in env.probe().starts()]
+    assert starts[2:] == labels
+    assert env.probe().max_concurrency() == 2
+    metrics = manager.metrics("api")
+    assert metrics.standbys_woken >= 1
+    assert metrics.standbys_woken <= metrics.standbys_promoted
+    assert manager.status("api").standbys == 0
+
+
+def test_a_standby_past_its_block_goes_back_to_its_place(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app(pools_standby_max=1, pools_standby_seconds=0.3)
+    with run_worker(app, concurrency=4):
+        blocker = app.tasks["t.hold"].delay("blocker", 2.0)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        results = [app.tasks["t.hold"].delay(f"w{i}", 0.0) for i in range(3)]
+        wait_until(
+            lambda: manager.metrics("api").standbys_returned >= 2,
+            15,
+            message="no standby went back to the FIFO",
+        )
+        # Back in the FIFO, its run ended as a parked task's: it is not running its body.
+        assert not any(_started(env, f"w{i}") for i in range(3))
+        blocker.get(timeout=30)
+        assert [r.get(timeout=30) for r in results] == ["w0", "w1", "w2"]
+    assert [label for label, _ in env.probe().starts()] == ["blocker", "w0", "w1", "w2"]
+    assert env.probe().max_concurrency() == 1
+
+
+def test_growing_the_pool_wakes_its_standbys_at_once(env, run_worker):
+    manager = _pool(env, limit=2)
+    app = env.app(pools_standby_max=2)
+    with run_worker(app, concurrency=6):
+        blockers = [app.tasks["t.hold"].delay(f"blocker{i}", 5.0) for i in range(2)]
+        wait_until(lambda: manager.status("api").in_use == 2, 10)
+        waiters = [app.tasks["t.hold"].delay(f"w{i}", 0.0) for i in range(2)]
+        wait_until(
+            lambda: _standbys(manager).get(waiters[0].id, {}).get("ready"),
+            10,
+            message="the oldest waiter never stood by",
+        )
+        manager.update("api", limit=4)
+        assert [w.get(timeout=3) for w in waiters] == ["w0", "w1"]  # long before the blockers
+        assert not any(b.ready() for b in blockers)
+        for blocker in blockers:
+            blocker.get(timeout=30)
+    assert 3 <= env.probe().max_concurrency() <= 4
+
+
+@pytest.mark.parametrize("how", ["deadline", "clear", "delete"])
+def test_deadline_clear_and_delete_end_standbys_through_the_failure_path(env, run_worker, how):
+    manager = _pool(env, limit=1, timeout=1.5 if how == "deadline" else 30.0)
+    app = env.app(pools_standby_max=1, pools_standby_seconds=3.0)
+    error = {"deadline": PoolTimeoutError, "clear": PoolClearedError, "delete": PoolDeletedError}
+    with run_worker(app, concurrency=4):
+        app.tasks["t.hold"].delay("blocker", 4.0)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        standby = app.tasks["t.hold"].apply_async(
+            ("standby", 0), link_error=app.tasks["t.record_error"].s()
+        )
+        wait_until(
+            lambda: _standbys(manager).get(standby.id, {}).get("ready"),
+            10,
+            message="the task never stood by",
+        )
+        if how == "clear":
+            manager.clear("api")
+        elif how == "delete":
+            manager.delete("api")
+        with pytest.raises(error[how]):
+            standby.get(timeout=30)
+        wait_until(lambda: _errbacks(env), 10, message="link_error never ran")
+    assert _errbacks(env)[0].startswith(f"{standby.id}|{error[how].__name__}|")
+    assert not _started(env, "standby")
+
+
+@pytest.mark.slow
+def test_prefork_standbys_keep_the_limit_and_run_every_task_once(env):
+    env.extra_worker_env.update(CP_STANDBY_MAX="3")
+    _pool(env, limit=3)
+    for _ in range(3):
+        env.worker(concurrency=4)
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"t{i}", 0.1) for i in range(60)]
+    assert [r.get(timeout=180) for r in results] == [f"t{i}" for i in range(60)]
+    probe = env.probe()
+    assert probe.count() == 60
+    assert probe.max_concurrency() == 3
+    assert env.manager().metrics("api").standbys_woken > 0
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_blocked_standbys_process_hands_it_on_and_it_runs_once(env):
+    env.extra_worker_env.update(CP_STANDBY_MAX="1", CP_STANDBY_SECONDS="1.0")
+    manager = _pool(env, limit=1)
+    env.worker(concurrency=3)
+    app = env.app()
+    blocker = app.tasks["t.hold"].delay("blocker", 6.0)
+    wait_until(lambda: _started(env, "blocker"), 30, message="blocker never started")
+    standby = app.tasks["t.hold"].delay("standby", 0.0)
+    record = wait_until(
+        lambda: (
+            _standbys(manager).get(standby.id, {}).get("ready") and _standbys(manager)[standby.id]
+        ),
+        30,
+        message="the task never stood by",
+    )
+    os.kill(int(record["pid"]), signal.SIGKILL)
+    # Its record goes back to the FIFO (block over, 2 s grace), and the task is handed on.
+    wait_until(lambda: manager.metrics("api").standbys_returned >= 1, 15)
+    blocker.get(timeout=30)
+    wait_until(lambda: standby.state == "SUCCESS", 60, message="the standby never ran")
+    assert [label for label, _ in env.probe().starts()].count("standby") == 1
+    assert env.probe().max_concurrency() == 1
+
+
+def test_a_solo_worker_whose_only_process_stands_by_does_not_deadlock(env, run_worker):
+    manager = _pool(env, limit=2)
+    app = env.app(pools_standby_max=2, pools_standby_seconds=0.5)
+    with run_worker(app, concurrency=1, pool="solo"):
+        results = [app.tasks["t.hold"].delay(f"t{i}", 0.05) for i in range(12)]
+        assert [r.get(timeout=60) for r in results] == [f"t{i}" for i in range(12)]
+    assert env.probe().max_concurrency() <= 2
+    assert manager.status("api").in_use == 0
