@@ -36,6 +36,8 @@ ENV = {
 }
 #: The workers' ``worker_eta_task_limit``, when set (see :func:`bench.modes.worker_settings`).
 ETA_TASK_LIMIT_ENV = "BENCH_ETA_TASK_LIMIT"
+#: The workers' ``pools_standby_max``, when set (see :func:`bench.modes.worker_settings`).
+STANDBY_MAX_ENV = "BENCH_STANDBY_MAX"
 #: Connector instances with this prefix are traced (body start/end and pool signals).
 TRACE_PREFIX = "trace."
 
@@ -68,10 +70,12 @@ def create_app(
     record_url: str,
     queue: str,
     eta_task_limit: int | None = None,
+    standby_max: int = 0,
 ) -> Celery:
     """The benchmark app: plain and pooled no-op tasks, and a pooled task that works a while.
 
-    ``eta_task_limit`` is Celery's ``worker_eta_task_limit`` (unlimited by default).
+    ``eta_task_limit`` is Celery's ``worker_eta_task_limit`` (unlimited by default),
+    ``standby_max`` celery-pools' ``pools_standby_max`` (no standbys by default).
     """
     _Records.client = redis.Redis.from_url(record_url, decode_responses=True)
     app = Celery("bench", broker=broker, backend=backend, set_as_current=False)
@@ -80,6 +84,7 @@ def create_app(
         task_default_queue=queue,
         broker_connection_retry_on_startup=True,
         worker_eta_task_limit=eta_task_limit,
+        pools_standby_max=standby_max,
     )
 
     @app.task(name="bench.noop_plain", shared=False)  # type: ignore[untyped-decorator, unused-ignore]
@@ -149,6 +154,7 @@ def _from_env() -> Celery:
     return create_app(
         **{name: os.environ[variable] for name, variable in ENV.items()},
         eta_task_limit=int(limit) if limit else None,
+        standby_max=int(os.environ.get(STANDBY_MAX_ENV) or 0),
     )
 
 

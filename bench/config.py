@@ -14,7 +14,7 @@ SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog")
 #: not available.
 #: ``countdown-eta`` is countdown waiting on workers with ``worker_eta_task_limit`` at their
 #: prefetch count, as the README prescribes for saturated countdown pools.
-MODES: tuple[str, ...] = ("countdown", "countdown-eta", "handoff")
+MODES: tuple[str, ...] = ("countdown", "countdown-eta", "handoff", "handoff-standby")
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,18 @@ __all__ = [
 CORE_MODE = "countdown"
 #: Countdown waiting on workers whose ``worker_eta_task_limit`` is their prefetch count.
 ETA_LIMITED_MODE = "countdown-eta"
+#: Hand-off waiting with standbys (``pools_standby_max`` on the workers).
+STANDBY_MODE = "handoff-standby"
+#: The workers' ``pools_standby_max`` in :data:`STANDBY_MODE`.
+STANDBY_MAX = 4
 #: Celery's default ``worker_prefetch_multiplier``, which the benchmark's workers keep.
 PREFETCH_MULTIPLIER = 4
 
 
 def pool_mode(mode: str) -> str:
     """The ``wait`` of the pools a benchmark ``mode`` creates."""
+    if mode == STANDBY_MODE:
+        return "handoff"
     return CORE_MODE if mode == ETA_LIMITED_MODE else mode
 
 
@@ -38,6 +44,8 @@ def worker_settings(mode: str, concurrency: int) -> dict[str, int]:
     """Celery settings the workers of ``mode`` run with, beyond the benchmark's own."""
     if mode == ETA_LIMITED_MODE:
         return {"worker_eta_task_limit": concurrency * PREFETCH_MULTIPLIER}
+    if mode == STANDBY_MODE:
+        return {"pools_standby_max": STANDBY_MAX}
     return {}
 
 

@@ -189,7 +189,7 @@ def _slotops(config: BenchConfig, mode: str, servers: dict[str, LocalRedis]) -> 
 def _worker_scenarios(
     config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
 ) -> dict[str, Any]:
-    from bench.benchapp import ENV, ETA_TASK_LIMIT_ENV, create_app
+    from bench.benchapp import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV, create_app
     from bench.harness import Bench
     from bench.scenarios import run_backlog, run_overhead, run_saturation
     from bench.workers import WorkerGroup
@@ -215,6 +215,8 @@ def _worker_scenarios(
     extra = worker_settings(mode, config.concurrency)
     if "worker_eta_task_limit" in extra:
         env[ETA_TASK_LIMIT_ENV] = str(extra["worker_eta_task_limit"])
+    if "pools_standby_max" in extra:
+        env[STANDBY_MAX_ENV] = str(extra["pools_standby_max"])
     workers = WorkerGroup(
         env,
         count=config.workers,
