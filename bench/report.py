@@ -53,6 +53,11 @@ def _inversions(result: dict[str, Any]) -> str:
     return f"{result['order_inversions']} ({shown} of pairs)"
 
 
+def _cpu_per_task(result: dict[str, Any]) -> str:
+    plain, pooled = result.get("plain_cpu_per_task_ms"), result.get("pooled_cpu_per_task_ms")
+    return "-" if plain is None or pooled is None else f"{plain:.2f} / {pooled:.2f}"
+
+
 def _cpu(result: dict[str, Any]) -> str:
     readings = result.get("plain_batches_cpu", []) + result.get("pooled_batches_cpu", [])
     readings = readings or [result.get("cpu") or {}]
@@ -72,6 +77,9 @@ ROWS: tuple[Row, ...] = (
     Row("overhead", "plain Task no-ops/s", _field("plain_per_s", ".0f")),
     Row("overhead", "PooledTask no-ops/s", _field("pooled_per_s", ".0f")),
     Row("overhead", "throughput ratio pooled/plain", _field("throughput_ratio"), ">= 0.95"),
+    Row("overhead", "CPU per task, plain / pooled (ms)", _cpu_per_task),
+    Row("overhead", "CPU of acquire + release scripts (ms)", _field("bare_pair_cpu_ms", ".3f")),
+    Row("overhead", "extra CPU of a pooled task / scripts", _field("overhead_figure"), "<= 1.5"),
     Row("overhead", "machine CPU busy, max of batches", _cpu),
     Row("saturation", "utilisation", _field("utilisation", ".3f"), ">= 0.97"),
     Row("saturation", "makespan", _makespan),

@@ -69,7 +69,20 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
                 waited.append(_waited(bench, pool) - before)
     plain = statistics.median(rates["plain"])
     pooled = statistics.median(rates["pooled"])
+    per_task = {
+        kind: statistics.median(
+            [r["own_s"] / cfg.overhead_tasks for r in cpu[kind] if r.get("own_s") is not None]
+            or [float("nan")]
+        )
+        for kind in ("plain", "pooled")
+    }
+    bare = _bare_pair_cpu(bench, pool)
     return {
+        "plain_cpu_per_task_ms": per_task["plain"] * 1000,
+        "pooled_cpu_per_task_ms": per_task["pooled"] * 1000,
+        "bare_pair_cpu_ms": bare * 1000,
+        # The extra CPU of a pooled task in units of the two scripts it cannot do without.
+        "overhead_figure": (per_task["pooled"] - per_task["plain"]) / bare,
         "tasks_per_batch": cfg.overhead_tasks,
         "plain_per_s": plain,
         "pooled_per_s": pooled,
@@ -82,6 +95,25 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         # Pooled tasks that found the pool full: none, if the pool was ample as intended.
         "pooled_batches_waited": waited,
     }
+
+
+def _bare_pair_cpu(bench: Bench, pool: str, pairs: int = 1000) -> float:
+    """CPU seconds of one acquire and one release script from this process's store (client and
+    the pools' Redis, ``INFO cpu``), the two round trips a pooled task on an ample pool needs."""
+    store = bench.manager.store
+    instance = bench.name("bare")
+    bench.manager.assign(instance, pool)
+
+    def server_cpu() -> float:
+        info = store.client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    own, server = time.process_time(), server_cpu()
+    for index in range(pairs):
+        token = f"{instance}-{index}"
+        store.acquire(instance, token, lease=60)
+        store.release(token, pool)
+    return (time.process_time() - own + server_cpu() - server) / pairs
 
 
 def _waited(bench: Bench, pool: str) -> int:

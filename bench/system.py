@@ -161,13 +161,18 @@ class CpuMeter:
     def read(self) -> dict[str, float | None]:
         """``busy``: share (0..1) of all CPU time that was busy; ``others``: the share spent by
         other processes (interrupts, which the loopback traffic of the benchmark itself causes,
-        count in neither). None when /proc is unreadable."""
+        count in neither); ``own_s``: CPU seconds the benchmark's own processes spent (this
+        producer, every Redis, the workers and their children). None when /proc is unreadable."""
         busy, processes, total = self._machine()
         elapsed = total - self._start[2]
         if elapsed <= 0:
-            return {"busy": None, "others": None}
+            return {"busy": None, "others": None, "own_s": None}
         own_now = self._own_ticks()
         own = sum(t - self._start_own.get(pid, 0) for pid, t in own_now.items())
         # /proc/stat adds up every CPU and a process's times are per CPU used: the same unit.
         others = max(0, processes - self._start[1] - own)
-        return {"busy": (busy - self._start[0]) / elapsed, "others": others / elapsed}
+        return {
+            "busy": (busy - self._start[0]) / elapsed,
+            "others": others / elapsed,
+            "own_s": own / os.sysconf("SC_CLK_TCK"),
+        }

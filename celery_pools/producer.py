@@ -48,6 +48,8 @@ _LOCAL_OPTIONS = frozenset(
 )
 # How long a producer remembers that an instance's tasks are published as usual (not parked).
 _AS_USUAL_SECONDS = 1.0
+# How long a producer trusts a grant's count of free slots (see Publisher.park).
+_AMPLE_SECONDS = 0.5
 
 
 class Publisher:
@@ -61,6 +63,10 @@ class Publisher:
         # Pools whose last answer at publication said that tasks wait: park with the entry at
         # once, rather than first asking for a slot without it.
         self._contended: set[str] = set()
+        # Pool -> [calls still to publish as usual, until when (monotonic)]: a grant found
+        # slots free beyond its own and nobody waiting.
+        self._ample: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
 
     def may_park(self, instance: str, wait: str = "") -> bool:
         """False while a recent answer says that ``instance``'s tasks (waiting in mode ``wait``)
@@ -89,11 +95,20 @@ class Publisher:
         believed = self.store.believed_pool(instance)
         if believed is None:
             believed = self.store.pool_of(instance) or ""
+        if self._spend_ample(believed):
+            # Published as usual: the worker's acquire takes a free slot, one script as in a
+            # countdown pool, and never ahead of a parked task (acquire.lua refuses a hand-off
+            # pool's slot to a newcomer while tasks are parked or stand by: it parks instead).
+            return Parking(parked=False, pool=believed, reason="ample")
         if believed not in self._contended:
             parking = self.store.park_at_publish(instance, token, entry=None, wait=wait, info=info)
             if parking.reason == "contended":
                 self._contended.add(parking.pool)
                 parking = None
+        if parking is not None and parking.granted is not None and parking.free > 1:
+            # Half the slots still free may go to calls published as usual, for a moment.
+            with self._lock:
+                self._ample[parking.pool] = [parking.free // 2, time.monotonic() + _AMPLE_SECONDS]
         if parking is None:
             parking = self.store.park_at_publish(
                 instance, token, entry=entry(), wait=wait, info=info
@@ -112,6 +127,17 @@ class Publisher:
         ):
             self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
         return parking
+
+    def _spend_ample(self, pool: str) -> bool:
+        """Whether a call to ``pool`` may be published as usual, without a grant: a recent grant
+        left slots free (spends one of them)."""
+        with self._lock:
+            ample = self._ample.get(pool)
+            if not ample or ample[0] < 1 or ample[1] <= time.monotonic():
+                self._ample.pop(pool, None)
+                return False
+            ample[0] -= 1
+            return True
 
 
 _publishers: weakref.WeakKeyDictionary[RedisPoolStore, Publisher] = weakref.WeakKeyDictionary()

@@ -107,12 +107,13 @@ class PoolsSettings(Model):
                     SETTING_PREFIX + exc.field, exc.value, exc.allowed
                 ) from None
             raise
-        if settings.standby_seconds >= settings.redis_socket_timeout:
+        if settings.standby_max and settings.standby_seconds > settings.redis_socket_timeout - 0.5:
             raise PoolConfigError.invalid(
                 "pools_standby_seconds",
                 settings.standby_seconds,
-                f"less than pools_redis_socket_timeout ({settings.redis_socket_timeout:g} s): a "
-                "standby blocks on its Redis connection",
+                "at most pools_redis_socket_timeout - 0.5 s "
+                f"({settings.redis_socket_timeout - 0.5:g} s): a standby blocks on its Redis "
+                "connection",
             )
         return settings
 

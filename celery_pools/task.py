@@ -50,14 +50,15 @@ logger = logging.getLogger(__name__)
 InstanceResolver = Callable[[tuple[Any, ...], dict[str, Any]], str]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Execution:
-    """One execution: its request, who asks, and its arguments."""
+    """One execution: its request, who asks, its arguments, and how long it stood by."""
 
     request: Any
     caller: Caller
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    stood_by: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
-                standby=self._standby_seconds(ext, execution.request),
+                standby=self._standby_seconds(ext, execution),
             )
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)
@@ -262,6 +263,8 @@ class PooledTask(Task):  # type: ignore[misc]
                     # The request it would have had without waiting: a countdown's message has
                     # an ETA of its own, a hand-off's none.
                     execution.request.eta = state.eta or None
+                if execution.stood_by:
+                    self._store_started(execution.request)
                 self._signal(
                     signals.slot_acquired,
                     caller,
@@ -304,10 +307,12 @@ class PooledTask(Task):  # type: ignore[misc]
             return check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
         return ""
 
-    def _standby_seconds(self, ext: PoolsExtension, request: Any) -> float:
-        """How long this execution may block as a standby: ``pools_standby_seconds``, and at most
-        a tenth of its time limits, which count the block (it runs in the worker's process)."""
+    def _standby_seconds(self, ext: PoolsExtension, execution: _Execution) -> float:
+        """How long this execution may block as a standby: ``pools_standby_seconds``, and in all
+        at most a tenth of its time limits, which count the block (it runs in the worker's
+        process)."""
         block: float = ext.settings.standby_seconds
+        request = execution.request
         hard, soft = request.timelimit or (None, None)
         conf = self.app.conf
         limits = [
@@ -318,7 +323,7 @@ class PooledTask(Task):  # type: ignore[misc]
             )
             if limit
         ]
-        return min([block, *(float(limit) / 10 for limit in limits)])
+        return max(0.0, min([block, *(float(limit) / 10 - execution.stood_by for limit in limits)]))
 
     def _stand_by(
         self, ext: PoolsExtension, execution: _Execution, standby: Standby, state: WaitState
@@ -336,10 +341,19 @@ class PooledTask(Task):  # type: ignore[misc]
                 self.backend.store_result(request.id, reason, states.RETRY, request=request)
             else:
                 self.backend.store_result(request.id, None, states.PENDING, request=request)
+        started = time.monotonic()
         try:
             ext.store.block(execution.caller.token, acq.pool, standby.seconds)
         except PoolBackendError as exc:  # the next attempt finds out what Redis says
             logger.debug("celery-pools: %s stopped standing by: %s", execution.caller, exc)
+        execution.stood_by += time.monotonic() - started
+
+    def _store_started(self, request: Any) -> None:
+        """A standby woken with a slot runs: its state says STARTED again (with
+        ``task_track_started``, which :meth:`_stand_by` overwrote)."""
+        if self.track_started and not request.ignore_result:
+            meta = {"pid": os.getpid(), "hostname": request.hostname}
+            self.backend.store_result(request.id, meta, states.STARTED, request=request)
 
     def _signal(self, signal: Signal, caller: Caller, pool: str, **fields: Any) -> None:
         """Send one of celery-pools' signals about this execution."""

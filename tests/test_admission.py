@@ -92,6 +92,43 @@ def test_a_full_countdown_pool_waits_with_backoff_and_never_past_its_deadline():
     assert near.countdown == pytest.approx(0.1)
 
 
+def test_a_waiter_comes_back_when_its_turn_is_likely_once_the_pool_knows_its_hold_time():
+    """acquire.lua's retry_ms for a countdown waiter: its place among the waiters times the mean
+    hold time over the limit. The countdown is that, give or take a fifth, bounded."""
+    state = WaitState(first=NOW - 4.0, pool="api", uid="u1", timeout=30.0, attempts=5)
+    countdowns = [
+        admit(
+            _acq(AcquireStatus.FULL, reason="countdown", retry_after=0.05),
+            state,
+            CALLER,
+            _backoff(seed),
+        )
+        for seed in range(50)
+    ]
+    assert all(isinstance(d, Wait) for d in countdowns)
+    values = [d.countdown for d in countdowns if isinstance(d, Wait)]
+    assert 0.04 <= min(values) < max(values) <= 0.06  # not the backoff's 1-2 s at attempt 5
+    # Bounded: at least 5 ms, at most the backoff's maximum, never past the deadline.
+    tiny = admit(
+        _acq(AcquireStatus.FULL, reason="countdown", retry_after=0.001), state, CALLER, _backoff()
+    )
+    assert isinstance(tiny, Wait)
+    assert tiny.countdown == pytest.approx(0.005)
+    long = admit(
+        _acq(AcquireStatus.FULL, reason="countdown", retry_after=60.0), state, CALLER, _backoff()
+    )
+    assert isinstance(long, Wait)
+    assert long.countdown == pytest.approx(2.0)
+    late = admit(
+        _acq(AcquireStatus.FULL, reason="countdown", retry_after=1.0, first=NOW - 29.9),
+        state,
+        CALLER,
+        _backoff(),
+    )
+    assert isinstance(late, Wait)
+    assert late.countdown == pytest.approx(0.1)
+
+
 def test_a_copy_of_a_running_execution_waits_by_countdown_in_any_mode():
     """acquire.lua answers a copy with first = now: its wait starts when it found the first run."""
     state = WaitState(first=NOW - 500.0, handoff="id-1.3", attempts=0)

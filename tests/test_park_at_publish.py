@@ -385,3 +385,53 @@ def test_a_call_whose_grant_answer_was_lost_is_published_as_usual_and_runs_once(
     (metrics,) = manager.store.metrics(["api"])
     assert (metrics.acquired_immediate, metrics.grants_lapsed) == (1, 0)
     assert manager.status("api").in_use == 0
+
+
+def _scripts_run(env) -> int:
+    """EVALSHA calls the pools' Redis server has served (its own count, not the pool code's)."""
+    client = redis.Redis.from_url(env.pools_url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_an_ample_hand_off_pool_costs_no_script_at_publication(private_env, run_worker):
+    """A grant that finds slots free beyond its own lets the next calls (half of those slots,
+    for half a second) be published as usual: their worker's acquire takes the slot, one script,
+    as in a countdown pool. (Pools on a Redis of this test alone: its script count is this
+    test's.)"""
+    env = private_env
+    manager = _pool(env, limit=20)
+    app = env.app()
+    before = _scripts_run(env)
+    results = [app.tasks["t.hold"].delay(f"a{i}", 0.0) for i in range(8)]
+    assert _scripts_run(env) - before == 1  # the first call's grant; the other 7 none
+    assert _queued(env) == 8
+    assert manager.status("api").in_use == 1  # only the grant holds a slot before they run
+    with run_worker(app, concurrency=4):
+        assert [r.get(timeout=30) for r in results] == [f"a{i}" for i in range(8)]
+    (metrics,) = manager.store.metrics(["api"])
+    assert metrics.acquired_immediate == 8
+    assert metrics.handoffs == 1
+
+
+def test_a_call_published_as_usual_in_an_ample_pool_waits_behind_parked_tasks(env, run_worker):
+    manager = _pool(env, limit=4)
+    app = env.app()
+    first = app.tasks["t.hold"].delay("first", 0.0)  # granted; 3 free: one call may go as usual
+    store = manager.store
+    for token in ("x", "y", "z"):  # the pool fills up behind this producer's back
+        assert store.acquire(INSTANCE, token, lease=30).status.value == "OK"
+    parked = env.app().tasks["t.hold"].delay("parked", 0.0)  # another producer: it parks
+    assert manager.status("api").waiting == 1
+    late = app.tasks["t.hold"].delay("late", 0.0)  # published as usual (the ample budget)
+    assert _queued(env) == 2  # first's and late's messages; parked's is in Redis
+    with run_worker(app, concurrency=4):
+        first.get(timeout=30)  # its release hands its slot to the parked task
+        assert parked.get(timeout=30) == "parked"
+        for token in ("x", "y", "z"):
+            get_extension(app).dispatcher.settle(store.release(token, "api").effects)
+        assert late.get(timeout=30) == "late"
+    starts = [label for label, _ in env.probe().starts()]
+    assert starts.index("parked") < starts.index("late")

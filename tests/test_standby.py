@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
@@ -186,3 +187,26 @@ def test_a_solo_worker_whose_only_process_stands_by_does_not_deadlock(env, run_w
         assert [r.get(timeout=60) for r in results] == [f"t{i}" for i in range(12)]
     assert env.probe().max_concurrency() <= 2
     assert manager.status("api").in_use == 0
+
+
+def test_a_revoked_standby_never_runs_and_leaves_no_slot_idle(env, run_worker):
+    manager = _pool(env, limit=1)
+    app = env.app(pools_standby_max=1)
+    with run_worker(app, concurrency=3):
+        blocker = app.tasks["t.hold"].delay("blocker", 2.0)
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        first = app.tasks["t.hold"].delay("first", 0.5)
+        wait_until(lambda: _standbys(manager).get(first.id, {}).get("ready"), 10)
+        revoked = app.tasks["t.hold"].delay("revoked", 0.0)  # parked behind the standby
+        last = app.tasks["t.hold"].delay("last", 0.0)
+        app.control.revoke(revoked.id)
+        blocker.get(timeout=30)
+        first.get(timeout=30)
+        ended = time.monotonic()
+        # The revoked task is promoted when first is woken; its message is discarded, and its
+        # turn passes at once (not after a hand-off lease of 10 s).
+        assert last.get(timeout=30) == "last"
+        assert time.monotonic() - ended < 5
+    assert not _started(env, "revoked")
+    status = manager.status("api")
+    assert (status.waiting, status.standbys, status.in_use) == (0, 0, 0)

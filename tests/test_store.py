@@ -183,3 +183,30 @@ def test_pipelined_scripts_survive_a_redis_that_lost_its_script_cache(pools):
     assert [handoff.token for handoff in release.handoffs] == ["parked"]
     status = pools.status("api")
     assert (status.in_use, status.waiting) == (1, 0)
+
+
+def test_a_countdown_waiter_is_told_when_its_turn_is_likely(env):
+    """retry_ms of a countdown waiter: its place among the waiters times the pool's moving-average
+    hold time (kept by release.lua) over the limit; 0 while no hold was measured."""
+    manager = env.manager()
+    manager.create("api", limit=2)
+    manager.assign("inst", "api")
+    store = manager.store
+    assert store.acquire("inst", "a", lease=30).status is AcquireStatus.OK
+    assert store.acquire("inst", "b", lease=30).status is AcquireStatus.OK
+    unknown = store.acquire("inst", "c", lease=30)
+    assert (unknown.status, unknown.reason, unknown.retry_after) == (
+        AcquireStatus.FULL,
+        "countdown",
+        0.0,
+    )
+    store.release("a", "api")
+    held = float(store.client.hget(store.keys.pool("api").stats, "hold_avg_ms"))
+    assert held >= 0
+    assert store.acquire("inst", "a2", lease=30).status is AcquireStatus.OK
+    store.client.hset(store.keys.pool("api").stats, "hold_avg_ms", "100")
+    first = store.acquire("inst", "c", lease=30, first=unknown.first)
+    second = store.acquire("inst", "d", lease=30)
+    assert (first.reason, second.reason) == ("countdown", "countdown")
+    # c is first among the waiters, d second: slots free about every 100 / 2 ms.
+    assert (first.retry_after, second.retry_after) == (0.05, 0.1)

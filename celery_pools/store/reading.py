@@ -72,9 +72,9 @@ class StoreReading(StoreBase):
         return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
 
     def handoff_pools(self) -> list[str]:
-        """Names of the pools whose tasks wait by hand-off, or that have parked tasks or tasks
-        handed a slot (a task may override its pool's mode, and a pool's mode may change while
-        tasks are parked)."""
+        """Names of the pools whose tasks wait by hand-off, or that have parked tasks, tasks
+        handed a slot or standbys (a task may override its pool's mode, and a pool's mode may
+        change while tasks are parked)."""
         names = self.pool_names()
         with self._backend("list pools"):
             pipe = self.client.pipeline(transaction=False)
@@ -83,11 +83,12 @@ class StoreReading(StoreBase):
                 pipe.hget(keys.config, "wait")
                 pipe.zcard(keys.queue)
                 pipe.hlen(keys.handoffs)
+                pipe.zcard(keys.standby)
             rows = pipe.execute()
         return [
             name
             for index, name in enumerate(names)
-            if rows[3 * index] == "handoff" or rows[3 * index + 1] or rows[3 * index + 2]
+            if rows[4 * index] == "handoff" or any(rows[4 * index + 1 : 4 * index + 4])
         ]
 
     # -- snapshots ---------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
             first=seconds(reply[1]),
             handoff=str(reply[2]),
         )
-        return Parking(parked=False, pool=pool, granted=grant)
+        return Parking(parked=False, pool=pool, granted=grant, free=int(reply[5]))
     if status == "AS_USUAL":
         return Parking(parked=False, pool=pool, reason=str(reply[2]))
     if status == "CONTENDED":

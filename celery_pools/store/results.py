@@ -164,6 +164,8 @@ class Parking(_Settled):
     #: pool no longer exists), "" (no pool).
     reason: str = ""
     granted: Grant | None = None
+    #: With a grant: how many slots were still free after it.
+    free: int = 0
 
 
 @dataclass(frozen=True)

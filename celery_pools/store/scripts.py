@@ -79,13 +79,14 @@ SCRIPTS: dict[str, Script] = {
             "abandon",
             keys=(
                 "held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs",
-                "abandoned", "abandoned_holder",
+                "abandoned", "abandoned_holder", "standby", "standby_entry", "wake", "parked",
+                "stale",
             ),
-            args=("token", "pool", "grace_ms", "why", "pid", "bounds"),
+            args=("token", "pool", "grace_ms", "why", "pid", "bounds", "stale_ms"),
         ),
         Script(
             "free",
-            keys=("abandoned", "abandoned_holder", "stats", "queue"),
+            keys=("abandoned", "abandoned_holder", "stats", "queue", "standby"),
             args=("token",),
         ),
         Script("renew", keys=("holders",), args=("lease_ms",), variadic=True),

@@ -277,6 +277,7 @@ class RedisPoolStore(StoreReading):
             "why": why,
             "pid": "" if pid is None else str(pid),
             "bounds": BUCKET_BOUNDS_ARG,
+            "stale_ms": ms(STALE_HANDOFF_SECONDS),
         }
         status, _now, info, parked, _until = self._run("abandon", values, pool)
         effects = self.hand_off(pool) if int(parked) and status != "ABANDONED" else Effects(pool)

@@ -12,7 +12,9 @@
 --
 -- Reply: {status, now, holder JSON or "", parked, until}: status "ABANDONED" when the slot is kept
 -- until `until` (ms), "RELEASED" when it was given back, "NOT_HELD" when the token held none;
--- parked is how many tasks wait in the hand-off FIFO (the caller then runs handoff.lua).
+-- for a standby (lib/standby.lua), which holds no slot, "DROPPED" (revoked: it never runs) or
+-- "REQUEUED" (back at its place in the FIFO); parked is how many tasks wait in the hand-off FIFO
+-- or stand by (the caller then runs handoff.lua).
 --
 -- Keys:
 --   held              {p}:held                           HASH task id -> pool name
@@ -25,6 +27,11 @@
 --   handoffs          {p}:pool:<name>:handoffs           HASH task id handed a slot -> entry
 --   abandoned         {p}:pool:<name>:abandoned          ZSET task id -> end of its grace (ms)
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder   HASH task id -> holder JSON
+--   standby           {p}:pool:<name>:standby            ZSET standby task id -> place (us)
+--   standby_entry     {p}:pool:<name>:standby_entry      HASH standby task id -> standby JSON
+--   wake              {p}:pool:<name>:wake:              prefix of each standby's wake LIST
+--   parked            {p}:pool:<name>:parked             HASH parked task id -> entry JSON
+--   stale             {p}:stale                          ZSET hand-off ids that never run
 --
 -- Arguments:
 --   token     the task id
@@ -33,19 +40,39 @@
 --   why       how the execution ended ("WorkerLostError", "TimeLimitExceeded", ...)
 --   pid       the process whose execution ended ("" for whichever holds the slot)
 --   bounds    histogram bucket upper bounds (ms, ascending, comma-separated)
+--   stale_ms  how long the id of a standby that ended stays in stale (ms)
 
 -- include: lib/clock.lua
 -- include: lib/histogram.lua
 -- include: lib/giving.lua
+-- include: lib/standby.lua
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs, abandoned,
-  abandoned_holder = unpack(KEYS)
-local token, pool, grace_ms, why, pid, bounds = unpack(ARGV)
+  abandoned_holder, standby, standby_entry, wake, parked, stale = unpack(KEYS)
+local token, pool, grace_ms, why, pid, bounds, stale_ms = unpack(ARGV)
 
 local now = redis_clock()
+if redis.call('ZSCORE', standby, token) then
+  -- A standby holds no slot and its body never ran: revoked, it never runs; its execution
+  -- ended otherwise (its process died), it goes back to its place in the FIFO, to run once.
+  local record = cjson.decode(redis.call('HGET', standby_entry, token))
+  if pid ~= '' and tostring(record['pid']) ~= pid then
+    return {'NOT_HELD', now, '', 0, 0}
+  end
+  local k = {
+    held = held, waiters = waiters, waiter = waiter, stats = stats, queue = queue,
+    parked = parked, stale = stale, standby = standby, standby_entry = standby_entry, wake = wake,
+  }
+  if string.sub(why, 1, 6) == 'revoke' then
+    drop_standby(k, token, now, tonumber(stale_ms))
+    return {'DROPPED', now, '', 0, 0}
+  end
+  to_fifo(k, token, now, tonumber(stale_ms))
+  return {'REQUEUED', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
+end
 local info = redis.call('HGET', holder, token) or ''
 if pid ~= '' and (info == '' or tostring(cjson.decode(info)['pid']) ~= pid) then
-  return {'NOT_HELD', now, '', redis.call('ZCARD', queue), 0}
+  return {'NOT_HELD', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
 end
 local claimed = redis.call('HEXISTS', handoffs, token) == 0
 local grace = tonumber(grace_ms)
@@ -54,15 +81,15 @@ info, released = give_back({
   held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
   handoffs = handoffs,
 }, token, pool)
-local parked = redis.call('ZCARD', queue)
+local waiting = redis.call('ZCARD', queue) + redis.call('ZCARD', standby)
 if released == 0 then
-  return {'NOT_HELD', now, '', parked, 0}
+  return {'NOT_HELD', now, '', waiting, 0}
 end
 local since = info ~= '' and tonumber(cjson.decode(info)['since']) or now
 observe(stats, 'hold', now - since, bounds)
 if not claimed or grace <= 0 then
   redis.call('HINCRBY', stats, 'released', 1)
-  return {'RELEASED', now, info, parked, 0}
+  return {'RELEASED', now, info, waiting, 0}
 end
 local kept = info ~= '' and cjson.decode(info) or {}
 kept['abandoned'], kept['until'], kept['why'] = now, now + grace, why
@@ -70,4 +97,4 @@ info = cjson.encode(kept)
 redis.call('ZADD', abandoned, now + grace, token)
 redis.call('HSET', abandoned_holder, token, info)
 redis.call('HINCRBY', stats, 'abandoned', 1)
-return {'ABANDONED', now, info, parked, now + grace}
+return {'ABANDONED', now, info, waiting, now + grace}

@@ -9,7 +9,7 @@
 -- execution of the same task id (its message delivered again while the first still runs) waits
 -- until the first gives the slot back. Rate limits use GCRA (lib/gcra.lua).
 --
--- Stats fields touched: acquired_immediate, acquired_waited, "acquired:<instance>", timeouts,
+-- Stats fields read: hold_avg_ms (release.lua). Stats fields touched: acquired_immediate, acquired_waited, "acquired:<instance>", timeouts,
 -- rate_timeouts, reclaimed, grants_lapsed, handoffs_returned, abandoned_expired, the wait-time
 -- histogram "wait:*";
 -- "started" is set (ms) on the first event.
@@ -26,7 +26,8 @@
 --                 holds, or waits for, its slot under another hand-off id; this copy must not run
 --   "UNASSIGNED"  the instance has no pool (its rate token, if it has a rate limit, is taken)
 --   "FULL"        no free slot; with reason "countdown" the task is registered as a waiter until
---                 first + timeout; with reason "handoff" it must park (park.lua). In hand-off mode
+--                 first + timeout, and retry_ms is when its turn is likely (its place among the
+--                 waiters times the pool's mean hold time over its limit; 0 while unknown); with reason "handoff" it must park (park.lua). In hand-off mode
 --                 a task also parks while older tasks are parked or stand by (FIFO). With reason
 --                 "copy" another execution of the same task id holds its slot: this one waits by
 --                 countdown, registered as a waiter whose wait starts now (first is now). With
@@ -172,8 +173,9 @@ local overflow = mode == 'handoff' and redis.call('HEXISTS', rates, instance) ==
 
 -- A task that holds a slot (handed or granted to it, or its own from an earlier delivery) is no
 -- longer waiting: a clear keeps it, as it keeps every holder unless asked to release them.
+-- (A standby now was promoted after the clear: a hand-off the clear kept, requeued since.)
 if cleared and waited_uid == uid and first <= cleared
-    and not redis.call('ZSCORE', holders, token) then
+    and not redis.call('ZSCORE', holders, token) and not redis.call('ZSCORE', standby, token) then
   redis.call('ZREM', waiters, token)
   redis.call('HDEL', waiter, token)
   return reply('CLEARED', limit, 0, timeout, uid, 0, 0, '')
@@ -231,24 +233,36 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
   local blocked_here = record['ready'] and record['hostname'] == asking['hostname']
     and record['pid'] == asking['pid'] and record['thread'] == asking['thread']
   if now >= deadline then
-    redis.call('ZREM', standby, token)
-    redis.call('HDEL', standby_entry, token)
+    forget_standby(k, token)
     redis.call('DEL', wake .. token)
+    redis.call('ZADD', stale, now + tonumber(stale_ms), handoff_id)  -- no other copy runs
     give_up('pool')
     return reply('TIMEOUT', limit, in_use, timeout, uid, 0, 0, 'pool')
   end
-  if in_use < limit then
+  -- A free slot (the pool grew, a slot came free without a hand-off yet) goes to the oldest in
+  -- line: this standby takes it only if nobody came before it.
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  local place = redis.call('ZSCORE', standby, token)
+  local oldest = redis.call('ZRANGE', standby, 0, 0)[1] == token
+    and (#head == 0 or tonumber(head[2]) >= tonumber(place))
+  if in_use < limit and oldest then
     to_handoff(k, token, actual, now, tonumber(handoff_lease_ms))  -- claimed just below
     redis.call('DEL', wake .. token)
   elseif blocked_here then  -- it asks again after its block, nothing handed to it
     to_fifo(k, token, now, tonumber(stale_ms))
     return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'requeued')
+  elseif record['ready'] and now <= tonumber(record['until']) then
+    -- Another execution of this message blocks for it now: this copy never runs (the sweep
+    -- sends the standby back to the FIFO if that execution died).
+    return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
   else
     if not record['ready'] then
       average(stats, 'standby_latency_avg_ms', now - tonumber(record['promoted']))
     end
-    -- Blocked here now (a copy of its message delivered elsewhere takes over: the first one,
-    -- if it still runs, finds the slot claimed, or its block over, and never runs its body).
+    -- Blocked here now (a copy of its message delivered after the first one's block ended
+    -- takes over: the first one, if it still runs, finds the slot claimed, or its message
+    -- stale, and never runs its body). A wake-up left from an earlier block is dropped.
+    redis.call('DEL', wake .. token)
     record['ready'], record['until'] = now, now + tonumber(standby_ms)
     record['hostname'], record['pid'], record['thread'] = asking['hostname'], asking['pid'],
       asking['thread']
@@ -294,6 +308,7 @@ if redis.call('ZSCORE', holders, token) then
     -- message delivered again is known from a stale copy.
     local claimed = holding_now()
     claimed['claimed'] = handoff_id
+    redis.call('DEL', wake .. token)  -- a standby woken just after its block ended
     redis.call('ZADD', holders, now + lease, token)
     redis.call('HSET', holder, token, cjson.encode(claimed))
     redis.call('HDEL', handoffs, token)
@@ -324,7 +339,7 @@ if redis.call('ZSCORE', holders, token) then
   redis.call('ZADD', holders, now + lease, token)
   return reply('OK', limit, in_use, timeout, uid, 1, 0, '')
 end
-if redis.call('ZSCORE', queue, token) then
+if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', standby, token) then
   return reply('STALE', limit, in_use, timeout, uid, 0, 0, '')
 end
 if handoff_id ~= '' then
@@ -368,4 +383,12 @@ if mode == 'handoff' and not overflow then
   return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'handoff')
 end
 wait_here()
-return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'countdown')
+-- When this waiter's turn is likely, in ms from now: a slot frees about every hold / limit ms
+-- (the pool's moving-average hold time), and `rank` waiters are ahead of it. 0 (unknown) while
+-- no hold was measured: the caller backs off.
+local turn = 0
+local hold = tonumber(redis.call('HGET', stats, 'hold_avg_ms') or '')
+if hold then
+  turn = math.floor(hold * (redis.call('ZRANK', waiters, token) + 1) / math.max(limit, 1))
+end
+return reply('FULL', limit, in_use, timeout, uid, 0, turn, 'countdown')

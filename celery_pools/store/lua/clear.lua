@@ -55,7 +55,7 @@ redis.call('HSET', config, 'cleared', now)
 local dropped = redis.call('ZCARD', waiters)
 redis.call('DEL', waiters, waiter)
 end_parked(queue, parked, expired, 'cleared', pool)
-end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake},
+end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake, held = held},
   expired, 'cleared', pool, now, tonumber(stale_ms))
 redis.call('DEL', queue, parked, rate_parked)
 local released = 0

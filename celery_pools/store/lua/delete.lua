@@ -66,7 +66,7 @@ end
 local waiting = redis.call('ZCARD', waiters)
 end_handoffs(handoffs, holder, stale, expired, 'deleted', pool, now, tonumber(stale_ms))
 end_parked(queue, parked, expired, 'deleted', pool)
-end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake},
+end_standbys({standby = standby, standby_entry = standby_entry, stale = stale, wake = wake, held = held},
   expired, 'deleted', pool, now, tonumber(stale_ms))
 redis.call('DEL', config, pool_instances, holders, holder, waiters, waiter, stats, queue, parked,
   handoffs, rate_parked, abandoned, abandoned_holder)

@@ -13,13 +13,14 @@
 --   abandoned_holder  {p}:pool:<name>:abandoned_holder   HASH task id -> holder JSON
 --   stats             {p}:pool:<name>:stats              HASH counters and histograms
 --   queue             {p}:pool:<name>:queue              ZSET the hand-off FIFO
+--   standby           {p}:pool:<name>:standby            ZSET standby task id -> place (us)
 --
 -- Arguments:
 --   token  the task id
 
 -- include: lib/clock.lua
 
-local abandoned, abandoned_holder, stats, queue = unpack(KEYS)
+local abandoned, abandoned_holder, stats, queue, standby = unpack(KEYS)
 local token = unpack(ARGV)
 
 local now = redis_clock()
@@ -27,7 +28,7 @@ local info = redis.call('HGET', abandoned_holder, token) or ''
 local freed = redis.call('ZREM', abandoned, token)
 redis.call('HDEL', abandoned_holder, token)
 if freed == 0 then
-  return {'NOT_ABANDONED', now, '', redis.call('ZCARD', queue)}
+  return {'NOT_ABANDONED', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby)}
 end
 redis.call('HINCRBY', stats, 'abandoned_released', 1)
-return {'FREED', now, info, redis.call('ZCARD', queue)}
+return {'FREED', now, info, redis.call('ZCARD', queue) + redis.call('ZCARD', standby)}

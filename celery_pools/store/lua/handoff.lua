@@ -31,8 +31,10 @@
 --    min(standby_max, limit, 1 + ceil(2 * limit * latency / hold), floor(block * limit / (2 * hold)))
 --    with hold the pool's mean hold time and latency its mean promotion-to-block time (moving
 --    averages in stats; 1 while no hold was measured): enough standbys that a freed slot finds one
---    blocked, no more than are likely woken within half their block. Tasks parked under a rate
---    limit, or of a paused instance, are not promoted (their hand-off decides their turn). A
+--    blocked, no more than are likely woken within half their block. Standbys are always the
+--    head of the line: promotion stops at a task parked under a rate limit, or of a paused
+--    instance (its hand-off decides its turn), and a freed slot goes to whichever of the oldest
+--    standby and the oldest parked task came first. A
 --    standby not blocked within the hand-off lease (its message lost), or blocked 2 s past its
 --    block (its process died), goes back to its place in the FIFO.
 --
@@ -160,67 +162,69 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout
 end
 
 local free = limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)
-while free > 0 do
-  local oldest = redis.call('ZRANGE', standby, 0, 0)
-  if #oldest == 0 then break end
-  to_handoff(k, oldest[1], pool, now, tonumber(handoff_lease_ms))
-  free = free - 1
-end
 local sent, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
 while free > 0 and passed_over < 1000 and checked < 100 do
-  -- The oldest parked task not passed over (for its rate limit) in this call.
-  local head = redis.call('ZRANGE', queue, passed_over, passed_over)
-  if #head == 0 then break end
-  local token = head[1]
-  local entry_json = redis.call('HGET', parked, token)
-  local entry = entry_json and cjson.decode(entry_json)
-  local info = entry and entry['info'] or {}
-  local instance = info['instance']
-  local until_ms = instance and tonumber(redis.call('HGET', paused, instance) or '')
-  local is_paused = until_ms and until_ms > now
-  -- Parked under its instance's rate limit (counted, so at most about 10 per instance): the
-  -- hand-off takes its token. One parked before the limit was set claims as any other (it
-  -- gives the slot back if its token is not due), so no backlog is ever passed over here.
-  local spec = entry and entry['rate_parked'] and not is_paused
-    and redis.call('HGET', rates, instance)
-  local due = true
-  if spec then
-    due = not not_due[instance] and take_rate_token(rate_state, instance, spec, now) == 0
-    checked = checked + (not_due[instance] and 0 or 1)
-  end
-  if not due then
-    not_due[instance] = true
-    passed_over = passed_over + 1  -- keeps its place: its instance's next call is not due yet
-  elseif entry and is_paused and sent < 100 then
-    leave_fifo(token, entry)
-    redis.call('RPUSH', sent_back, cjson.encode({reason = 'paused', pool = pool, entry = entry_json}))
-    local first = tonumber(entry['first']) or now
-    info['since'] = first
-    info['returned'] = '*'  -- its message goes out without a hand-off id
-    redis.call('ZADD', waiters, first + timeout, token)
-    redis.call('HSET', waiter, token, cjson.encode(info))
-    sent = sent + 1
-    redis.call('HINCRBY', stats, 'sent_back', 1)
-  elseif entry then
-    leave_fifo(token, entry)
-    -- Ids count on in the pool's definition, which a metrics reset leaves alone.
-    local id = token .. '.' .. redis.call('HINCRBY', config, 'handoff_seq', 1)
-    redis.call('HINCRBY', stats, 'handoffs', 1)
-    info['since'] = now
-    info['handoff'] = id
-    info['immediate'] = entry['immediate']
-    info['rated'] = spec and 1 or nil  -- its rate token is taken: its claim takes no other
-    redis.call('ZADD', holders, now + tonumber(handoff_lease_ms), token)
-    redis.call('HSET', holder, token, cjson.encode(info))
-    redis.call('HSET', held, token, pool)
-    redis.call('HSET', handoffs, token, entry_json)
-    handed[#handed + 1] = token
-    handed[#handed + 1] = id
-    handed[#handed + 1] = entry_json
+  -- The oldest parked task not passed over (for its rate limit) in this call, and the oldest
+  -- standby: whichever came first gets the slot.
+  local head = redis.call('ZRANGE', queue, passed_over, passed_over, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', standby, 0, 0, 'WITHSCORES')
+  if #oldest > 0 and (#head == 0 or tonumber(oldest[2]) <= tonumber(head[2])) then
+    to_handoff(k, oldest[1], pool, now, tonumber(handoff_lease_ms))
     free = free - 1
+  elseif #head == 0 then
+    break
   else
-    leave_fifo(token)  -- its entry is gone: nothing to publish
+    local token = head[1]
+    local entry_json = redis.call('HGET', parked, token)
+    local entry = entry_json and cjson.decode(entry_json)
+    local info = entry and entry['info'] or {}
+    local instance = info['instance']
+    local until_ms = instance and tonumber(redis.call('HGET', paused, instance) or '')
+    local is_paused = until_ms and until_ms > now
+    -- Parked under its instance's rate limit (counted, so at most about 10 per instance): the
+    -- hand-off takes its token. One parked before the limit was set claims as any other (it
+    -- gives the slot back if its token is not due), so no backlog is ever passed over here.
+    local spec = entry and entry['rate_parked'] and not is_paused
+      and redis.call('HGET', rates, instance)
+    local due = true
+    if spec then
+      due = not not_due[instance] and take_rate_token(rate_state, instance, spec, now) == 0
+      checked = checked + (not_due[instance] and 0 or 1)
+    end
+    if not due then
+      not_due[instance] = true
+      passed_over = passed_over + 1  -- keeps its place: its instance's next call is not due yet
+    elseif entry and is_paused and sent < 100 then
+      leave_fifo(token, entry)
+      redis.call('RPUSH', sent_back, cjson.encode({reason = 'paused', pool = pool, entry = entry_json}))
+      local first = tonumber(entry['first']) or now
+      info['since'] = first
+      info['returned'] = '*'  -- its message goes out without a hand-off id
+      redis.call('ZADD', waiters, first + timeout, token)
+      redis.call('HSET', waiter, token, cjson.encode(info))
+      sent = sent + 1
+      redis.call('HINCRBY', stats, 'sent_back', 1)
+    elseif entry then
+      leave_fifo(token, entry)
+      -- Ids count on in the pool's definition, which a metrics reset leaves alone.
+      local id = token .. '.' .. redis.call('HINCRBY', config, 'handoff_seq', 1)
+      redis.call('HINCRBY', stats, 'handoffs', 1)
+      info['since'] = now
+      info['handoff'] = id
+      info['immediate'] = entry['immediate']
+      info['rated'] = spec and 1 or nil  -- its rate token is taken: its claim takes no other
+      redis.call('ZADD', holders, now + tonumber(handoff_lease_ms), token)
+      redis.call('HSET', holder, token, cjson.encode(info))
+      redis.call('HSET', held, token, pool)
+      redis.call('HSET', handoffs, token, entry_json)
+      handed[#handed + 1] = token
+      handed[#handed + 1] = id
+      handed[#handed + 1] = entry_json
+      free = free - 1
+    else
+      leave_fifo(token)  -- its entry is gone: nothing to publish
+    end
   end
 end
 
@@ -246,19 +250,23 @@ if free <= 0 and redis.call('EXISTS', queue) == 1 then
     local entry_json = redis.call('HGET', parked, token)
     local entry = entry_json and cjson.decode(entry_json)
     local instance = entry and (entry['info'] or {})['instance']
-    if entry and not entry['rate_parked'] and not (instance and redis.call('HEXISTS', paused, instance) == 1) then
+    local until_ms = instance and tonumber(redis.call('HGET', paused, instance) or '')
+    if not entry then
+      looked = looked + 1  -- its entry is gone: handoff.lua's next hand-off drops it
+    elseif entry['rate_parked'] or (until_ms and until_ms > now) then
+      break  -- standbys are the head of the line: its turn comes by hand-off
+    else
       redis.call('ZREM', queue, token)
       redis.call('HDEL', parked, token)
       local id = token .. '.' .. redis.call('HINCRBY', config, 'handoff_seq', 1)
       redis.call('ZADD', standby, head[2], token)
+      redis.call('HSET', held, token, pool)
       redis.call('HSET', standby_entry, token, cjson.encode({id = id, entry = entry_json, promoted = now}))
       redis.call('HINCRBY', stats, 'standbys_promoted', 1)
       promoted[#promoted + 1] = token
       promoted[#promoted + 1] = id
       promoted[#promoted + 1] = entry_json
       missing = missing - 1
-    else
-      looked = looked + 1
     end
   end
 end

@@ -24,9 +24,9 @@
 --   "AS_USUAL"   {reason}: at publication, publish as usual: "countdown", "limited" (paused),
 --                "rate" (rate-limited with a slot free and nobody waiting, or with enough of its
 --                instance's tasks parked), "held"
---   "GRANTED"    {hand-off id, uid, timeout (ms)}: at publication, no entry: a slot is granted (a
---                hand-off taken up by the task's claim, which lapses like any other if the task
---                does not start in time)
+--   "GRANTED"    {hand-off id, uid, timeout (ms), free}: at publication, no entry: a slot is
+--                granted (a hand-off taken up by the task's claim, which lapses like any other if
+--                the task does not start in time); free is how many slots are still free
 --   "CONTENDED"  at publication, no entry: the pool is full or tasks wait; call again with the
 --                entry
 --
@@ -130,7 +130,8 @@ if entry_json == '' then
   redis.call('ZADD', holders, now + tonumber(grant_lease_ms), token)
   redis.call('HSET', holder, token, cjson.encode(granted))
   redis.call('HSET', held, token, pool)
-  return {'GRANTED', now, id, cfg[3], timeout}
+  return {'GRANTED', now, id, cfg[3], timeout,
+    limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)}
 end
 local first = tonumber(first_ms) or now
 -- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes

@@ -6,7 +6,8 @@
 --
 -- `k` holds the pool's keys: held, holders, holder, waiters, waiter, stats, queue, parked,
 -- handoffs, stale, standby, standby_entry, wake (the wake LISTs' prefix: wake .. task id).
--- A standby stays a waiter (waiters, waiter); its record in standby_entry is JSON:
+-- A standby stays a waiter (waiters, waiter), and `held` names its pool (so that the worker that
+-- sees its task end finds it, abandon.lua); its record in standby_entry is JSON:
 --   {id, entry (its parked entry JSON), promoted (ms), ready (ms, when its task blocked),
 --    until (ms, when its block ends), hostname, pid, thread (the execution that blocks)}
 --
@@ -19,6 +20,8 @@
 -- to_fifo(k, token, now, stale_ms): send the standby back to its place in the FIFO (its block
 --   ended, its process died, its message was lost); its id joins stale, so that its message, if
 --   it still runs, never does. Counts standbys_returned.
+-- drop_standby(k, token, now, stale_ms): the standby's task was revoked: it never runs (its id
+--   joins stale, it is no longer a waiter).
 -- end_standbys(k, expired, reason, pool, now, stale_ms): a clear or a delete ends every standby
 --   the way it ends a hand-off (lib/ending.lua): its entry goes to expired, its id to stale, and a
 --   blocked one is woken to find its message stale.
@@ -31,6 +34,7 @@ end
 local function forget_standby(k, token)
   redis.call('ZREM', k.standby, token)
   redis.call('HDEL', k.standby_entry, token)
+  redis.call('HDEL', k.held, token)
 end
 
 local function to_handoff(k, token, pool, now, lease_ms)
@@ -64,6 +68,15 @@ local function to_fifo(k, token, now, stale_ms)
   redis.call('HINCRBY', k.stats, 'standbys_returned', 1)
 end
 
+local function drop_standby(k, token, now, stale_ms)
+  local record = cjson.decode(redis.call('HGET', k.standby_entry, token))
+  forget_standby(k, token)
+  redis.call('DEL', k.wake .. token)
+  redis.call('ZADD', k.stale, now + stale_ms, record['id'])
+  redis.call('ZREM', k.waiters, token)
+  redis.call('HDEL', k.waiter, token)
+end
+
 local function end_standbys(k, expired, reason, pool, now, stale_ms)
   for _, token in ipairs(redis.call('ZRANGE', k.standby, 0, -1)) do
     local record = cjson.decode(redis.call('HGET', k.standby_entry, token))
@@ -72,6 +85,7 @@ local function end_standbys(k, expired, reason, pool, now, stale_ms)
     if record['ready'] then
       wake_standby(k, token, 'end')
     end
+    redis.call('HDEL', k.held, token)
   end
   redis.call('DEL', k.standby, k.standby_entry)
 end
