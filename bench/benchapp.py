@@ -1,6 +1,6 @@
 """The Celery app of the benchmark: its worker subprocesses run ``celery -A bench.benchapp``.
 
-Workers build it from environment variables (see :data:`ENV`); the driver calls
+Workers build it from environment variables (see :data:`bench.workerenv.ENV`); the driver calls
 :func:`create_app` with the same values. Apart from the URLs and the default queue, every
 setting is Celery's and celery-pools' default, the same for every scenario and waiting mode.
 
@@ -22,22 +22,11 @@ from celery import Celery
 from celery.signals import task_failure
 
 from bench.recorder import Recorder
+from bench.workerenv import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV
 from celery_pools import PooledTask, signals
 
-__all__ = ["ENV", "TRACE_PREFIX", "create_app"]
+__all__ = ["TRACE_PREFIX", "create_app"]
 
-#: Environment variables a worker subprocess reads: setting name -> variable.
-ENV = {
-    "broker": "BENCH_BROKER_URL",
-    "backend": "BENCH_BACKEND_URL",
-    "pools_url": "BENCH_POOLS_URL",
-    "record_url": "BENCH_RECORD_URL",
-    "queue": "BENCH_QUEUE",
-}
-#: The workers' ``worker_eta_task_limit``, when set (see :func:`bench.modes.worker_settings`).
-ETA_TASK_LIMIT_ENV = "BENCH_ETA_TASK_LIMIT"
-#: The workers' ``pools_standby_max``, when set (see :func:`bench.modes.worker_settings`).
-STANDBY_MAX_ENV = "BENCH_STANDBY_MAX"
 #: Connector instances with this prefix are traced (body start/end and pool signals).
 TRACE_PREFIX = "trace."
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["MODES", "SCENARIOS", "BenchConfig"]
+__all__ = ["DEFAULT_SCENARIOS", "MODES", "SCENARIOS", "BenchConfig"]
 
 #: Every scenario, in the order they run. ``slotops`` needs no worker; the others share one
 #: group of workers per waiting mode.
-SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog")
+SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog", "peers")
+#: The scenarios run when none is named: ``peers`` (every alternative, :mod:`bench.peers`) runs
+#: only when asked for.
+DEFAULT_SCENARIOS: tuple[str, ...] = SCENARIOS[:-1]
 #: Every waiting mode the benchmark knows; a mode the installed celery-pools lacks is reported as
 #: not available.
 #: ``countdown-eta`` is countdown waiting on workers with ``worker_eta_task_limit`` at their
@@ -43,6 +46,14 @@ class BenchConfig:
     pool_timeout: float = 300.0
     # seconds between samples of memory and progress
     sample_interval: float = 1.0
+    # peers: limit, calls per run (scaled down for a limit of 1), fixed call length, the kill
+    # run's calls and their length, and the lease (expiry) every peer gets
+    peers_limit: int = 5
+    peers_tasks: int = 200
+    peers_fixed_ms: int = 50
+    peers_kill_tasks: int = 120
+    peers_kill_ms: int = 500
+    peers_lease: float = 5.0
 
     @classmethod
     def default(cls) -> BenchConfig:
@@ -69,6 +80,12 @@ class BenchConfig:
             backlog_seconds=0.02,
             backlog_window=30.0,
             sample_interval=0.25,
+            peers_limit=2,
+            peers_tasks=12,
+            peers_fixed_ms=20,
+            peers_kill_tasks=8,
+            peers_kill_ms=300,
+            peers_lease=2.0,
         )
 
     def to_dict(self) -> dict[str, Any]:

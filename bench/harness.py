@@ -87,8 +87,6 @@ def wait_for(done: Callable[[], bool], timeout: float, interval: float) -> bool:
     return True
 
 
-def stop_consuming(bench: Bench, queue: str) -> None:
-    """Make every worker stop consuming ``queue``."""
-    bench.app.control.cancel_consumer(
-        queue, destination=bench.workers.names, reply=True, timeout=10
-    )
+def stop_consuming(app: Any, workers: WorkerGroup, queue: str) -> None:
+    """Make every worker of ``workers`` stop consuming ``queue``."""
+    app.control.cancel_consumer(queue, destination=workers.names, reply=True, timeout=10)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ROWS", "Row", "markdown", "table"]
+__all__ = ["ROWS", "Row", "aligned", "markdown", "pipes", "table"]
 
 MIB = 1024 * 1024
 
@@ -130,20 +130,30 @@ def _cells(
 def table(results: dict[str, dict[str, Any]], modes: list[str]) -> str:
     """The table of ``results`` (scenario -> mode -> result) for ``modes``, as aligned text."""
     rows, notes = _cells(results, modes)
-    lines = [["scenario", "figure", "target", *modes], *rows]
+    return "\n".join([aligned([["scenario", "figure", "target", *modes], *rows]), *notes])
+
+
+def markdown(results: dict[str, dict[str, Any]], modes: list[str]) -> str:
+    """The same table in Markdown, for ``docs/benchmarks.md``."""
+    rows, notes = _cells(results, modes)
+    text = pipes([["scenario", "figure", "target (issue 5)", *modes], *rows])
+    return "\n".join([text, *(f"\n{note}" for note in notes)])
+
+
+def aligned(lines: list[list[str]]) -> str:
+    """``lines`` (a header, then rows of cells) as aligned text, a rule under the header."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         for line in lines
     ]
     text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join([*text, *notes])
+    return "\n".join(text)
 
 
-def markdown(results: dict[str, dict[str, Any]], modes: list[str]) -> str:
-    """The same table in Markdown, for ``docs/benchmarks.md``."""
-    rows, notes = _cells(results, modes)
-    header = ["scenario", "figure", "target (issue 5)", *modes]
-    lines = [header, ["---"] * len(header), *rows]
-    text = ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines]
-    return "\n".join([*text, *(f"\n{note}" for note in notes)])
+def pipes(lines: list[list[str]]) -> str:
+    """``lines`` (a header, then rows of cells) as a Markdown table."""
+    lines = [lines[0], ["---"] * len(lines[0]), *lines[1:]]
+    return "\n".join(
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines
+    )

@@ -25,11 +25,14 @@ from typing import Any
 
 import redis
 
-from bench.config import MODES, SCENARIOS, BenchConfig
+from bench.config import DEFAULT_SCENARIOS, MODES, SCENARIOS, BenchConfig
 from bench.modes import ModeUnavailableError, unavailable_reason, worker_settings
+from bench.peers import report as peers_report
+from bench.peers.scenario import run_peers
 from bench.plot import plot
 from bench.report import markdown, table
 from bench.system import git_revision, machine_info
+from bench.workerenv import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV
 from celery_pools.local_redis import LocalRedis
 
 __all__ = ["main"]
@@ -55,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scenarios",
         type=lambda text: _names(text, SCENARIOS, "scenario"),
-        default=list(SCENARIOS),
-        help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)",
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated, from {','.join(SCENARIOS)} (default: all but peers)",
     )
     parser.add_argument(
         "--modes",
@@ -109,10 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for role in ("broker", "pools", "records")
         }
         report["machine"] = machine_info(redis.Redis.from_url(servers["pools"].url(0)))
-        for mode in args.modes:
+        by_mode = [scenario for scenario in args.scenarios if scenario != "peers"]
+        for mode in args.modes if by_mode else []:
             print(f"== mode {mode}", flush=True)
             mode_started = time.monotonic()
-            outcome = _run_mode(config, mode, args.scenarios, servers)
+            outcome = _run_mode(config, mode, by_mode, servers)
             report["modes"][mode] = {
                 **outcome.pop("_mode"),
                 "seconds": time.monotonic() - mode_started,
@@ -120,14 +124,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             for scenario, result in outcome.items():
                 report["results"][scenario][mode] = result
                 failed = failed or bool(result.get("error"))
+        if "peers" in args.scenarios:
+            print("== peers", flush=True)
+            peers = report["results"]["peers"] = run_peers(config, servers)
+            failed = failed or any("error" in result for result in peers.values())
     report["seconds"] = time.monotonic() - started
     output: Path = args.output
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(report, indent=1) + "\n")
-    (output / "results.md").write_text(markdown(report["results"], args.modes) + "\n")
+    texts, tables = [], []
+    if by_mode:
+        texts.append(markdown(report["results"], args.modes))
+        tables.append(table(report["results"], args.modes))
+    if "peers" in args.scenarios:
+        texts.append(peers_report.markdown(report["results"]["peers"], config.peers_lease))
+        tables.append(peers_report.table(report["results"]["peers"], config.peers_lease))
+    (output / "results.md").write_text("\n\n".join(texts) + "\n")
     why_not = plot(report["results"], output / "concurrency.png")
     print()
-    print(table(report["results"], args.modes))
+    print("\n\n".join(tables))
     print(f"\nresults: {output / 'results.json'} (table: {output / 'results.md'})")
     print(f"plot: {output / 'concurrency.png'}" if why_not is None else f"no plot: {why_not}")
     print(f"benchmark took {report['seconds']:.0f} s")
@@ -189,7 +204,7 @@ def _slotops(config: BenchConfig, mode: str, servers: dict[str, LocalRedis]) -> 
 def _worker_scenarios(
     config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
 ) -> dict[str, Any]:
-    from bench.benchapp import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV, create_app
+    from bench.benchapp import create_app
     from bench.harness import Bench
     from bench.scenarios import run_backlog, run_overhead, run_saturation
     from bench.workers import WorkerGroup

@@ -35,7 +35,7 @@ def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[floa
         lambda: recorder.done_count() + recorder.failed_count() >= tasks, timeout=600, interval=0.05
     )
     busy = cpu.read()
-    stop_consuming(bench, queue)
+    stop_consuming(bench.app, bench.workers, queue)
     last = recorder.last_done()
     if not finished or recorder.failed_count() or last is None:
         raise RuntimeError(
@@ -140,7 +140,7 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     )
     messages = command_calls(bench.broker) - before
     busy = cpu.read()
-    stop_consuming(bench, queue)
+    stop_consuming(bench.app, bench.workers, queue)
 
     events = recorder.events()
     use = utilisation(events, limit)

@@ -20,6 +20,7 @@ __all__ = [
     "command_calls",
     "git_revision",
     "machine_info",
+    "package_version",
     "rss_bytes",
     "used_memory",
 ]
@@ -29,7 +30,8 @@ __all__ = [
 PUBLISH_COMMANDS = ("lpush", "rpush")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of distribution ``package``, None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -65,11 +67,11 @@ def machine_info(client: redis.Redis) -> dict[str, Any]:
         "ram_bytes": _ram_bytes(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "celery": _version("celery"),
-        "kombu": _version("kombu"),
-        "redis_py": _version("redis"),
-        "dramatiq": _version("dramatiq"),
-        "celery_pools": _version("celery-pools"),
+        "celery": package_version("celery"),
+        "kombu": package_version("kombu"),
+        "redis_py": package_version("redis"),
+        "dramatiq": package_version("dramatiq"),
+        "celery_pools": package_version("celery-pools"),
         "redis_server": str(client.info("server").get("redis_version")),
         "load_average_at_start": list(os.getloadavg()),
     }
@@ -91,9 +93,15 @@ def git_revision(root: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def command_calls(client: redis.Redis, commands: tuple[str, ...] = PUBLISH_COMMANDS) -> int:
-    """How many times the server behind ``client`` ran ``commands`` since it started."""
+def command_calls(client: redis.Redis, commands: tuple[str, ...] | None = PUBLISH_COMMANDS) -> int:
+    """How many times the server behind ``client`` ran ``commands`` since it started; with
+    ``commands`` None, every command but ``INFO`` (which the benchmark itself sends to read
+    these counts)."""
     stats = client.info("commandstats")
+    if commands is None:
+        return sum(
+            int(value.get("calls", 0)) for name, value in stats.items() if name != "cmdstat_info"
+        )
     return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
 
 

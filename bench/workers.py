@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WorkerGroup:
-    """``count`` prefork workers of ``concurrency`` processes each, consuming ``queue``.
+    """``count`` prefork workers of ``concurrency`` processes each, consuming ``queue``, running
+    the Celery app of module ``app_module``.
 
     Each worker runs in its own session, so stopping it can never reach another process. Logs go
     to ``log_dir``.
@@ -39,6 +40,7 @@ class WorkerGroup:
         concurrency: int,
         queue: str,
         log_dir: Path,
+        app_module: str = "bench.benchapp",
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -48,6 +50,7 @@ class WorkerGroup:
         self.concurrency = concurrency
         self.queue = queue
         self.log_dir = log_dir
+        self.app_module = app_module
         self.tag = uuid.uuid4().hex[:6]
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -67,7 +70,7 @@ class WorkerGroup:
             log = open(self.log_dir / f"{name.split('@')[0]}.log", "ab")  # noqa: SIM115
             self._logs.append(log)
             command = [
-                sys.executable, "-m", "celery", "-A", "bench.benchapp", "worker",
+                sys.executable, "-m", "celery", "-A", self.app_module, "worker",
                 "-P", "prefork", "-c", str(self.concurrency), "-n", name, "-Q", self.queue,
                 "--loglevel", "WARNING",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",

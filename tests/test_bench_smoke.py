@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from bench.config import BenchConfig
+from bench.peers.scenario import cases
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -96,3 +99,45 @@ def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None
     # A real inversion counts either way: b asked after a but started before it.
     late_start = [start("a", 10.030), start("b", 10.010)]
     assert order_inversions(acquisitions, late_start) == (1, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_quick_peers_run_every_peer_and_celery_pools_keeps_the_api_under_its_cap(
+    tmp_path: Path,
+) -> None:
+    command = ["-m", "bench", "--quick", "--scenarios", "peers", "--output", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    report = json.loads((tmp_path / "results.json").read_text())
+    peers = report["results"]["peers"]
+    config = BenchConfig.quick()
+    assert list(peers) == [case.label for case in cases(config)]
+    for label, result in peers.items():
+        assert "error" not in result, f"{label}: {result.get('error')}"
+        for run_name in ("fixed", "varied", "kill"):
+            figures = result[run_name]
+            # The API saw calls, and every task but possibly the killed run's came through.
+            assert figures["served_calls"] >= figures["tasks"] - figures["refused"], label
+            assert figures["max_in_flight"] >= 1
+            assert 0 < figures["utilisation"] <= 1.0 + 1e-9 or figures["refused"], label
+            if run_name != "kill":
+                assert figures["lost_tasks"] == 0, (label, run_name)
+            if label.startswith("celery-pools"):
+                # The product's claim, judged by the API itself.
+                assert figures["max_in_flight"] <= result["limit"], (label, run_name)
+                assert figures["refused"] == 0, (label, run_name)
+                assert figures["lost_tasks"] == 0, (label, run_name)
+        kill = result["kill"]
+        assert "kill_error" not in kill, f"{label}: {kill.get('kill_error')}"
+        assert kill["killed_pid"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| celery-pools handoff |" in table
+    assert "python-redis-lock (limit 1)" in table

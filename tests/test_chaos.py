@@ -2,7 +2,7 @@
 
 Three prefork workers (``acks_late``, ``task_reject_on_worker_lost``, a broker visibility timeout
 short enough to deliver unacknowledged messages again) run calls to a fake API capped at the
-pool's largest size (:class:`~tests.support.fake_api.FakeAPI`: it counts its own requests in
+pool's largest size (:class:`~bench.fake_api.FakeAPI`: it counts its own requests in
 flight, keeps serving a request whose client died, answers 429 over its cap and records which
 process made each call). A seeded loop, meanwhile, SIGKILLs worker children in the middle of a
 call (picked from the API's own record), SIGKILLs whole workers (and starts them again), SIGKILLs
@@ -29,9 +29,9 @@ import time
 import pytest
 import redis
 
+from bench.fake_api import FakeAPI
 from celery_pools import PoolBackendError
 from tests.conftest import RABBITMQ_URL
-from tests.support.fake_api import FakeAPI
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
 from tests.workerapp import INSTANCE

@@ -8,7 +8,7 @@ import time
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from tests.support.fake_api import FakeAPI
+from bench.fake_api import FakeAPI
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import WorkerProcess

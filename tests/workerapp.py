@@ -13,9 +13,6 @@ import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import redis
@@ -23,6 +20,7 @@ from celery import Celery
 from celery import signals as celery_signals
 from celery.exceptions import Ignore, Reject
 
+from bench import fake_api
 from celery_pools import PooledTask, get_extension, signals
 from tests.support.probe import ConcurrencyProbe
 
@@ -195,15 +193,12 @@ def create_app(  # noqa: PLR0915  (one test task after another)
         base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.call_api", shared=False
     )
     def call_api(self: Any, label: str, url: str, ms: int) -> str:
-        """One call of ``ms`` milliseconds to the fake API (tests/support/fake_api.py), which
+        """One call of ``ms`` milliseconds to the fake API (bench/fake_api.py), which
         counts the calls in flight itself; its 429 fails the task."""
-        query = urllib.parse.urlencode({"ms": ms, "task": self.request.id, "pid": os.getpid()})
         with probe().track(label):
-            try:
-                with urllib.request.urlopen(f"{url}?{query}", timeout=60) as answer:
-                    answer.read()
-            except urllib.error.HTTPError as exc:
-                raise RuntimeError(f"the API answered {exc.code}") from None
+            status = fake_api.call_api(url, ms, self.request.id)
+        if status != 200:
+            raise RuntimeError(f"the API answered {status}")
         return label
 
     @app.task(

@@ -8,19 +8,26 @@ to a request that arrives while ``cap`` are in flight, and records who made ever
 id and process id, sent by the client).
 
 A call is ``GET /call?ms=<duration>&task=<task id>&pid=<client pid>``; the answer is 200 with
-``ok``, or 429.
+``ok``, or 429. :func:`call_api` makes one from a client process.
+
+The tests use it as their witness (the chaos test, the prefork limit tests) and so does the
+benchmark's comparison of peers (:mod:`bench.peers`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-__all__ = ["Call", "FakeAPI"]
+__all__ = ["Call", "FakeAPI", "call_api"]
 
 
 @dataclass
@@ -47,6 +54,12 @@ class _Record:
     max_in_flight: int = 0
     refused: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Server(ThreadingHTTPServer):
+    # Many worker processes may connect in the same instant (an unsafe limiter lets them): a
+    # listen backlog of 5 would make the kernel drop connections, not the API refuse calls.
+    request_queue_size = 256
 
 
 class FakeAPI:
@@ -92,7 +105,7 @@ class FakeAPI:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -137,3 +150,17 @@ class FakeAPI:
         """Every request it received, in order of arrival."""
         with self._record.lock:
             return list(self._record.calls)
+
+
+def call_api(url: str, ms: int, task: str, timeout: float = 60.0) -> int:
+    """Make one call of ``ms`` milliseconds to the API at ``url`` on behalf of task ``task``, as
+    this process; return the HTTP status (200, or 429 when the API was at its cap)."""
+    query = urllib.parse.urlencode({"ms": ms, "task": task, "pid": os.getpid()})
+    try:
+        with urllib.request.urlopen(f"{url}?{query}", timeout=timeout) as answer:
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 429:
+            raise
+        return 429
