@@ -19,7 +19,7 @@ from bench.measure import (
     utilisation,
 )
 from bench.recorder import Recorder
-from bench.system import command_calls, used_memory
+from bench.system import command_calls, server_cpu, used_memory
 
 __all__ = ["run_backlog", "run_overhead", "run_saturation"]
 
@@ -104,16 +104,12 @@ def _bare_pair_cpu(bench: Bench, pool: str, pairs: int = 1000) -> float:
     instance = bench.name("bare")
     bench.manager.assign(instance, pool)
 
-    def server_cpu() -> float:
-        info = store.client.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-    own, server = time.process_time(), server_cpu()
+    own, server = time.process_time(), server_cpu(store.client)
     for index in range(pairs):
         token = f"{instance}-{index}"
         store.acquire(instance, token, lease=60)
         store.release(token, pool)
-    return (time.process_time() - own + server_cpu() - server) / pairs
+    return (time.process_time() - own + server_cpu(store.client) - server) / pairs
 
 
 def _waited(bench: Bench, pool: str) -> int:

@@ -18,10 +18,12 @@ __all__ = [
     "CpuMeter",
     "children",
     "command_calls",
+    "command_counts",
     "git_revision",
     "machine_info",
     "package_version",
     "rss_bytes",
+    "server_cpu",
     "used_memory",
 ]
 
@@ -97,12 +99,27 @@ def command_calls(client: redis.Redis, commands: tuple[str, ...] | None = PUBLIS
     """How many times the server behind ``client`` ran ``commands`` since it started; with
     ``commands`` None, every command but ``INFO`` (which the benchmark itself sends to read
     these counts)."""
-    stats = client.info("commandstats")
+    counts = command_counts(client)
     if commands is None:
-        return sum(
-            int(value.get("calls", 0)) for name, value in stats.items() if name != "cmdstat_info"
-        )
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in commands)
+        return sum(counts.values())
+    return sum(counts.get(name, 0) for name in commands)
+
+
+def command_counts(client: redis.Redis) -> dict[str, int]:
+    """Calls of each command the server behind ``client`` ran since it started (name -> calls,
+    ``INFO`` left out)."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(value.get("calls", 0))
+        for name, value in stats.items()
+        if name != "cmdstat_info"
+    }
+
+
+def server_cpu(client: redis.Redis) -> float:
+    """CPU seconds (system + user) the server behind ``client`` used since it started."""
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
 def used_memory(client: redis.Redis) -> int:

@@ -124,17 +124,16 @@ def test_quick_peers_run_every_peer_and_celery_pools_keeps_the_api_under_its_cap
         assert "error" not in result, f"{label}: {result.get('error')}"
         for run_name in ("fixed", "varied", "kill"):
             figures = result[run_name]
-            # The API saw calls, and every task but possibly the killed run's came through.
-            assert figures["served_calls"] >= figures["tasks"] - figures["refused"], label
+            # The API saw the calls of every task that succeeded.
+            succeeded = figures["tasks"] - figures["failed_tasks"] - figures["lost_tasks"]
+            assert figures["served_calls"] + figures["refused"] >= succeeded, label
             assert figures["max_in_flight"] >= 1
             assert 0 < figures["utilisation"] <= 1.0 + 1e-9 or figures["refused"], label
-            if run_name != "kill":
-                assert figures["lost_tasks"] == 0, (label, run_name)
             if label.startswith("celery-pools"):
-                # The product's claim, judged by the API itself.
+                # The product's claim, judged by the API itself and the tasks' results.
                 assert figures["max_in_flight"] <= result["limit"], (label, run_name)
                 assert figures["refused"] == 0, (label, run_name)
-                assert figures["lost_tasks"] == 0, (label, run_name)
+                assert figures["lost_tasks"] == figures["failed_tasks"] == 0, (label, run_name)
         kill = result["kill"]
         assert "kill_error" not in kill, f"{label}: {kill.get('kill_error')}"
         assert kill["killed_pid"] > 0

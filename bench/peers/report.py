@@ -26,9 +26,9 @@ HEADER = [
     "release-to-start p50 / p99 ms (varied)",
     "order inversions (fixed)",
     "broker msgs / task",
-    "Redis cmds / task",
-    "CPU ms / task",
-    "after a holder's SIGKILL: slot back / tasks lost / killed task ran again",
+    "Redis cmds (scripts) / task",
+    "CPU ms / task: all (Redis)",
+    "after a holder's SIGKILL: slot back / tasks failed+lost / killed task ran again",
     "verdict",
 ]
 
@@ -53,6 +53,13 @@ def verdict(result: dict[str, Any], lease: float) -> str:
         problems.append("slot not back before the run ended (too short to tell)")
     if any(r["lost_tasks"] for r in runs):
         problems.append("LOSES TASKS")
+    failures: dict[str, int] = {}
+    for r in runs:
+        for kind, count in r.get("failures", {}).items():
+            failures[kind] = failures.get(kind, 0) + count
+    if failures:
+        shown = ", ".join(f"{count} x {kind}" for kind, count in sorted(failures.items()))
+        problems.append(f"TASKS FAIL ({shown})")
     return ", ".join(problems) or "safe"
 
 
@@ -66,7 +73,7 @@ def _kill_cell(kill: dict[str, Any]) -> str:
     else:
         shown = f"{back:.1f} s"
     again = "yes" if kill.get("victim_calls", 0) >= 2 else "no"
-    return f"{shown} / {kill['lost_tasks']} / {again}"
+    return f"{shown} / {kill.get('failed_tasks', 0)}+{kill['lost_tasks']} / {again}"
 
 
 def rows(results: dict[str, Any], lease: float) -> list[list[str]]:
@@ -92,8 +99,10 @@ def rows(results: dict[str, Any], lease: float) -> list[list[str]]:
                 f"{_number(varied['handoff_p99_ms'], '.0f')}",
                 f"{share:.1%}",
                 _number(fixed["broker_messages_per_task"], ".2f"),
-                _number(fixed["redis_commands_per_task"], ".1f"),
-                _number(fixed["cpu_ms_per_task"], ".1f"),
+                f"{_number(fixed['redis_commands_per_task'], '.1f')} "
+                f"({_number(fixed['redis_script_calls_per_task'], '.1f')})",
+                f"{_number(fixed['cpu_ms_per_task'], '.1f')} "
+                f"({_number(fixed['redis_cpu_ms_per_task'], '.2f')})",
                 _kill_cell(kill),
                 verdict(result, lease),
             ]

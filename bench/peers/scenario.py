@@ -26,6 +26,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from bench.harness import stop_consuming, wait_for
 from bench.measure import count_inversions, handoff_latencies, percentile
 from bench.peers import PEERS, Peer
 from bench.peers.app import CALL_TASK, create_app
-from bench.system import CpuMeter, command_calls, package_version
+from bench.system import CpuMeter, command_calls, command_counts, package_version, server_cpu
 from bench.workerenv import ENV, LEASE_ENV, STANDBY_MAX_ENV
 from bench.workers import WorkerGroup
 from celery_pools import PoolManager
@@ -116,14 +117,20 @@ class _Context:
         return ids
 
 
-def _succeeded(backend: redis.Redis, ids: list[str]) -> set[str]:
-    """The tasks of ``ids`` whose result (in the Redis result backend) is SUCCESS."""
+def _outcomes(backend: redis.Redis, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """``task -> (state, exception type)`` of the tasks of ``ids`` that have ended (their result
+    in the Redis result backend is SUCCESS or FAILURE)."""
     metas = backend.mget([f"celery-task-meta-{task}" for task in ids])
-    return {
-        task
-        for task, meta in zip(ids, metas, strict=True)
-        if meta is not None and json.loads(meta).get("status") == "SUCCESS"
-    }
+    ended = {}
+    for task, meta in zip(ids, metas, strict=True):
+        if meta is None:
+            continue
+        result = json.loads(meta)
+        if result.get("status") in ("SUCCESS", "FAILURE"):
+            error = result.get("result") if result["status"] == "FAILURE" else None
+            kind = error.get("exc_type") if isinstance(error, dict) else None
+            ended[task] = (str(result["status"]), kind)
+    return ended
 
 
 def _figures(
@@ -170,9 +177,9 @@ def _run(
     lengths: Sequence[int],
     during: Callable[[FakeAPI], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Publish one call per length to a fresh key and queue, wait until every task succeeded
-    (its result in the backend) or the deadline, and return the figures; ``during`` acts while
-    the run goes on. A task that never succeeded is lost."""
+    """Publish one call per length to a fresh key and queue, wait until every task ended (its
+    result in the backend) or the deadline, and return the figures; ``during`` acts while the
+    run goes on. A task that never ended is lost."""
     cfg, case = ctx.config, ctx.case
     key = f"{what}-{uuid.uuid4().hex[:8]}"
     case.peer.prepare(ctx.manager, key, case.limit)
@@ -180,30 +187,50 @@ def _run(
     ideal = sum(lengths) / 1000 / case.limit
     deadline = 60 + 4 * ideal + 6 * cfg.peers_lease
     with FakeAPI(case.limit) as api:
-        messages, commands = command_calls(ctx.broker), command_calls(ctx.pools, None)
+        messages, commands = command_calls(ctx.broker), command_counts(ctx.pools)
+        redis_cpu = server_cpu(ctx.pools)
         cpu = ctx.cpu_meter()
         started = time.monotonic()
         ids = ctx.publish(key, key, lengths, api.url)
         extra = during(api) if during is not None else {}
         finished = wait_for(
-            lambda: len(_succeeded(ctx.backend, ids)) >= len(ids), timeout=deadline, interval=0.1
+            lambda: len(_outcomes(ctx.backend, ids)) >= len(ids), timeout=deadline, interval=0.1
         )
         elapsed = time.monotonic() - started
         busy = cpu.read()
         messages = command_calls(ctx.broker) - messages
-        commands = command_calls(ctx.pools, None) - commands
+        redis_cpu = server_cpu(ctx.pools) - redis_cpu
+        after = command_counts(ctx.pools)
+        spent = {name: calls - commands.get(name, 0) for name, calls in after.items()}
+        spent = {name: calls for name, calls in spent.items() if calls > 0}
         calls = api.calls()
         stop_consuming(ctx.app, ctx.workers, key)
-        done = _succeeded(ctx.backend, ids)
+        outcomes = _outcomes(ctx.backend, ids)
+        failures = Counter(kind or "?" for state, kind in outcomes.values() if state == "FAILURE")
         return {
             "tasks": len(ids),
             "finished": finished,
             "elapsed_s": elapsed,
-            "lost_tasks": len(ids) - len(done),
+            # Tasks that ended in FAILURE (by exception type), and tasks that never ended.
+            "failed_tasks": sum(failures.values()),
+            "failures": dict(failures),
+            "lost_tasks": len(ids) - len(outcomes),
             "max_in_flight": api.max_in_flight,
             "refused": api.refused,
             "broker_messages_per_task": messages / len(ids),
-            "redis_commands_per_task": commands / len(ids),
+            # Every command the pools' Redis ran, those inside scripts included, and how many
+            # of them were script calls (EVAL, EVALSHA, FCALL); its CPU.
+            "redis_commands_per_task": sum(spent.values()) / len(ids),
+            "redis_script_calls_per_task": sum(
+                spent.get(name, 0) for name in ("eval", "evalsha", "fcall")
+            )
+            / len(ids),
+            "redis_cpu_ms_per_task": redis_cpu * 1000 / len(ids),
+            # Which commands they were, most used first: per task.
+            "redis_commands": {
+                name: calls / len(ids)
+                for name, calls in sorted(spent.items(), key=lambda item: -item[1])
+            },
             "cpu_ms_per_task": (busy["own_s"] or 0.0) * 1000 / len(ids),
             "cpu": busy,
             **_figures(ctx, ids, lengths, calls),
