@@ -9,6 +9,7 @@ Each function turns one answer of :class:`~celery_pools.manager.PoolManager` int
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,11 +86,16 @@ def pause(instance: str, until: float | None) -> JSON:
 
 
 def _histogram(histogram: Histogram) -> JSON:
+    """``count``, ``sum``, ``p50``, ``p95`` and ``buckets``: ``[upper bound, observations <=
+    bound]`` pairs in seconds, the last bound null (no upper bound)."""
     return {
         "count": histogram.count,
         "sum": histogram.sum,
         "p50": histogram.quantile(0.5),
         "p95": histogram.quantile(0.95),
+        "buckets": [
+            [None if math.isinf(bound) else bound, total] for bound, total in histogram.cumulative()
+        ],
     }
 
 

@@ -4,6 +4,16 @@
 #   bash scripts/test.sh -k timeout # pytest arguments are passed on
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; no browser download).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "apt-get could not install chromium: the dashboard's browser tests will fail" >&2
+  else
+    echo "no chromium: install Debian's chromium for the dashboard's browser tests" >&2
+  fi
+fi
+
 echo "== ruff"; ruff check celery_pools tests examples bench
 echo "== ruff format"; ruff format --check celery_pools tests examples bench
 echo "== mypy (strict)"; mypy

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"store"},
     {"handoff"},
     {"context"},
-    {"manager", "portable", "advisor", "exporter", "views"},
+    {"manager", "portable", "advisor", "exporter", "views", "dashboard"},
     {"producer", "worker", "admin_tasks", "control"},
     {"install"},
     {"admission", "task"},

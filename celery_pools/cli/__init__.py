@@ -10,7 +10,8 @@ talks to the pools' Redis directly (no worker needs to be running):
 - rate limits (:mod:`.rates`): ``rate INSTANCE RATE``, ``unrate INSTANCE``,
   ``pause INSTANCE SECONDS``, ``resume INSTANCE``;
 - pools as code (:mod:`.code`): ``export FILE``, ``import FILE``;
-- operations (:mod:`.ops`): ``advise NAME`` (sizing), ``exporter --port N`` (Prometheus).
+- operations (:mod:`.ops`): ``advise NAME`` (sizing), ``exporter --port N`` (Prometheus);
+- the web dashboard (:mod:`.dashboard`): ``dashboard [--port N] [--addr A]``.
 
 ``--json`` prints the shapes of :mod:`celery_pools.views`, which the management tasks return.
 Errors go to stderr as ``Error: <message>`` with exit status 1 (2 for a usage error).
@@ -18,7 +19,7 @@ Errors go to stderr as ``Error: <message>`` with exit status 1 (2 for a usage er
 
 from __future__ import annotations
 
-from . import code, ops, rates, read, write  # noqa: F401  (each registers its commands)
+from . import code, dashboard, ops, rates, read, write  # noqa: F401  (each registers its commands)
 from .group import pools
 
 __all__ = ["pools"]

@@ -1,0 +1,46 @@
+"""``celery -A proj pools dashboard``: serve the web dashboard (the ``dashboard`` extra)."""
+
+from __future__ import annotations
+
+import click
+from celery.bin.base import CeleryCommand
+
+from .group import manager_of, option, pools, suspicious_after
+
+try:
+    from celery_pools.dashboard import serve
+except ImportError as missing:  # the extra is not installed: the command says how to get it
+    serve = None  # type: ignore[assignment]
+    _MISSING: ImportError | None = missing
+else:
+    _MISSING = None
+
+__all__ = ["dashboard"]
+
+
+@pools.command(cls=CeleryCommand)
+@option(
+    "--port", type=click.IntRange(min=1, max=65535), default=8808, show_default=True,
+    help="Port to serve the dashboard on.",
+)  # fmt: skip
+@option("--addr", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@option(
+    "--public", is_flag=True,
+    help="Allow a non-loopback --addr: anyone who reaches it sees every pool.",
+)  # fmt: skip
+@click.pass_context
+def dashboard(ctx: click.Context, port: int, addr: str, public: bool) -> None:
+    """Serve a web page of every pool (in use, free, waiting, waits, holders, waiters, advice)
+    and its JSON API on http://ADDR:PORT/ until Ctrl-C. It only reads.
+
+    Needs the dashboard extra: pip install 'celery-pools[dashboard]'.
+    """
+    if serve is None:
+        raise click.ClickException(
+            f"the dashboard needs Starlette and uvicorn ({_MISSING}): "
+            "pip install 'celery-pools[dashboard]'"
+        )
+    manager = manager_of(ctx)
+    host = f"[{addr}]" if ":" in addr else addr
+    click.echo(f"Serving the pools in {manager.store.url} on http://{host}:{port}/ (Ctrl-C stops).")
+    serve(manager, host=addr, port=port, suspicious_after=suspicious_after(ctx), public=public)

@@ -1,0 +1,99 @@
+// celery-pools dashboard: one pool's page, refreshed every second. The chart of in use and
+// waiting is kept by the page: the last five minutes it has been open.
+"use strict";
+
+const poolName = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const history = [];  // [Redis time, in use, waiting, limit]
+const WINDOW = 300;
+
+function holderRow(holder, now, suspicious, abandoned) {
+  const flags = el("td", {});
+  if (suspicious) flags.append(el("span", { class: "flag" }, "suspicious"));
+  if (abandoned) flags.append(el("span", { class: "flag" }, `abandoned (${abandoned.why || "ended"})`));
+  const expires = abandoned ? `free in ${duration(abandoned.until - now)}` : duration(holder.lease_expires - now);
+  return el("tr", { "data-task": holder.task_id },
+    cell(holder.task_id), cell(holder.task_name || "-"), cell(holder.instance || "-"),
+    cell(holder.hostname || "-"), cell(holder.pid ?? "-", true), cell(duration(now - holder.since), true),
+    cell(expires, true), flags);
+}
+
+function waiterRow(waiter, index, now) {
+  return el("tr", { "data-task": waiter.task_id },
+    cell(index + 1, true), cell(waiter.task_id), cell(waiter.task_name || "-"),
+    cell(waiter.instance || "-"), cell(duration(now - waiter.since), true),
+    cell(duration(waiter.deadline - now), true));
+}
+
+function drawChart() {
+  const chart = document.getElementById("chart");
+  const width = 600, height = 160, pad = 24;
+  if (!history.length) return chart.replaceChildren();
+  const end = history[history.length - 1][0];
+  const top = Math.max(1, ...history.map((h) => Math.max(h[1], h[2], h[3])));
+  const x = (t) => pad + ((t - (end - WINDOW)) / WINDOW) * (width - 2 * pad);
+  const y = (v) => height - pad - (v / top) * (height - 2 * pad);
+  const line = (index, cls) => svg("polyline", {
+    class: cls, points: history.map((h) => `${x(h[0]).toFixed(1)},${y(h[index]).toFixed(1)}`).join(" "),
+  });
+  const limit = history[history.length - 1][3];
+  chart.replaceChildren(
+    svg("line", { class: "limit", x1: pad, x2: width - pad, y1: y(limit), y2: y(limit) }),
+    line(1, "in-use"), line(2, "waiting"),
+    svg("text", { x: 2, y: y(top) + 4 }, top), svg("text", { x: 2, y: y(0) + 4 }, 0),
+    svg("text", { x: pad, y: height - 6 }, "-5 min"), svg("text", { x: width - pad - 20, y: height - 6 }, "now"));
+}
+
+function drawHistogram(id, histogram) {
+  const target = document.getElementById(id);
+  const width = 300, height = 120, pad = 16;
+  const counts = histogram.buckets.map((b, i) => b[1] - (i ? histogram.buckets[i - 1][1] : 0));
+  const most = Math.max(1, ...counts);
+  const step = (width - 2 * pad) / counts.length;
+  const bars = counts.map((n, i) => svg("rect", {
+    x: (pad + i * step).toFixed(1), width: Math.max(1, step - 2).toFixed(1),
+    y: (height - pad - (n / most) * (height - 2 * pad)).toFixed(1),
+    height: ((n / most) * (height - 2 * pad)).toFixed(1),
+  }, svg("title", {}, `<= ${histogram.buckets[i][0] === null ? "inf" : duration(histogram.buckets[i][0])}: ${n}`)));
+  const first = histogram.buckets[0][0], last = histogram.buckets[histogram.buckets.length - 2][0];
+  target.replaceChildren(svg("g", { class: "histogram" }, ...bars,
+    svg("text", { x: pad, y: height - 3 }, duration(first)),
+    svg("text", { x: width - pad - 40, y: height - 3 }, `${duration(last)}+`)));
+}
+
+function render(pool) {
+  const now = pool.now;
+  document.title = `celery-pools: ${pool.name}`;
+  document.getElementById("name").textContent = pool.name;
+  const rates = pool.rates.map(rateText).filter(Boolean);
+  document.getElementById("summary").textContent =
+    `${pool.in_use} of ${pool.limit} in use, ${pool.free} free, ${pool.waiting} waiting` +
+    `${pool.standbys ? ` (${pool.standbys} standing by)` : ""}; timeout ${duration(pool.timeout)}; ` +
+    `waits by ${pool.wait}; instances: ${pool.instances.join(", ") || "none"}` +
+    `${rates.length ? `; ${rates.join("; ")}` : ""}`;
+  const suspicious = new Set(pool.metrics.suspicious_holders);
+  const abandoned = new Map(pool.abandoned.map((a) => [a.task_id, a]));
+  const holders = [...pool.holders, ...pool.abandoned.filter((a) => !pool.holders.some((h) => h.task_id === a.task_id))]
+    .sort((a, b) => a.since - b.since);
+  fillRows(document.getElementById("holders"),
+    holders.map((h) => holderRow(h, now, suspicious.has(h.task_id), abandoned.get(h.task_id))));
+  fillRows(document.getElementById("waiters"), pool.waiters.map((w, i) => waiterRow(w, i, now)));
+  history.push([now, pool.in_use, pool.waiting, pool.limit]);
+  while (history.length && history[0][0] < now - WINDOW) history.shift();
+  drawChart();
+  drawHistogram("wait-histogram", pool.metrics.wait);
+  drawHistogram("hold-histogram", pool.metrics.hold);
+  document.getElementById("wait-figures").textContent =
+    `${pool.metrics.wait.count} waits; p50 ${duration(pool.metrics.wait.p50)}, p95 ${duration(pool.metrics.wait.p95)}`;
+  document.getElementById("hold-figures").textContent =
+    `${pool.metrics.hold.count} holds; p50 ${duration(pool.metrics.hold.p50)}, p95 ${duration(pool.metrics.hold.p95)}`;
+}
+
+function renderAdvice(advice) {
+  document.getElementById("advice-headline").textContent = advice.recommended === null
+    ? `No recommendation yet (limit ${advice.current_limit}).`
+    : `Recommended limit ${advice.recommended} (now ${advice.current_limit}).`;
+  document.getElementById("advice-steps").replaceChildren(...advice.steps.map((s) => el("li", {}, s)));
+}
+
+poll(`/api/pools/${encodeURIComponent(poolName)}`, render);
+poll(`/api/pools/${encodeURIComponent(poolName)}/advice`, renderAdvice, 10000, true);

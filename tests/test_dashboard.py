@@ -1,0 +1,268 @@
+"""The web dashboard (``celery pools dashboard``) in a real browser: Debian's Chromium, headless,
+driven by Playwright, against a real Redis, real in-process workers and the real server
+(uvicorn on a free loopback port).
+
+Screenshots go to ``artifacts/screenshots/`` (``CELERY_POOLS_ARTIFACTS`` moves it); the README
+links the copies in ``docs/images/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from celery.bin.base import CLIContext
+from click.testing import CliRunner
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from celery_pools import PooledTask, PoolManager, views
+from celery_pools.cli import pools
+from celery_pools.dashboard import create_app
+from celery_pools.dashboard.server import SECURITY_HEADERS
+from tests.support.redis_server import free_port
+from tests.workerapp import INSTANCE
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("CELERY_POOLS_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
+#: A task name a page must show as text, never run as HTML.
+HOSTILE = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is not installed (scripts/test.sh installs it as root)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=_chromium(), headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    context.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+class _Server:
+    """The dashboard of ``manager`` served by uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, manager: PoolManager) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(manager, suspicious_after=60.0),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the dashboard's uvicorn did not start")
+            self.thread.join(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def get(self, path: str) -> tuple[int, dict[str, str], Any]:
+        """``GET path``: status, headers (names in lower case) and the JSON body."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as answer:
+                headers, status, body = answer.headers, answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            headers, status, body = exc.headers, exc.code, exc.read()
+        return status, {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+
+def _gated_app(env: Any, name: str = "t.gated") -> tuple[Any, str]:
+    """The test app with a pooled task that holds its slot until the test pushes to its gate."""
+    app = env.app()
+    gate = f"gate:{env.name}:{uuid.uuid4().hex[:6]}"
+    probe_client = env.probe().client
+
+    @app.task(base=PooledTask, connector_instance=INSTANCE, name=name, shared=False)
+    def gated(label: str) -> str:
+        with app.probe().track(label):
+            probe_client.blpop([gate], timeout=60)
+        return label
+
+    return app, gate
+
+
+def _screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_overview_shows_live_numbers_while_workers_run_pooled_tasks(
+    env: Any, run_worker: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=2, timeout=60)
+    manager.assign(INSTANCE, "netsuite")
+    app, gate = _gated_app(env)
+    probe = env.probe()
+    with _Server(manager) as server, run_worker(app, 4):
+        page.goto(server.url + "/")
+        row = page.locator('tr[data-pool="netsuite"]')
+        expect(row.locator("td").nth(1)).to_have_text("0 / 2")
+        results = [app.tasks["t.gated"].delay(f"task-{i}") for i in range(4)]
+        # Two run (the probe, which the tasks write to, says so), two wait: the page follows.
+        expect(row.locator("td").nth(1)).to_have_text("2 / 2", timeout=20_000)
+        expect(row.locator("td").nth(3)).to_have_text("2", timeout=20_000)
+        assert probe.current() == 2
+        expect(page.locator("#state")).to_have_attribute("data-state", "ok")
+        expect(page.locator("#state")).to_contain_text("Last updated")
+        _screenshot(page, "dashboard-overview")
+        client = probe.client
+        for _ in range(4):
+            client.rpush(gate, "go")
+        assert [r.get(timeout=30) for r in results] == [f"task-{i}" for i in range(4)]
+        expect(row.locator("td").nth(1)).to_have_text("0 / 2", timeout=20_000)
+        expect(row.locator("td").nth(3)).to_have_text("0")
+        assert probe.max_concurrency() == 2
+
+
+def test_pool_page_shows_holders_and_waiters_and_a_hostile_task_name_as_text(
+    env: Any, run_worker: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=1, timeout=60)
+    manager.assign(INSTANCE, "netsuite")
+    app, gate = _gated_app(env, name=HOSTILE)
+    with _Server(manager) as server, run_worker(app, 2):
+        first = app.tasks[HOSTILE].delay("first")
+        second = app.tasks[HOSTILE].delay("second")
+        page.goto(server.url + "/pools/netsuite")
+        holder = page.locator(f'#holders tr[data-task="{first.id}"]')
+        waiter = page.locator(f'#waiters tr[data-task="{second.id}"]')
+        expect(holder).to_be_visible(timeout=20_000)
+        expect(waiter).to_be_visible(timeout=20_000)
+        expect(holder.locator("td").nth(1)).to_have_text(HOSTILE)
+        expect(waiter.locator("td").nth(0)).to_have_text("1")
+        expect(page.locator("#summary")).to_contain_text("1 of 1 in use")
+        # Shown as text: no element made from it, no script run.
+        assert page.locator("#holders img, #holders b, #waiters img").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        expect(page.locator("#advice-headline")).not_to_be_empty()
+        _screenshot(page, "dashboard-pool")
+        client = env.probe().client
+        client.rpush(gate, "go", "go")
+        assert first.get(timeout=30) == "first"
+        assert second.get(timeout=30) == "second"
+        expect(page.locator("#holders tbody tr")).to_have_count(0, timeout=20_000)
+        expect(page.locator("#waiters tbody tr")).to_have_count(0)
+
+
+def test_an_unreachable_redis_is_shown_and_the_page_recovers(
+    private_env: Any, private_redis: Any, page: Page
+) -> None:
+    manager = private_env.manager()
+    manager.create("netsuite", limit=3, timeout=30)
+    with _Server(manager) as server:
+        page.goto(server.url + "/")
+        expect(page.locator('tr[data-pool="netsuite"]')).to_be_visible()
+        private_redis.kill()
+        state = page.locator("#state")
+        expect(state).to_have_attribute("data-state", "error", timeout=20_000)
+        expect(state).to_contain_text("Redis unreachable")
+        expect(page.locator("main")).to_have_class("stale")
+        _screenshot(page, "dashboard-redis-down")
+        private_redis.restart()
+        manager.create("netsuite", limit=3, timeout=30)  # the server kept nothing on disk
+        expect(state).to_have_attribute("data-state", "ok", timeout=20_000)
+        expect(page.locator('tr[data-pool="netsuite"]')).to_be_visible()
+
+
+def test_the_json_api_answers_in_the_shapes_of_pools_show_json(env: Any) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=3, timeout=30, wait="handoff")
+    manager.assign(INSTANCE, "netsuite")
+    manager.set_rate_limit(INSTANCE, "60/m")
+    context_app = env.app()
+    with _Server(manager) as server:
+        status, headers, body = server.get("/api/pools/netsuite")
+        assert status == 200
+        for header, value in SECURITY_HEADERS.items():
+            assert headers[header.lower()] == value
+        cli = CliRunner().invoke(
+            pools,
+            ["show", "netsuite", "--json"],
+            obj=_cli_context(context_app),
+            catch_exceptions=False,
+        )
+        shown = json.loads(cli.output)
+        assert set(body) == set(shown)
+        for field in ("name", "limit", "timeout", "wait", "instances", "rates", "in_use"):
+            assert body[field] == shown[field], field
+        assert body["metrics"]["wait"]["buckets"][-1][0] is None  # the last bucket: no bound
+        status, _, overview = server.get("/api/pools")
+        assert status == 200
+        assert [p["name"] for p in overview["pools"]] == ["netsuite"]
+        assert set(overview["pools"][0]) == set(shown)
+        status, _, advice = server.get("/api/pools/netsuite/advice")
+        assert status == 200
+        assert advice["pool"] == "netsuite"
+        assert advice["current_limit"] == 3
+        status, _, missing = server.get("/api/pools/nope")
+        assert status == 404
+        assert "nope" in missing["error"]
+        status, _, bad = server.get("/api/pools/-bad")
+        assert status == 400
+        assert "pool name" in bad["error"]
+        assert "'-bad'" in bad["error"]
+        # It only reads: nothing accepts a write.
+        request = urllib.request.Request(server.url + "/api/pools/netsuite", method="DELETE")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 405
+    assert manager.get("netsuite").limit == 3
+    assert views.pool(manager.get("netsuite"))["wait"] == "handoff"
+
+
+def _cli_context(app: Any) -> CLIContext:
+    return CLIContext(app=app, no_color=True, workdir=None)
+
+
+def test_the_command_refuses_a_non_loopback_address_without_public(env: Any) -> None:
+    result = CliRunner().invoke(
+        pools, ["dashboard", "--addr", "0.0.0.0"], obj=_cli_context(env.app())
+    )
+    assert result.exit_code == 1
+    assert "dashboard address" in result.output
+    assert "'0.0.0.0'" in result.output
+    assert "--public" in result.output
