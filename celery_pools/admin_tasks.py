@@ -40,6 +40,8 @@ from .models import DEFAULT_TIMEOUT
 from .views import JSON
 
 __all__ = [
+    "MANAGEMENT_TASK_CHOICES",
+    "READ_ONLY_TASKS",
     "TASK_NAMES",
     "TASK_PREFIX",
     "assign_instance",
@@ -50,6 +52,7 @@ __all__ = [
     "pause_instance",
     "pool_status",
     "register_management_tasks",
+    "registered_verbs",
     "release_slot",
     "remove_rate_limit",
     "resume_instance",
@@ -188,14 +191,36 @@ _TASKS: dict[str, Callable[..., Any]] = {
 
 #: The names of the management tasks.
 TASK_NAMES = tuple(TASK_PREFIX + verb for verb in _TASKS)
+#: The management tasks that only read.
+READ_ONLY_TASKS = ("list_pools", "pool_status")
+#: The values of ``pools_management_tasks``.
+MANAGEMENT_TASK_CHOICES = ("all", "read-only", "none")
+
+
+def registered_verbs(app: Any) -> tuple[str, ...]:
+    """The management tasks ``app`` registers, by its ``pools_management_tasks`` setting:
+    ``"all"`` (the default), ``"read-only"`` (``list_pools`` and ``pool_status``) or ``"none"``.
+
+    Raises :class:`PoolConfigError` for any other value.
+    """
+    which = app.conf.get("pools_management_tasks") or "all"
+    if which not in MANAGEMENT_TASK_CHOICES:
+        raise PoolConfigError.invalid(
+            "pools_management_tasks", which, "'all', 'read-only' or 'none'"
+        )
+    if which == "none":
+        return ()
+    return READ_ONLY_TASKS if which == "read-only" else tuple(_TASKS)
 
 
 def register_management_tasks(app: Any) -> None:
-    """Register the management tasks on ``app`` (done by :func:`celery_pools.install.install`).
+    """Register the management tasks on ``app`` (done by :func:`celery_pools.install.install`):
+    those :func:`registered_verbs` names.
 
     Tasks already registered under one of the names are left as they are.
     """
-    for verb, function in _TASKS.items():
+    for verb in registered_verbs(app):
+        function = _TASKS[verb]
         name = TASK_PREFIX + verb
         # The raw registry: ``app.tasks`` would finalize the app, and this runs while it does.
         if name in app._tasks:

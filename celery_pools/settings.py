@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -54,6 +54,11 @@ class PoolsSettings(Model):
     standby_seconds: float = Field(default=DEFAULT_STANDBY_SECONDS, gt=0.0, le=30.0)
     freeze_gc: bool = True
     declare: dict[str, PoolSpec] = Field(default_factory=dict)
+    #: The dashboard's operator credentials: a bearer token and/or HTTP Basic users.
+    dashboard_token: str | None = Field(default=None, min_length=16)
+    dashboard_users: dict[str, str] = Field(default_factory=dict)
+    #: Which management tasks an app registers: every one, the read-only ones, or none.
+    management_tasks: Literal["all", "read-only", "none"] = "all"
 
     @field_validator("key_prefix")
     @classmethod

@@ -8,8 +8,10 @@ links the copies in ``docs/images/``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -26,10 +28,12 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from celery_pools import PooledTask, PoolManager, views
+from celery_pools import PoolClearedError, PoolConfigError, PooledTask, PoolManager, views
+from celery_pools.admin_tasks import TASK_NAMES
 from celery_pools.cli import pools
-from celery_pools.dashboard import create_app
+from celery_pools.dashboard import Credentials, create_app
 from celery_pools.dashboard.server import SECURITY_HEADERS
+from tests.support.polling import wait_until
 from tests.support.redis_server import free_port
 from tests.workerapp import INSTANCE
 
@@ -67,13 +71,22 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, f"the page raised: {errors}"
 
 
+#: The operator token of the dashboards that take changes.
+TOKEN = "s3cret-operator-token"
+OPERATOR = Credentials(token=TOKEN, users={"ops": "pa55word-of-ops"})
+
+
 class _Server:
     """The dashboard of ``manager`` served by uvicorn in a thread, on a free loopback port."""
 
-    def __init__(self, manager: PoolManager) -> None:
+    def __init__(
+        self, manager: PoolManager, credentials: Credentials | None = None, read_only: bool = False
+    ) -> None:
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(manager, suspicious_after=60.0),
+            create_app(
+                manager, suspicious_after=60.0, credentials=credentials, read_only=read_only
+            ),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -106,6 +119,23 @@ class _Server:
         except urllib.error.HTTPError as exc:
             headers, status, body = exc.headers, exc.code, exc.read()
         return status, {k.lower(): v for k, v in headers.items()}, json.loads(body)
+
+    def send(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """A change: ``method path`` with a JSON body and ``headers``; status and JSON body."""
+        data = json.dumps(body if body is not None else {}).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
 
 def _gated_app(env: Any, name: str = "t.gated") -> tuple[Any, str]:
@@ -245,13 +275,23 @@ def test_the_json_api_answers_in_the_shapes_of_pools_show_json(env: Any) -> None
         assert status == 400
         assert "pool name" in bad["error"]
         assert "'-bad'" in bad["error"]
-        # It only reads: nothing accepts a write.
-        request = urllib.request.Request(server.url + "/api/pools/netsuite", method="DELETE")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 405
+        # No credential configured: it only reads.
+        status, refused = server.send("DELETE", "/api/pools/netsuite", headers=_bearer())
+        assert status == 403
+        assert "no operator credential" in refused["error"]
+        assert server.get("/api/info")[2]["read_only"] is True
     assert manager.get("netsuite").limit == 3
     assert views.pool(manager.get("netsuite"))["wait"] == "handoff"
+
+
+def _bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _sign_in(page: Page) -> None:
+    page.locator("#sign-in [name=token]").fill(TOKEN)
+    page.locator("#sign-in button").click()
+    expect(page.locator("#sign-out")).to_be_visible()
 
 
 def _cli_context(app: Any) -> CLIContext:
@@ -266,3 +306,187 @@ def test_the_command_refuses_a_non_loopback_address_without_public(env: Any) -> 
     assert "dashboard address" in result.output
     assert "'0.0.0.0'" in result.output
     assert "--public" in result.output
+
+
+def test_a_resize_made_in_the_page_is_obeyed_by_the_workers(
+    env: Any, run_worker: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=1, timeout=60)
+    manager.assign(INSTANCE, "netsuite")
+    app, gate = _gated_app(env)
+    probe = env.probe()
+    with _Server(manager, OPERATOR) as server, run_worker(app, 6):
+        results = [app.tasks["t.gated"].delay(f"task-{i}") for i in range(6)]
+        page.goto(server.url + "/pools/netsuite")
+        _sign_in(page)
+        expect(page.locator("#summary")).to_contain_text("1 of 1 in use", timeout=20_000)
+        assert probe.current() == 1
+        form = page.locator("#update-pool")
+        form.locator("[name=limit]").fill("3")
+        form.locator("button").click()
+        expect(form).to_have_attribute("data-done", re.compile(r"\d+"))
+        # The workers obey at once: three run together, by the probe the tasks write to.
+        wait_until(lambda: probe.current() == 3, timeout=20, message="three tasks running")
+        assert manager.get("netsuite").limit == 3
+        expect(page.locator("#summary")).to_contain_text("3 of 3 in use", timeout=20_000)
+        probe.client.rpush(gate, *["go"] * 6)
+        assert [r.get(timeout=30) for r in results] == [f"task-{i}" for i in range(6)]
+        assert probe.max_concurrency() == 3
+
+
+def test_a_bad_value_shows_the_fields_error_and_writes_nothing(env: Any, page: Page) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=2, timeout=30)
+    with _Server(manager, OPERATOR) as server:
+        page.goto(server.url + "/pools/netsuite")
+        _sign_in(page)
+        form = page.locator("#update-pool")
+        form.locator("[name=limit]").fill("0")
+        form.locator("button").click()
+        error = form.locator(".error")
+        expect(error).to_contain_text("limit")
+        expect(error).to_contain_text("0")
+        expect(form.locator("[name=limit]")).to_have_attribute("aria-invalid", "true")
+        _screenshot(page, "dashboard-bad-value")
+        page.goto(server.url + "/")
+        create = page.locator("#create-pool")
+        create.locator("[name=name]").fill("has space")
+        create.locator("[name=limit]").fill("4")
+        create.locator("button").click()
+        expect(create.locator(".error")).to_contain_text("pool name")
+        expect(create.locator("[name=name]")).to_have_attribute("aria-invalid", "true")
+    assert manager.get("netsuite").limit == 2
+    assert [p.name for p in manager.list()] == ["netsuite"]
+
+
+def test_clear_in_the_page_ends_real_waiting_tasks_with_pool_cleared_error(
+    env: Any, run_worker: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=1, timeout=60)
+    manager.assign(INSTANCE, "netsuite")
+    app, gate = _gated_app(env)
+    with _Server(manager, OPERATOR) as server, run_worker(app, 3):
+        holder = app.tasks["t.gated"].delay("holder")
+        waiting = [app.tasks["t.gated"].delay(f"waiter-{i}") for i in range(2)]
+        page.goto(server.url + "/pools/netsuite")
+        _sign_in(page)
+        expect(page.locator("#waiters tbody tr")).to_have_count(2, timeout=20_000)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#clear-pool button").click()
+        expect(page.locator("#clear-pool")).to_have_attribute("data-done", re.compile(r"\d+"))
+        for result in waiting:
+            with pytest.raises(PoolClearedError):
+                result.get(timeout=30)
+        env.probe().client.rpush(gate, "go")
+        assert holder.get(timeout=30) == "holder"
+
+
+def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: Page) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=2, timeout=30)
+    manager.assign(INSTANCE, "netsuite")
+    # Read-only: the page offers no action, the API refuses even the operator.
+    with _Server(manager, OPERATOR, read_only=True) as server:
+        page.goto(server.url + "/pools/netsuite")
+        expect(page.locator("#signin")).to_contain_text("Read-only")
+        expect(page.locator("#summary")).to_contain_text("0 of 2 in use")
+        assert page.locator("form.action").count() == 0
+        status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 9}, _bearer())
+        assert status == 403
+        assert "--read-only" in body["error"]
+    with _Server(manager, OPERATOR) as server:
+        # Not signed in: no action offered; the API wants a valid credential.
+        page.goto(server.url + "/pools/netsuite")
+        expect(page.locator("#sign-in")).to_be_visible()
+        assert page.locator("#update-pool").count() == 0
+        for headers in ({}, _bearer("wrong-token-of-16ch"), {"Authorization": "Basic b3BzOm5v"}):
+            status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 9}, headers)
+            assert status == 401, headers
+        status, _ = server.send("POST", "/api/pools", {"name": "new", "limit": 1})
+        assert status == 401
+        # A signed-in operator's request from another site, or as a form, is refused.
+        cross = {**_bearer(), "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+        status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 9}, cross)
+        assert status == 403
+        assert "cross-site" in body["error"]
+        request = urllib.request.Request(
+            server.url + "/api/pools/netsuite",
+            data=b"limit=9",
+            method="PATCH",
+            headers={**_bearer(), "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as form_post:
+            urllib.request.urlopen(request, timeout=10)
+        assert form_post.value.code == 403
+        # The user of pools_dashboard_users may, with HTTP Basic.
+        basic = {"Authorization": "Basic " + base64.b64encode(b"ops:pa55word-of-ops").decode()}
+        status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 4}, basic)
+        assert status == 200
+        assert body["limit"] == 4
+    assert manager.get("netsuite").limit == 4
+    assert [p.name for p in manager.list()] == ["netsuite"]
+
+
+def test_every_action_of_the_api_takes_effect_and_answers_in_the_views_shapes(env: Any) -> None:
+    manager = env.manager()
+    with _Server(manager, OPERATOR) as server:
+        auth = _bearer()
+        assert server.send("POST", "/api/pools", {"name": "crm", "limit": 2}, auth) == (
+            200,
+            {"name": "crm", "limit": 2, "timeout": 30.0, "wait": "countdown"},
+        )
+        status, body = server.send("POST", "/api/pools", {"name": "crm", "limit": 2}, auth)
+        assert status == 409
+        status, body = server.send("POST", "/api/pools", {"name": "x", "limit": "two"}, auth)
+        assert (status, body["field"], body["value"]) == (400, "limit", "two")
+        assert server.send("PATCH", "/api/pools/crm", {"wait": "handoff"}, auth)[1]["wait"] == (
+            "handoff"
+        )
+        assert server.send("PUT", "/api/instances/crm-prod", {"pool": "crm"}, auth)[1] == {
+            "instance": "crm-prod",
+            "pool": "crm",
+            "previous": None,
+        }
+        rate = server.send("PUT", "/api/instances/crm-prod/rate", {"rate": "60/m"}, auth)[1]
+        assert rate["rate"] == "60/m"
+        assert manager.rate_limits()["crm-prod"].count == 60
+        paused = server.send("PUT", "/api/instances/crm-prod/pause", {"seconds": 30}, auth)[1]
+        assert paused["paused_until"] > 0
+        assert server.send("DELETE", "/api/instances/crm-prod/pause", None, auth)[1] == {
+            "instance": "crm-prod",
+            "paused_until": None,
+        }
+        assert server.send("DELETE", "/api/instances/crm-prod/rate", None, auth)[1] == {
+            "instance": "crm-prod",
+            "removed": True,
+        }
+        cleared = server.send("POST", "/api/pools/crm/clear", {"release_held": True}, auth)[1]
+        assert cleared == {"pool": "crm", "waiters_dropped": 0, "holders_released": 0}
+        assert server.send("DELETE", "/api/instances/crm-prod", None, auth)[1]["previous"] == "crm"
+        deleted = server.send("DELETE", "/api/pools/crm", None, auth)
+        assert deleted[0] == 200
+        assert deleted[1]["pool"] == "crm"
+    assert manager.list() == []
+
+
+@pytest.mark.parametrize(
+    ("which", "registered"),
+    [
+        ("all", set(TASK_NAMES)),
+        ("read-only", {"celery_pools.list_pools", "celery_pools.pool_status"}),
+        ("none", set()),
+    ],
+)
+def test_pools_management_tasks_registers_all_the_read_only_ones_or_none(
+    env: Any, which: str, registered: set[str]
+) -> None:
+    app = env.app(pools_management_tasks=which)
+    assert {name for name in app.tasks if name.startswith("celery_pools.")} == registered
+
+
+def test_pools_management_tasks_refuses_another_value(env: Any) -> None:
+    app = env.app(pools_management_tasks="some")
+    with pytest.raises(PoolConfigError, match="pools_management_tasks 'some'"):
+        app.finalize()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 from celery.bin.base import CeleryCommand
 
-from .group import manager_of, option, pools, suspicious_after
+from celery_pools.context import get_extension
+
+from .group import app_of, manager_of, option, pools, suspicious_after
 
 try:
-    from celery_pools.dashboard import serve
+    from celery_pools.dashboard import Credentials, serve
 except ImportError as missing:  # the extra is not installed: the command says how to get it
     serve = None  # type: ignore[assignment]
     _MISSING: ImportError | None = missing
@@ -24,16 +26,20 @@ __all__ = ["dashboard"]
     help="Port to serve the dashboard on.",
 )  # fmt: skip
 @option("--addr", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@option("--read-only", is_flag=True, help="Offer no action, whatever the credentials.")
 @option(
     "--public", is_flag=True,
-    help="Allow a non-loopback --addr: anyone who reaches it sees every pool.",
+    help="Allow a non-loopback --addr with no credential configured (it then only reads).",
 )  # fmt: skip
 @click.pass_context
-def dashboard(ctx: click.Context, port: int, addr: str, public: bool) -> None:
-    """Serve a web page of every pool (in use, free, waiting, waits, holders, waiters, advice)
-    and its JSON API on http://ADDR:PORT/ until Ctrl-C. It only reads.
+def dashboard(ctx: click.Context, port: int, addr: str, read_only: bool, public: bool) -> None:
+    """Serve a web page of every pool (in use, free, waiting, waits, holders, waiters, advice,
+    and the actions: create, resize, clear, delete, assign, rate limits, pauses) and its JSON
+    API on http://ADDR:PORT/ until Ctrl-C.
 
-    Needs the dashboard extra: pip install 'celery-pools[dashboard]'.
+    Changes need an operator credential (pools_dashboard_token, pools_dashboard_users); without
+    one the dashboard only reads. Needs the dashboard extra: pip install
+    'celery-pools[dashboard]'.
     """
     if serve is None:
         raise click.ClickException(
@@ -41,6 +47,16 @@ def dashboard(ctx: click.Context, port: int, addr: str, public: bool) -> None:
             "pip install 'celery-pools[dashboard]'"
         )
     manager = manager_of(ctx)
+    settings = get_extension(app_of(ctx)).settings
+    credentials = Credentials(settings.dashboard_token, settings.dashboard_users)
     host = f"[{addr}]" if ":" in addr else addr
     click.echo(f"Serving the pools in {manager.store.url} on http://{host}:{port}/ (Ctrl-C stops).")
-    serve(manager, host=addr, port=port, suspicious_after=suspicious_after(ctx), public=public)
+    serve(
+        manager,
+        host=addr,
+        port=port,
+        suspicious_after=suspicious_after(ctx),
+        credentials=credentials,
+        read_only=read_only,
+        public=public,
+    )

@@ -1,31 +1,39 @@
 """The dashboard's web server: its pages, their static files and the JSON API, on Starlette.
 
-Routes:
+Routes that read:
 
 * ``GET /``: the overview page; ``GET /pools/{name}``: a pool's page; ``GET /static/...``: their
-  script and style sheet (``static/`` beside this module; nothing from elsewhere).
+  scripts and style sheet (``static/`` beside this module; nothing from elsewhere).
 * ``GET /api/pools``: every pool (:func:`.api.overview`); ``GET /api/pools/{name}``: one pool
   (:func:`.api.pool`); ``GET /api/pools/{name}/advice``: its sizing advice (:func:`.api.advice`);
-  ``GET /api/info``: what the server is (its Redis, read-only or not).
+  ``GET /api/info``: what the server is (its Redis, whether it takes changes and why not).
 
-An unknown pool answers 404, an invalid name 400 and an unreachable Redis 503, each with
-``{"error": message}`` naming what failed. Every answer carries a Content-Security-Policy that
-allows scripts, styles and requests to this server only, and forbids framing. The pages build
-everything they show from the JSON with text nodes, never HTML strings, so a name or a task field
-is always shown as text.
+Routes that change pools (:mod:`.actions`), each with a JSON body, an operator credential and
+from the dashboard's own origin (:mod:`.auth`): ``POST /api/pools`` (create), ``PATCH`` and
+``DELETE /api/pools/{name}``, ``POST /api/pools/{name}/clear``, ``PUT`` and ``DELETE
+/api/instances/{instance}`` (assign, unassign), ``PUT`` and ``DELETE
+/api/instances/{instance}/rate``, ``PUT`` and ``DELETE /api/instances/{instance}/pause``. With no
+credential configured, or ``read_only``, they answer 403 and the pages offer no action.
 
-This release's dashboard only reads: every route is a ``GET`` and nothing in it writes to Redis.
+Errors are ``{"error": message}``, with ``field``, ``value`` and ``allowed`` for an invalid
+value: 400 invalid, 401 no valid credential, 403 refused (read-only, cross-site), 404 unknown
+pool, 409 a pool of that name exists, 503 Redis unreachable. Every answer carries a
+Content-Security-Policy that allows scripts, styles and requests to this server only, and
+forbids framing. The pages build everything they show from the JSON with text nodes, never HTML
+strings, so a name or a task field is always shown as text.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -33,10 +41,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from celery_pools.errors import PoolBackendError, PoolConfigError, PoolNotFoundError
+from celery_pools.errors import (
+    PoolBackendError,
+    PoolConfigError,
+    PoolExistsError,
+    PoolNotFoundError,
+)
 from celery_pools.manager import PoolManager
 
-from . import api
+from . import actions, api
+from .auth import Credentials, cross_site
 
 __all__ = ["SECURITY_HEADERS", "create_app", "is_loopback", "serve"]
 
@@ -61,8 +75,8 @@ async def _secure(request: Request, call_next: RequestResponseEndpoint) -> Respo
     return response
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **details}, status_code=status)
 
 
 def _answer(read: Callable[[], Any]) -> Response:
@@ -71,17 +85,35 @@ def _answer(read: Callable[[], Any]) -> Response:
         return JSONResponse(read())
     except PoolNotFoundError as exc:
         return _error(404, str(exc))
+    except PoolExistsError as exc:
+        return _error(409, str(exc))
     except PoolConfigError as exc:
-        return _error(400, str(exc))
+        value = exc.value if isinstance(exc.value, str | int | float | bool) else repr(exc.value)
+        return _error(400, str(exc), field=exc.field, value=value, allowed=exc.allowed)
     except PoolBackendError as exc:
         return _error(503, f"Redis unreachable: {exc}")
 
 
 def create_app(
-    manager: PoolManager, *, suspicious_after: float, read_only: bool = True
+    manager: PoolManager,
+    *,
+    suspicious_after: float,
+    credentials: Credentials | None = None,
+    read_only: bool = False,
 ) -> Starlette:
     """The dashboard of ``manager``'s pools. Holders held past ``suspicious_after`` seconds are
-    flagged. Handlers are synchronous (redis-py): Starlette runs them in its thread pool."""
+    flagged. Changes need one of ``credentials``; with none, or ``read_only``, it only reads.
+    Reads are synchronous (redis-py): Starlette runs them in its thread pool."""
+    accepted = credentials or Credentials()
+    if read_only:
+        refusal = "this dashboard was started with --read-only"
+    elif not accepted.configured:
+        refusal = (
+            "no operator credential is configured (pools_dashboard_token or "
+            "pools_dashboard_users), so this dashboard only reads"
+        )
+    else:
+        refusal = ""
 
     def overview(request: Request) -> Response:
         return _answer(lambda: api.overview(manager, suspicious_after))
@@ -95,7 +127,9 @@ def create_app(
         return _answer(lambda: api.advice(manager, name))
 
     def info(request: Request) -> Response:
-        return JSONResponse({"redis": manager.store.url, "read_only": read_only})
+        return JSONResponse(
+            {"redis": manager.store.url, "read_only": bool(refusal), "why_read_only": refusal}
+        )
 
     def page(file: str) -> Callable[[Request], Response]:
         def serve_page(request: Request) -> Response:
@@ -103,19 +137,95 @@ def create_app(
 
         return serve_page
 
+    def change(act: Callable[[Request, Any], Any]) -> Callable[[Request], Awaitable[Response]]:
+        """A route that changes pools: refused unless allowed, same-origin and authenticated."""
+
+        async def route(request: Request) -> Response:
+            if refusal:
+                return _error(403, f"refused: {refusal}")
+            origin = f"{request.url.scheme}://{request.url.netloc}"
+            why = cross_site({k.lower(): v for k, v in request.headers.items()}, origin)
+            if why is not None:
+                return _error(403, f"refused as cross-site: {why}")
+            if not accepted.accept(request.headers.get("authorization")):
+                return _error(401, "an operator credential is needed: a bearer token or a user")
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                return _error(400, "the request body is not JSON", field="request body")
+            return await run_in_threadpool(_answer, lambda: act(request, body))
+
+        return route
+
+    def name_of(request: Request) -> str:
+        return str(request.path_params["name"])
+
+    def instance_of(request: Request) -> str:
+        return str(request.path_params["instance"])
+
     app = Starlette(
         routes=[
             Route("/", page("overview.html")),
             Route("/pools/{name}", page("pool.html")),
             Route("/api/info", info),
-            Route("/api/pools", overview),
-            Route("/api/pools/{name}", pool),
+            Route("/api/pools", overview, methods=["GET"]),
+            Route(
+                "/api/pools",
+                change(lambda r, b: actions.create(manager, b)),
+                methods=["POST"],
+            ),
+            Route("/api/pools/{name}", pool, methods=["GET"]),
+            Route(
+                "/api/pools/{name}",
+                change(lambda r, b: actions.update(manager, name_of(r), b)),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/api/pools/{name}",
+                change(lambda r, b: actions.delete(manager, name_of(r))),
+                methods=["DELETE"],
+            ),
             Route("/api/pools/{name}/advice", advice),
+            Route(
+                "/api/pools/{name}/clear",
+                change(lambda r, b: actions.clear(manager, name_of(r), b)),
+                methods=["POST"],
+            ),
+            Route(
+                "/api/instances/{instance:path}/rate",
+                change(lambda r, b: actions.set_rate(manager, instance_of(r), b)),
+                methods=["PUT"],
+            ),
+            Route(
+                "/api/instances/{instance:path}/rate",
+                change(lambda r, b: actions.remove_rate(manager, instance_of(r))),
+                methods=["DELETE"],
+            ),
+            Route(
+                "/api/instances/{instance:path}/pause",
+                change(lambda r, b: actions.pause(manager, instance_of(r), b)),
+                methods=["PUT"],
+            ),
+            Route(
+                "/api/instances/{instance:path}/pause",
+                change(lambda r, b: actions.resume(manager, instance_of(r))),
+                methods=["DELETE"],
+            ),
+            Route(
+                "/api/instances/{instance:path}",
+                change(lambda r, b: actions.assign(manager, instance_of(r), b)),
+                methods=["PUT"],
+            ),
+            Route(
+                "/api/instances/{instance:path}",
+                change(lambda r, b: actions.unassign(manager, instance_of(r))),
+                methods=["DELETE"],
+            ),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(BaseHTTPMiddleware, dispatch=_secure)],
     )
-
     return app
 
 
@@ -135,20 +245,26 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8808,
     suspicious_after: float,
+    credentials: Credentials | None = None,
+    read_only: bool = False,
     public: bool = False,
 ) -> None:
     """Serve the dashboard until interrupted (SIGINT, SIGTERM).
 
-    Raises :class:`PoolConfigError` for a ``host`` that is not a loopback address unless
-    ``public`` says that it is meant to be reachable from elsewhere: the dashboard has no
-    credentials of its own, so anyone who reaches it sees every pool.
+    Raises :class:`PoolConfigError` for a ``host`` that is not a loopback address when no
+    credential is configured, unless ``public`` says it is meant to be reachable from elsewhere
+    without one (then anyone who reaches it sees every pool, and still changes nothing).
     """
-    if not public and not is_loopback(host):
+    configured = credentials is not None and credentials.configured
+    if not public and not configured and not is_loopback(host):
         raise PoolConfigError.invalid(
             "dashboard address",
             host,
-            "a loopback address (127.0.0.1, ::1, localhost); the dashboard has no credentials, "
-            "so serving it elsewhere needs --public",
+            "a loopback address (127.0.0.1, ::1, localhost) while no operator credential is "
+            "configured (pools_dashboard_token, pools_dashboard_users); --public serves it "
+            "elsewhere anyway, read-only",
         )
-    app = create_app(manager, suspicious_after=suspicious_after)
+    app = create_app(
+        manager, suspicious_after=suspicious_after, credentials=credentials, read_only=read_only
+    )
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")

@@ -101,3 +101,123 @@ function rateText(rate) {
   if (rate.paused_for > 0) parts.push(`${rate.instance}: paused ${duration(rate.paused_for)}`);
   return parts.join(", ");
 }
+
+// --- Changes -------------------------------------------------------------------------------
+// The operator's credential lives in this tab's sessionStorage and goes with each change as an
+// Authorization header; the server never challenges, so the browser never sends one by itself.
+
+const AUTH_KEY = "celery-pools-authorization";
+let serverInfo = null;
+
+function authorization() {
+  return sessionStorage.getItem(AUTH_KEY);
+}
+
+// Whether the page may offer changes: the server takes them and the operator signed in.
+function canChange() {
+  return serverInfo !== null && !serverInfo.read_only && authorization() !== null;
+}
+
+// Send a change; resolves to {ok, status, data}.
+async function send(method, url, body) {
+  const response = await fetch(url, {
+    method,
+    headers: { "Content-Type": "application/json", Authorization: authorization() || "" },
+    body: JSON.stringify(body || {}),
+  });
+  let data = {};
+  try { data = await response.json(); } catch (error) { data = { error: `HTTP ${response.status}` }; }
+  if (response.status === 401) sessionStorage.removeItem(AUTH_KEY);
+  return { ok: response.ok, status: response.status, data };
+}
+
+// The form field an error names ("pool name" is the form's "name").
+const FIELD_OF = { "pool name": "name", "connector instance": "instance" };
+
+// Show a failed change's error next to the field it names, else at the form's foot.
+function showError(form, data) {
+  clearErrors(form);
+  const field = FIELD_OF[data.field] || data.field;
+  const input = field ? form.querySelector(`[name="${CSS.escape(field)}"]`) : null;
+  const message = el("span", { class: "error", role: "alert" }, data.error || "failed");
+  if (input) {
+    input.setAttribute("aria-invalid", "true");
+    input.after(message);
+  } else {
+    form.append(message);
+  }
+}
+
+function clearErrors(form) {
+  form.querySelectorAll(".error").forEach((node) => node.remove());
+  form.querySelectorAll("[aria-invalid]").forEach((node) => node.removeAttribute("aria-invalid"));
+}
+
+// A labelled input.
+function field(label, name, attrs) {
+  return el("label", {}, `${label} `, el("input", { name, ...(attrs || {}) }));
+}
+
+// A select of waiting modes.
+function waitSelect(current) {
+  const select = el("select", { name: "wait" });
+  for (const mode of ["countdown", "handoff"]) {
+    const option = el("option", { value: mode }, mode);
+    if (mode === current) option.selected = true;
+    select.append(option);
+  }
+  return el("label", {}, "waiting mode ", select);
+}
+
+// A form whose submit sends `build(form)` and calls `done(data)` on success.
+function actionForm(id, children, submit, run) {
+  const form = el("form", { id, class: "action" }, ...children, el("button", { type: "submit" }, submit));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const result = await run(form);
+    if (result && !result.ok) showError(form, result.data);
+    else if (result) form.dataset.done = String(Date.now());
+  });
+  return form;
+}
+
+// The sign-in box in the header: what the server says it takes, a token or a user.
+function renderSignIn(target, info, changed) {
+  const box = document.getElementById(target);
+  if (info.read_only) {
+    box.replaceChildren(el("span", { class: "read-only" }, `Read-only: ${info.why_read_only}`));
+    return;
+  }
+  if (authorization()) {
+    const out = el("button", { type: "button", id: "sign-out" }, "Sign out");
+    out.addEventListener("click", () => { sessionStorage.removeItem(AUTH_KEY); changed(); });
+    box.replaceChildren(el("span", {}, "Signed in as an operator. "), out);
+    return;
+  }
+  const form = el("form", { id: "sign-in", class: "action" },
+    field("token", "token", { type: "password", autocomplete: "off" }),
+    el("span", {}, " or "),
+    field("user", "user", { autocomplete: "username" }),
+    field("password", "password", { type: "password", autocomplete: "current-password" }),
+    el("button", { type: "submit" }, "Sign in to change pools"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    const token = String(data.get("token") || "");
+    const value = token ? `Bearer ${token}` : `Basic ${btoa(`${data.get("user")}:${data.get("password")}`)}`;
+    sessionStorage.setItem(AUTH_KEY, value);
+    changed();
+  });
+  box.replaceChildren(form);
+}
+
+// Read /api/info once, then `ready(info)`.
+async function loadInfo(ready) {
+  try {
+    serverInfo = await (await fetch("/api/info")).json();
+  } catch (error) {
+    serverInfo = { read_only: true, why_read_only: "the server did not answer", redis: "?" };
+  }
+  ready(serverInfo);
+}

@@ -25,8 +25,29 @@ function render(data) {
   document.getElementById("empty").hidden = data.pools.length > 0;
 }
 
-fetch("/api/info").then((r) => r.json()).then((info) => {
+function renderActions() {
+  if (serverInfo === null) return;  // until /api/info answered
+  renderSignIn("signin", serverInfo, renderActions);
+  const section = document.getElementById("create");
+  section.hidden = !canChange();
+  section.querySelector("form")?.remove();
+  if (!canChange()) return;
+  section.append(actionForm("create-pool", [
+    field("name", "name", { required: "" }),
+    field("limit", "limit", { inputmode: "numeric", size: 5 }),
+    field("timeout (s)", "timeout", { inputmode: "decimal", size: 5, value: "30" }),
+    waitSelect("countdown"),
+  ], "Create", async (form) => {
+    const data = Object.fromEntries(new FormData(form));
+    const result = await send("POST", "/api/pools", data);
+    if (result.ok) form.reset();
+    return result;
+  }));
+}
+
+loadInfo((info) => {
   document.getElementById("server").textContent =
     `Pools in ${info.redis}${info.read_only ? " (read-only)" : ""}`;
-}).catch(() => {});
+  renderActions();
+});
 poll("/api/pools", render);

@@ -95,5 +95,74 @@ function renderAdvice(advice) {
   document.getElementById("advice-steps").replaceChildren(...advice.steps.map((s) => el("li", {}, s)));
 }
 
-poll(`/api/pools/${encodeURIComponent(poolName)}`, render);
+let current = null;  // the pool as last read
+
+function confirmed(question) {
+  return window.confirm(question);
+}
+
+function renderActions() {
+  if (serverInfo === null) return;  // until /api/info answered
+  renderSignIn("signin", serverInfo, renderActions);
+  const section = document.getElementById("actions");
+  section.hidden = !canChange();
+  section.querySelectorAll("form, .instances").forEach((node) => node.remove());
+  if (!canChange() || current === null) return;
+  const url = `/api/pools/${encodeURIComponent(poolName)}`;
+  section.append(actionForm("update-pool", [
+    field("limit", "limit", { inputmode: "numeric", size: 5, value: String(current.limit) }),
+    field("timeout (s)", "timeout", { inputmode: "decimal", size: 5, value: String(current.timeout) }),
+    waitSelect(current.wait),
+  ], "Save", (form) => send("PATCH", url, Object.fromEntries(new FormData(form)))));
+  section.append(actionForm("clear-pool", [
+    el("label", {}, el("input", { type: "checkbox", name: "release_held" }), " also free the slots of running tasks"),
+  ], "Clear waiting tasks", async (form) => {
+    const release = form.querySelector('[name="release_held"]').checked;
+    const consequence = release ? "waiting tasks fail with PoolClearedError and running tasks' slots are freed"
+      : "waiting tasks fail with PoolClearedError";
+    if (!confirmed(`Clear pool ${poolName}? ${consequence}.`)) return null;
+    return send("POST", `${url}/clear`, { release_held: release });
+  }));
+  section.append(actionForm("delete-pool", [], "Delete pool", async () => {
+    if (!confirmed(`Delete pool ${poolName}? Its instances are unassigned and its waiting tasks fail.`)) return null;
+    const result = await send("DELETE", url, {});
+    if (result.ok) location.assign("/");
+    return result;
+  }));
+  section.append(actionForm("assign-instance", [field("instance", "instance")], "Assign instance",
+    (form) => send("PUT", `/api/instances/${encodeURIComponent(new FormData(form).get("instance"))}`, { pool: poolName })));
+  const list = el("div", { class: "instances" });
+  for (const instance of current.instances) {
+    const base = `/api/instances/${encodeURIComponent(instance)}`;
+    list.append(el("h3", {}, instance),
+      actionForm(`rate-${instance}`, [field("rate", "rate", { placeholder: "60/m", size: 8 }),
+        field("burst", "burst", { inputmode: "numeric", size: 3 })], "Set rate limit",
+      (form) => send("PUT", `${base}/rate`, Object.fromEntries(new FormData(form)))),
+      actionForm(`unrate-${instance}`, [], "Remove rate limit", () => send("DELETE", `${base}/rate`, {})),
+      actionForm(`pause-${instance}`, [field("seconds", "seconds", { inputmode: "decimal", size: 5 })], "Pause",
+        (form) => send("PUT", `${base}/pause`, Object.fromEntries(new FormData(form)))),
+      actionForm(`resume-${instance}`, [], "Resume", () => send("DELETE", `${base}/pause`, {})),
+      actionForm(`unassign-${instance}`, [], "Unassign", async () => {
+        if (!confirmed(`Unassign ${instance} from ${poolName}?`)) return null;
+        return send("DELETE", base, {});
+      }));
+  }
+  section.append(list);
+}
+
+// Forms are rebuilt when the pool's instances change (not on every refresh, which would wipe
+// what the operator is typing).
+let shownInstances = null;
+function renderAndAct(pool) {
+  render(pool);
+  current = pool;
+  const instances = pool.instances.join("\n");
+  if (instances !== shownInstances) {
+    shownInstances = instances;
+    renderActions();
+  }
+}
+
+loadInfo(() => renderActions());
+poll(`/api/pools/${encodeURIComponent(poolName)}`, renderAndAct);
 poll(`/api/pools/${encodeURIComponent(poolName)}/advice`, renderAdvice, 10000, true);
