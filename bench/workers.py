@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class WorkerGroup:
-    """``count`` prefork workers of ``concurrency`` processes each, consuming ``queue``, running
-    the Celery app of module ``app_module``.
+    """``count`` workers of ``concurrency`` processes each (pool ``pool``, prefork by default),
+    consuming ``queue``, running the Celery app of module ``app_module``; ``python_args`` go to
+    the interpreter before ``-m celery`` (``["-m", "cProfile", "-o", path]`` profiles a solo
+    worker).
 
     Each worker runs in its own session, so stopping it can never reach another process. Logs go
     to ``log_dir``.
@@ -41,6 +43,8 @@ class WorkerGroup:
         queue: str,
         log_dir: Path,
         app_module: str = "bench.benchapp",
+        pool: str = "prefork",
+        python_args: Sequence[str] = (),
     ) -> None:
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -51,6 +55,8 @@ class WorkerGroup:
         self.queue = queue
         self.log_dir = log_dir
         self.app_module = app_module
+        self.pool = pool
+        self.python_args = list(python_args)
         self.tag = uuid.uuid4().hex[:6]
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -70,8 +76,8 @@ class WorkerGroup:
             log = open(self.log_dir / f"{name.split('@')[0]}.log", "ab")  # noqa: SIM115
             self._logs.append(log)
             command = [
-                sys.executable, "-m", "celery", "-A", self.app_module, "worker",
-                "-P", "prefork", "-c", str(self.concurrency), "-n", name, "-Q", self.queue,
+                sys.executable, *self.python_args, "-m", "celery", "-A", self.app_module, "worker",
+                "-P", self.pool, "-c", str(self.concurrency), "-n", name, "-Q", self.queue,
                 "--loglevel", "WARNING",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
             ]  # fmt: skip
