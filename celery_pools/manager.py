@@ -15,6 +15,7 @@ without a restart::
 from __future__ import annotations
 
 import builtins
+import math
 from typing import Any
 
 from .context import get_extension
@@ -243,7 +244,12 @@ class PoolManager:
         """Pause an instance for every worker (e.g. after HTTP 429 ``Retry-After``); no task of
         it starts until the pause ends. Returns when it ends (Unix seconds, Redis clock)."""
         check_instance_name(instance, "instance")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
             raise PoolConfigError.invalid("pause seconds", seconds, "a number of seconds >= 0")
         return self.store.pause(instance, seconds)
 

@@ -32,6 +32,39 @@ SETTING_PREFIX = "pools_"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
+#: Shortest dashboard token and password accepted.
+MIN_SECRET_LENGTH = 16
+
+
+def _check_secrets(values: Mapping[str, Any]) -> None:
+    """Refuse a dashboard token or user password that is not text of at least
+    :data:`MIN_SECRET_LENGTH` characters, without repeating it: the error is logged."""
+    hidden = "<hidden>"
+    token = values.get("dashboard_token")
+    if token is not None and (not isinstance(token, str) or len(token) < MIN_SECRET_LENGTH):
+        raise PoolConfigError.invalid(
+            "pools_dashboard_token", hidden, f"text of {MIN_SECRET_LENGTH} characters or more"
+        )
+    users = values.get("dashboard_users")
+    if users is None:
+        return
+    if not isinstance(users, Mapping):
+        raise PoolConfigError.invalid(
+            "pools_dashboard_users", hidden, "a mapping of user name -> password"
+        )
+    for user, password in users.items():
+        if not isinstance(user, str) or not user or ":" in user:
+            raise PoolConfigError.invalid(
+                "pools_dashboard_users", user, "user names are non-empty text without ':'"
+            )
+        if not isinstance(password, str) or len(password) < MIN_SECRET_LENGTH:
+            raise PoolConfigError.invalid(
+                f"pools_dashboard_users[{user!r}]",
+                hidden,
+                f"a password of {MIN_SECRET_LENGTH} characters or more",
+            )
+
+
 class PoolsSettings(Model):
     """celery-pools' settings; build them from an app with :meth:`from_app`."""
 
@@ -55,7 +88,7 @@ class PoolsSettings(Model):
     freeze_gc: bool = True
     declare: dict[str, PoolSpec] = Field(default_factory=dict)
     #: The dashboard's operator credentials: a bearer token and/or HTTP Basic users.
-    dashboard_token: str | None = Field(default=None, min_length=16)
+    dashboard_token: str | None = None
     dashboard_users: dict[str, str] = Field(default_factory=dict)
     #: Which management tasks an app registers: every one, the read-only ones, or none.
     management_tasks: Literal["all", "read-only", "none"] = "all"
@@ -104,6 +137,7 @@ class PoolsSettings(Model):
                 values.get("retry_backoff_min"),
                 "must not be larger than pools_retry_backoff_max",
             )
+        _check_secrets(values)
         try:
             settings = cls.parse(values)
         except PoolConfigError as exc:

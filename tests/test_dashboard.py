@@ -33,6 +33,7 @@ from celery_pools.admin_tasks import TASK_NAMES
 from celery_pools.cli import pools
 from celery_pools.dashboard import Credentials, create_app
 from celery_pools.dashboard.server import SECURITY_HEADERS
+from celery_pools.settings import PoolsSettings
 from tests.support.polling import wait_until
 from tests.support.redis_server import free_port
 from tests.workerapp import INSTANCE
@@ -73,7 +74,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 #: The operator token of the dashboards that take changes.
 TOKEN = "s3cret-operator-token"
-OPERATOR = Credentials(token=TOKEN, users={"ops": "pa55word-of-ops"})
+OPERATOR = Credentials(token=TOKEN, users={"ops": "pa55word-of-the-ops"})
 
 
 class _Server:
@@ -390,8 +391,8 @@ def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: P
     # Read-only: the page offers no action, the API refuses even the operator.
     with _Server(manager, OPERATOR, read_only=True) as server:
         page.goto(server.url + "/pools/netsuite")
-        expect(page.locator("#signin")).to_contain_text("Read-only")
         expect(page.locator("#summary")).to_contain_text("0 of 2 in use")
+        expect(page.locator("#signin")).to_contain_text("Read-only")
         assert page.locator("form.action").count() == 0
         status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 9}, _bearer())
         assert status == 403
@@ -399,6 +400,7 @@ def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: P
     with _Server(manager, OPERATOR) as server:
         # Not signed in: no action offered; the API wants a valid credential.
         page.goto(server.url + "/pools/netsuite")
+        expect(page.locator("#summary")).to_contain_text("0 of 2 in use")
         expect(page.locator("#sign-in")).to_be_visible()
         assert page.locator("#update-pool").count() == 0
         for headers in ({}, _bearer("wrong-token-of-16ch"), {"Authorization": "Basic b3BzOm5v"}):
@@ -407,10 +409,26 @@ def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: P
         status, _ = server.send("POST", "/api/pools", {"name": "new", "limit": 1})
         assert status == 401
         # A signed-in operator's request from another site, or as a form, is refused.
-        cross = {**_bearer(), "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
-        status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 9}, cross)
-        assert status == 403
-        assert "cross-site" in body["error"]
+        for cross in (
+            {"Origin": "http://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site", "Origin": server.url},
+        ):
+            status, body = server.send(
+                "PATCH", "/api/pools/netsuite", {"limit": 9}, {**_bearer(), **cross}
+            )
+            assert status == 403, cross
+            assert "cross-site" in body["error"]
+        # The page's own request passes (its Origin, by host and port).
+        same = {**_bearer(), "Origin": server.url, "Sec-Fetch-Site": "same-origin"}
+        assert server.send("PATCH", "/api/pools/netsuite", {"limit": 3}, same)[0] == 200
+        # A DNS-rebinding page reaches the server under another Host name: nothing is served.
+        rebound = urllib.request.Request(
+            server.url + "/api/pools", headers={"Host": "evil.example"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as wrong_host:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert wrong_host.value.code == 400
         request = urllib.request.Request(
             server.url + "/api/pools/netsuite",
             data=b"limit=9",
@@ -421,7 +439,7 @@ def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: P
             urllib.request.urlopen(request, timeout=10)
         assert form_post.value.code == 403
         # The user of pools_dashboard_users may, with HTTP Basic.
-        basic = {"Authorization": "Basic " + base64.b64encode(b"ops:pa55word-of-ops").decode()}
+        basic = {"Authorization": "Basic " + base64.b64encode(b"ops:pa55word-of-the-ops").decode()}
         status, body = server.send("PATCH", "/api/pools/netsuite", {"limit": 4}, basic)
         assert status == 200
         assert body["limit"] == 4
@@ -449,19 +467,37 @@ def test_every_action_of_the_api_takes_effect_and_answers_in_the_views_shapes(en
             "pool": "crm",
             "previous": None,
         }
-        rate = server.send("PUT", "/api/instances/crm-prod/rate", {"rate": "60/m"}, auth)[1]
+        rate = server.send("PUT", "/api/rates/crm-prod", {"rate": "60/m"}, auth)[1]
         assert rate["rate"] == "60/m"
         assert manager.rate_limits()["crm-prod"].count == 60
-        paused = server.send("PUT", "/api/instances/crm-prod/pause", {"seconds": 30}, auth)[1]
+        paused = server.send("PUT", "/api/pauses/crm-prod", {"seconds": 30}, auth)[1]
         assert paused["paused_until"] > 0
-        assert server.send("DELETE", "/api/instances/crm-prod/pause", None, auth)[1] == {
+        assert server.send("DELETE", "/api/pauses/crm-prod", None, auth)[1] == {
             "instance": "crm-prod",
             "paused_until": None,
         }
-        assert server.send("DELETE", "/api/instances/crm-prod/rate", None, auth)[1] == {
+        assert server.send("DELETE", "/api/rates/crm-prod", None, auth)[1] == {
             "instance": "crm-prod",
             "removed": True,
         }
+        # An instance name may hold '/': each kind of change has a prefix of its own.
+        assert server.send("PUT", "/api/instances/svc/pause", {"pool": "crm"}, auth)[0] == 200
+        assert server.send("PUT", "/api/rates/svc/pause", {"rate": "5/s"}, auth)[0] == 200
+        assert manager.pool_of("svc/pause") == "crm"
+        assert set(manager.rate_limits()) == {"svc/pause"}
+        assert server.send("DELETE", "/api/instances/svc%2Fpause", None, auth)[1] == {
+            "instance": "svc/pause",
+            "pool": None,
+            "previous": "crm",
+        }
+        # Numbers JSON or a form cannot mean are refused naming the field, not a 500.
+        for path, body, field in (
+            ("/api/pools/crm", {"timeout": "inf"}, "timeout"),
+            ("/api/pools/crm", {"limit": "nan"}, "limit"),
+            ("/api/pauses/crm-prod", {"seconds": "1e400"}, "seconds"),
+        ):
+            status, refused = server.send("PATCH" if "pools" in path else "PUT", path, body, auth)
+            assert (status, refused["field"]) == (400, field), (path, refused)
         cleared = server.send("POST", "/api/pools/crm/clear", {"release_held": True}, auth)[1]
         assert cleared == {"pool": "crm", "waiters_dropped": 0, "holders_released": 0}
         assert server.send("DELETE", "/api/instances/crm-prod", None, auth)[1]["previous"] == "crm"
@@ -490,3 +526,39 @@ def test_pools_management_tasks_refuses_another_value(env: Any) -> None:
     app = env.app(pools_management_tasks="some")
     with pytest.raises(PoolConfigError, match="pools_management_tasks 'some'"):
         app.finalize()
+
+
+def test_an_operator_signs_in_with_basic_credentials_and_a_stale_field_is_not_sent(
+    env: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=2, timeout=30)
+    with _Server(manager, OPERATOR) as server:
+        page.goto(server.url + "/pools/netsuite")
+        expect(page.locator("#summary")).to_contain_text("0 of 2 in use")
+        page.locator("#sign-in [name=user]").fill("ops")
+        page.locator("#sign-in [name=password]").fill("pa55word-of-the-ops")
+        page.locator("#sign-in button").click()
+        form = page.locator("#update-pool")
+        expect(form).to_be_visible()
+        # Someone else changes the timeout after the form was filled in: saving the limit
+        # sends the limit only, and the other change stays.
+        manager.update("netsuite", timeout=45)
+        form.locator("[name=limit]").fill("5")
+        form.locator("button").click()
+        expect(form).to_have_attribute("data-done", re.compile(r"\d+"))
+        assert (manager.get("netsuite").limit, manager.get("netsuite").timeout) == (5, 45.0)
+
+
+def test_a_dashboard_secret_in_the_settings_is_checked_and_never_repeated(env: Any) -> None:
+    for conf, field in (
+        ({"pools_dashboard_token": "short-secret"}, "pools_dashboard_token"),
+        ({"pools_dashboard_users": {"ops": "short-pass"}}, "pools_dashboard_users['ops']"),
+    ):
+        with pytest.raises(PoolConfigError) as refused:
+            PoolsSettings.from_app(env.app(**conf))
+        assert refused.value.field == field
+        assert "short-" not in str(refused.value)
+        assert "<hidden>" in str(refused.value)
+    settings = PoolsSettings.from_app(env.app(pools_dashboard_token=TOKEN))
+    assert settings.dashboard_token == TOKEN

@@ -26,13 +26,24 @@ __all__ = ["dashboard"]
     help="Port to serve the dashboard on.",
 )  # fmt: skip
 @option("--addr", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@option(
+    "--allowed-host", "allowed_hosts", multiple=True,
+    help="A Host name it answers to besides loopback and --addr (a proxy's); repeatable.",
+)  # fmt: skip
 @option("--read-only", is_flag=True, help="Offer no action, whatever the credentials.")
 @option(
     "--public", is_flag=True,
     help="Allow a non-loopback --addr with no credential configured (it then only reads).",
 )  # fmt: skip
 @click.pass_context
-def dashboard(ctx: click.Context, port: int, addr: str, read_only: bool, public: bool) -> None:
+def dashboard(  # noqa: PLR0917 - one parameter per option, as click passes them
+    ctx: click.Context,
+    port: int,
+    addr: str,
+    allowed_hosts: tuple[str, ...],
+    read_only: bool,
+    public: bool,
+) -> None:
     """Serve a web page of every pool (in use, free, waiting, waits, holders, waiters, advice,
     and the actions: create, resize, clear, delete, assign, rate limits, pauses) and its JSON
     API on http://ADDR:PORT/ until Ctrl-C.
@@ -59,4 +70,5 @@ def dashboard(ctx: click.Context, port: int, addr: str, read_only: bool, public:
         credentials=credentials,
         read_only=read_only,
         public=public,
+        allowed_hosts=allowed_hosts,
     )

@@ -8,6 +8,7 @@ answers in the shapes of :mod:`celery_pools.views`, the management tasks' result
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from celery_pools import views
@@ -44,15 +45,18 @@ def _required(body: dict[str, Any], field: str) -> Any:
 
 
 def _number(value: object, field: str) -> float:
-    """A JSON number, or a form's text of one."""
+    """A finite JSON number, or a form's text of one."""
+    number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
-    raise PoolConfigError.invalid(field, value, "a number")
+            number = None
+    if number is None or not math.isfinite(number):
+        raise PoolConfigError.invalid(field, value, "a number")
+    return number
 
 
 def _whole(value: object, field: str) -> int:

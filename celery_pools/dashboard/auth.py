@@ -7,9 +7,9 @@ and sends it on its own; the page sends the one its operator typed in, from scri
 
 A state-changing request must also come from the dashboard's own pages: a browser's
 ``Sec-Fetch-Site`` must say ``same-origin`` (or ``none``, typed in the address bar) and its
-``Origin`` must be the dashboard's, when the browser sends them (every current browser does on a
-cross-site ``POST``, ``PUT``, ``PATCH`` or ``DELETE``); and its body must be JSON, which a
-cross-site form cannot send.
+``Origin`` must name the dashboard's host and port, when the browser sends them (current
+browsers do on a cross-site ``POST``, ``PUT``, ``PATCH`` or ``DELETE``); and its body must be
+JSON, which a cross-site form cannot send.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import binascii
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 __all__ = ["Credentials", "cross_site"]
 
@@ -55,14 +56,18 @@ class Credentials:
         return False
 
 
-def cross_site(headers: Mapping[str, str], origin: str) -> str | None:
+def cross_site(headers: Mapping[str, str], host: str) -> str | None:
     """Why a state-changing request with ``headers`` (lower-case names) does not come from the
-    dashboard at ``origin`` (``scheme://host:port``), or None when it does."""
+    dashboard's own pages at ``host`` (the request's ``Host``), or None when it does.
+
+    ``Origin`` is compared by host and port only: behind a TLS proxy the page's origin is
+    ``https://`` while the dashboard itself is served over plain HTTP.
+    """
     fetch_site = headers.get("sec-fetch-site")
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return f"a {fetch_site} request (Sec-Fetch-Site)"
     sent_origin = headers.get("origin")
-    if sent_origin is not None and sent_origin.rstrip("/") != origin.rstrip("/"):
+    if sent_origin is not None and urlsplit(sent_origin).netloc != host:
         return f"a request from {sent_origin!r}"
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":

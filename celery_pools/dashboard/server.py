@@ -10,10 +10,14 @@ Routes that read:
 
 Routes that change pools (:mod:`.actions`), each with a JSON body, an operator credential and
 from the dashboard's own origin (:mod:`.auth`): ``POST /api/pools`` (create), ``PATCH`` and
-``DELETE /api/pools/{name}``, ``POST /api/pools/{name}/clear``, ``PUT`` and ``DELETE
-/api/instances/{instance}`` (assign, unassign), ``PUT`` and ``DELETE
-/api/instances/{instance}/rate``, ``PUT`` and ``DELETE /api/instances/{instance}/pause``. With no
-credential configured, or ``read_only``, they answer 403 and the pages offer no action.
+``DELETE /api/pools/{name}``, ``POST /api/pools/{name}/clear``, ``PUT`` and ``DELETE``
+``/api/instances/{instance}`` (assign, unassign), ``/api/rates/{instance}`` (rate limit) and
+``/api/pauses/{instance}`` (pause, resume); an instance name may hold ``/``, so each kind of
+change has a prefix of its own. With no credential configured, or ``read_only``, they answer
+403 and the pages offer no action.
+
+Only requests whose ``Host`` is one of ``allowed_hosts`` are served (a DNS-rebinding page
+reaches nothing).
 
 Errors are ``{"error": message}``, with ``field``, ``value`` and ``allowed`` for an invalid
 value: 400 invalid, 401 no valid credential, 403 refused (read-only, cross-site), 404 unknown
@@ -27,7 +31,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -52,9 +58,11 @@ from celery_pools.manager import PoolManager
 from . import actions, api
 from .auth import Credentials, cross_site
 
-__all__ = ["SECURITY_HEADERS", "create_app", "is_loopback", "serve"]
+__all__ = ["LOOPBACK_HOSTS", "SECURITY_HEADERS", "create_app", "is_loopback", "serve"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: The ``Host`` names a dashboard on a loopback address answers to.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 #: Headers on every answer.
 SECURITY_HEADERS = {
@@ -79,6 +87,15 @@ def _error(status: int, message: str, **details: Any) -> JSONResponse:
     return JSONResponse({"error": message, **details}, status_code=status)
 
 
+def _safe(value: object) -> object:
+    """``value`` if JSON can carry it as it is, else its ``repr``."""
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return repr(value)
+
+
 def _answer(read: Callable[[], Any]) -> Response:
     """``read()`` as JSON, or the error that stopped it."""
     try:
@@ -88,8 +105,7 @@ def _answer(read: Callable[[], Any]) -> Response:
     except PoolExistsError as exc:
         return _error(409, str(exc))
     except PoolConfigError as exc:
-        value = exc.value if isinstance(exc.value, str | int | float | bool) else repr(exc.value)
-        return _error(400, str(exc), field=exc.field, value=value, allowed=exc.allowed)
+        return _error(400, str(exc), field=exc.field, value=_safe(exc.value), allowed=exc.allowed)
     except PoolBackendError as exc:
         return _error(503, f"Redis unreachable: {exc}")
 
@@ -100,9 +116,11 @@ def create_app(
     suspicious_after: float,
     credentials: Credentials | None = None,
     read_only: bool = False,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> Starlette:
     """The dashboard of ``manager``'s pools. Holders held past ``suspicious_after`` seconds are
     flagged. Changes need one of ``credentials``; with none, or ``read_only``, it only reads.
+    Requests for another ``Host`` than ``allowed_hosts`` (names, without port) answer 400.
     Reads are synchronous (redis-py): Starlette runs them in its thread pool."""
     accepted = credentials or Credentials()
     if read_only:
@@ -143,8 +161,8 @@ def create_app(
         async def route(request: Request) -> Response:
             if refusal:
                 return _error(403, f"refused: {refusal}")
-            origin = f"{request.url.scheme}://{request.url.netloc}"
-            why = cross_site({k.lower(): v for k, v in request.headers.items()}, origin)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            why = cross_site(headers, headers.get("host", ""))
             if why is not None:
                 return _error(403, f"refused as cross-site: {why}")
             if not accepted.accept(request.headers.get("authorization")):
@@ -193,22 +211,22 @@ def create_app(
                 methods=["POST"],
             ),
             Route(
-                "/api/instances/{instance:path}/rate",
+                "/api/rates/{instance:path}",
                 change(lambda r, b: actions.set_rate(manager, instance_of(r), b)),
                 methods=["PUT"],
             ),
             Route(
-                "/api/instances/{instance:path}/rate",
+                "/api/rates/{instance:path}",
                 change(lambda r, b: actions.remove_rate(manager, instance_of(r))),
                 methods=["DELETE"],
             ),
             Route(
-                "/api/instances/{instance:path}/pause",
+                "/api/pauses/{instance:path}",
                 change(lambda r, b: actions.pause(manager, instance_of(r), b)),
                 methods=["PUT"],
             ),
             Route(
-                "/api/instances/{instance:path}/pause",
+                "/api/pauses/{instance:path}",
                 change(lambda r, b: actions.resume(manager, instance_of(r))),
                 methods=["DELETE"],
             ),
@@ -224,7 +242,10 @@ def create_app(
             ),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=_secure)],
+        middleware=[
+            Middleware(BaseHTTPMiddleware, dispatch=_secure),
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
+        ],
     )
     return app
 
@@ -248,8 +269,10 @@ def serve(
     credentials: Credentials | None = None,
     read_only: bool = False,
     public: bool = False,
+    allowed_hosts: Sequence[str] = (),
 ) -> None:
-    """Serve the dashboard until interrupted (SIGINT, SIGTERM).
+    """Serve the dashboard until interrupted (SIGINT, SIGTERM), answering to the ``Host`` names
+    of loopback, ``host`` and ``allowed_hosts`` (the names a proxy in front of it uses).
 
     Raises :class:`PoolConfigError` for a ``host`` that is not a loopback address when no
     credential is configured, unless ``public`` says it is meant to be reachable from elsewhere
@@ -265,6 +288,10 @@ def serve(
             "elsewhere anyway, read-only",
         )
     app = create_app(
-        manager, suspicious_after=suspicious_after, credentials=credentials, read_only=read_only
+        manager,
+        suspicious_after=suspicious_after,
+        credentials=credentials,
+        read_only=read_only,
+        allowed_hosts=[*LOOPBACK_HOSTS, host, *allowed_hosts],
     )
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")

@@ -127,12 +127,19 @@ async function send(method, url, body) {
   });
   let data = {};
   try { data = await response.json(); } catch (error) { data = { error: `HTTP ${response.status}` }; }
-  if (response.status === 401) sessionStorage.removeItem(AUTH_KEY);
+  if (response.status === 401) {
+    // The credential was refused: forget it and let the page offer the sign-in again.
+    sessionStorage.removeItem(AUTH_KEY);
+    document.dispatchEvent(new Event("signed-out"));
+  }
   return { ok: response.ok, status: response.status, data };
 }
 
 // The form field an error names ("pool name" is the form's "name").
-const FIELD_OF = { "pool name": "name", "connector instance": "instance" };
+const FIELD_OF = {
+  "pool name": "name", "connector instance": "instance", instance: "instance",
+  "pause seconds": "seconds", "rate limit": "rate",
+};
 
 // Show a failed change's error next to the field it names, else at the form's foot.
 function showError(form, data) {
@@ -205,11 +212,30 @@ function renderSignIn(target, info, changed) {
     event.preventDefault();
     const data = new FormData(form);
     const token = String(data.get("token") || "");
-    const value = token ? `Bearer ${token}` : `Basic ${btoa(`${data.get("user")}:${data.get("password")}`)}`;
+    const value = token ? `Bearer ${token}` : `Basic ${base64(`${data.get("user")}:${data.get("password")}`)}`;
     sessionStorage.setItem(AUTH_KEY, value);
     changed();
   });
   box.replaceChildren(form);
+}
+
+// The base64 of `text`'s UTF-8 bytes (btoa alone takes only Latin-1).
+function base64(text) {
+  return btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+}
+
+// The fields of `form` the operator changed since it was built (see `trackEdits`).
+function edited(form) {
+  const data = {};
+  for (const input of form.querySelectorAll("[data-edited]")) data[input.name] = input.value;
+  return data;
+}
+
+// Mark each field of `form` the operator changes, so that only those are sent.
+function trackEdits(form) {
+  form.addEventListener("input", (event) => { event.target.dataset.edited = "1"; });
+  form.addEventListener("change", (event) => { event.target.dataset.edited = "1"; });
+  return form;
 }
 
 // Read /api/info once, then `ready(info)`.

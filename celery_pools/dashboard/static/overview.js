@@ -45,6 +45,7 @@ function renderActions() {
   }));
 }
 
+document.addEventListener("signed-out", renderActions);
 loadInfo((info) => {
   document.getElementById("server").textContent =
     `Pools in ${info.redis}${info.read_only ? " (read-only)" : ""}`;

@@ -107,13 +107,19 @@ function renderActions() {
   const section = document.getElementById("actions");
   section.hidden = !canChange();
   section.querySelectorAll("form, .instances").forEach((node) => node.remove());
+  shownInstances = null;
   if (!canChange() || current === null) return;
   const url = `/api/pools/${encodeURIComponent(poolName)}`;
-  section.append(actionForm("update-pool", [
+  // Only what the operator edits is sent: a change made elsewhere meanwhile is kept.
+  section.append(trackEdits(actionForm("update-pool", [
     field("limit", "limit", { inputmode: "numeric", size: 5, value: String(current.limit) }),
     field("timeout (s)", "timeout", { inputmode: "decimal", size: 5, value: String(current.timeout) }),
     waitSelect(current.wait),
-  ], "Save", (form) => send("PATCH", url, Object.fromEntries(new FormData(form)))));
+  ], "Save", async (form) => {
+    const result = await send("PATCH", url, edited(form));
+    if (result.ok) form.querySelectorAll("[data-edited]").forEach((input) => delete input.dataset.edited);
+    return result;
+  })));
   section.append(actionForm("clear-pool", [
     el("label", {}, el("input", { type: "checkbox", name: "release_held" }), " also free the slots of running tasks"),
   ], "Clear waiting tasks", async (form) => {
@@ -131,38 +137,46 @@ function renderActions() {
   }));
   section.append(actionForm("assign-instance", [field("instance", "instance")], "Assign instance",
     (form) => send("PUT", `/api/instances/${encodeURIComponent(new FormData(form).get("instance"))}`, { pool: poolName })));
-  const list = el("div", { class: "instances" });
+  section.append(el("div", { class: "instances" }));
+  renderInstances();
+}
+
+// The forms of each instance, rebuilt only when the pool's instances change (a refresh never
+// wipes what the operator is typing elsewhere).
+let shownInstances = null;
+function renderInstances() {
+  const list = document.querySelector("#actions .instances");
+  if (!list || current === null) return;
+  const names = current.instances.join("\n");
+  if (names === shownInstances) return;
+  shownInstances = names;
+  list.replaceChildren();
   for (const instance of current.instances) {
-    const base = `/api/instances/${encodeURIComponent(instance)}`;
+    const name = encodeURIComponent(instance);
     list.append(el("h3", {}, instance),
       actionForm(`rate-${instance}`, [field("rate", "rate", { placeholder: "60/m", size: 8 }),
         field("burst", "burst", { inputmode: "numeric", size: 3 })], "Set rate limit",
-      (form) => send("PUT", `${base}/rate`, Object.fromEntries(new FormData(form)))),
-      actionForm(`unrate-${instance}`, [], "Remove rate limit", () => send("DELETE", `${base}/rate`, {})),
+      (form) => send("PUT", `/api/rates/${name}`, Object.fromEntries(new FormData(form)))),
+      actionForm(`unrate-${instance}`, [], "Remove rate limit", () => send("DELETE", `/api/rates/${name}`, {})),
       actionForm(`pause-${instance}`, [field("seconds", "seconds", { inputmode: "decimal", size: 5 })], "Pause",
-        (form) => send("PUT", `${base}/pause`, Object.fromEntries(new FormData(form)))),
-      actionForm(`resume-${instance}`, [], "Resume", () => send("DELETE", `${base}/pause`, {})),
+        (form) => send("PUT", `/api/pauses/${name}`, Object.fromEntries(new FormData(form)))),
+      actionForm(`resume-${instance}`, [], "Resume", () => send("DELETE", `/api/pauses/${name}`, {})),
       actionForm(`unassign-${instance}`, [], "Unassign", async () => {
         if (!confirmed(`Unassign ${instance} from ${poolName}?`)) return null;
-        return send("DELETE", base, {});
+        return send("DELETE", `/api/instances/${name}`, {});
       }));
   }
-  section.append(list);
 }
 
-// Forms are rebuilt when the pool's instances change (not on every refresh, which would wipe
-// what the operator is typing).
-let shownInstances = null;
 function renderAndAct(pool) {
   render(pool);
+  const first = current === null;
   current = pool;
-  const instances = pool.instances.join("\n");
-  if (instances !== shownInstances) {
-    shownInstances = instances;
-    renderActions();
-  }
+  if (first) renderActions();
+  else renderInstances();
 }
 
+document.addEventListener("signed-out", renderActions);
 loadInfo(() => renderActions());
 poll(`/api/pools/${encodeURIComponent(poolName)}`, renderAndAct);
 poll(`/api/pools/${encodeURIComponent(poolName)}/advice`, renderAdvice, 10000, true);
