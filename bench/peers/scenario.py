@@ -46,7 +46,7 @@ from bench.workers import WorkerGroup
 from celery_pools import PoolManager
 from celery_pools.local_redis import LocalRedis
 
-__all__ = ["Case", "cases", "run_peers"]
+__all__ = ["Case", "after_kill", "cases", "run_peers"]
 
 #: The seed of the varied call lengths (the same lengths for every peer).
 LENGTH_SEED = 20261203
@@ -235,7 +235,7 @@ def _run(
             "cpu": busy,
             **_figures(ctx, ids, lengths, calls),
             **extra,
-            **(_after_kill(extra, calls, case.limit) if "killed_at" in extra else {}),
+            **(after_kill(extra, calls, case.limit) if "killed_at" in extra else {}),
         }
 
 
@@ -259,7 +259,7 @@ def _kill_holder(ctx: _Context) -> Callable[[FakeAPI], dict[str, Any]]:
     return kill
 
 
-def _after_kill(extra: dict[str, Any], calls: list[Call], limit: int) -> dict[str, Any]:
+def after_kill(extra: dict[str, Any], calls: list[Call], limit: int) -> dict[str, Any]:
     """What the kill did, from the API's records.
 
     ``slot_back_s``: seconds from the kill until the API again served ``limit`` calls that were
