@@ -46,21 +46,27 @@ def _check_available(scenario: str, result: dict[str, Any]) -> None:
         assert result["pools_memory_peak"] > 0
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: Path) -> None:
+def _quick_bench(tmp_path: Path, *options: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """Run ``python -m bench --quick OPTIONS`` into ``tmp_path``; it must succeed. Returns what
+    it printed and its results.json."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", *options, "--output", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=timeout,
         check=False,
     )
     assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    assert "throughput ratio pooled/plain" in run.stdout  # the table was printed
+    return run.stdout, json.loads((tmp_path / "results.json").read_text())
 
-    report = json.loads((tmp_path / "results.json").read_text())
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: Path) -> None:
+    stdout, report = _quick_bench(tmp_path, timeout=170)
+    assert "throughput ratio pooled/plain" in stdout  # the table was printed
+
     assert report["machine"]["cores"] >= 1
     assert report["machine"]["redis_server"]
     assert report["modes"]["countdown"]["available"]
@@ -106,17 +112,7 @@ def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None
 def test_quick_peers_run_every_peer_and_celery_pools_keeps_the_api_under_its_cap(
     tmp_path: Path,
 ) -> None:
-    command = ["-m", "bench", "--quick", "--scenarios", "peers", "--output", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert run.returncode == 0, f"{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    report = json.loads((tmp_path / "results.json").read_text())
+    _, report = _quick_bench(tmp_path, "--scenarios", "peers", timeout=400)
     peers = report["results"]["peers"]
     config = BenchConfig.quick()
     assert list(peers) == [case.label for case in cases(config)]

@@ -139,6 +139,14 @@ class _Server:
             return exc.code, json.loads(exc.read())
 
 
+def _netsuite(env: Any, *, limit: int, timeout: float) -> PoolManager:
+    """Pool "netsuite" of ``limit`` slots serving the test app's instance; its manager."""
+    manager = env.manager()
+    manager.create("netsuite", limit=limit, timeout=timeout)
+    manager.assign(INSTANCE, "netsuite")
+    return manager
+
+
 def _gated_app(env: Any, name: str = "t.gated") -> tuple[Any, str]:
     """The test app with a pooled task that holds its slot until the test pushes to its gate."""
     app = env.app()
@@ -162,9 +170,7 @@ def _screenshot(page: Page, name: str) -> None:
 def test_overview_shows_live_numbers_while_workers_run_pooled_tasks(
     env: Any, run_worker: Any, page: Page
 ) -> None:
-    manager = env.manager()
-    manager.create("netsuite", limit=2, timeout=60)
-    manager.assign(INSTANCE, "netsuite")
+    manager = _netsuite(env, limit=2, timeout=60)
     app, gate = _gated_app(env)
     probe = env.probe()
     with _Server(manager) as server, run_worker(app, 4):
@@ -191,9 +197,7 @@ def test_overview_shows_live_numbers_while_workers_run_pooled_tasks(
 def test_pool_page_shows_holders_and_waiters_and_a_hostile_task_name_as_text(
     env: Any, run_worker: Any, page: Page
 ) -> None:
-    manager = env.manager()
-    manager.create("netsuite", limit=1, timeout=60)
-    manager.assign(INSTANCE, "netsuite")
+    manager = _netsuite(env, limit=1, timeout=60)
     app, gate = _gated_app(env, name=HOSTILE)
     with _Server(manager) as server, run_worker(app, 2):
         first = app.tasks[HOSTILE].delay("first")
@@ -312,9 +316,7 @@ def test_the_command_refuses_a_non_loopback_address_without_public(env: Any) -> 
 def test_a_resize_made_in_the_page_is_obeyed_by_the_workers(
     env: Any, run_worker: Any, page: Page
 ) -> None:
-    manager = env.manager()
-    manager.create("netsuite", limit=1, timeout=60)
-    manager.assign(INSTANCE, "netsuite")
+    manager = _netsuite(env, limit=1, timeout=60)
     app, gate = _gated_app(env)
     probe = env.probe()
     with _Server(manager, OPERATOR) as server, run_worker(app, 6):
@@ -364,9 +366,7 @@ def test_a_bad_value_shows_the_fields_error_and_writes_nothing(env: Any, page: P
 def test_clear_in_the_page_ends_real_waiting_tasks_with_pool_cleared_error(
     env: Any, run_worker: Any, page: Page
 ) -> None:
-    manager = env.manager()
-    manager.create("netsuite", limit=1, timeout=60)
-    manager.assign(INSTANCE, "netsuite")
+    manager = _netsuite(env, limit=1, timeout=60)
     app, gate = _gated_app(env)
     with _Server(manager, OPERATOR) as server, run_worker(app, 3):
         holder = app.tasks["t.gated"].delay("holder")
@@ -385,9 +385,7 @@ def test_clear_in_the_page_ends_real_waiting_tasks_with_pool_cleared_error(
 
 
 def test_read_only_and_unauthenticated_visitors_change_nothing(env: Any, page: Page) -> None:
-    manager = env.manager()
-    manager.create("netsuite", limit=2, timeout=30)
-    manager.assign(INSTANCE, "netsuite")
+    manager = _netsuite(env, limit=2, timeout=30)
     # Read-only: the page offers no action, the API refuses even the operator.
     with _Server(manager, OPERATOR, read_only=True) as server:
         page.goto(server.url + "/pools/netsuite")

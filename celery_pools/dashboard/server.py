@@ -182,64 +182,52 @@ def create_app(
     def instance_of(request: Request) -> str:
         return str(request.path_params["instance"])
 
-    app = Starlette(
+    # The changes: method, path, and what it does with the request and its JSON body.
+    changes: list[tuple[str, str, Callable[[Request, Any], Any]]] = [
+        ("POST", "/api/pools", lambda r, b: actions.create(manager, b)),
+        ("PATCH", "/api/pools/{name}", lambda r, b: actions.update(manager, name_of(r), b)),
+        ("DELETE", "/api/pools/{name}", lambda r, b: actions.delete(manager, name_of(r))),
+        ("POST", "/api/pools/{name}/clear", lambda r, b: actions.clear(manager, name_of(r), b)),
+        (
+            "PUT",
+            "/api/rates/{instance:path}",
+            lambda r, b: actions.set_rate(manager, instance_of(r), b),
+        ),
+        (
+            "DELETE",
+            "/api/rates/{instance:path}",
+            lambda r, b: actions.remove_rate(manager, instance_of(r)),
+        ),
+        (
+            "PUT",
+            "/api/pauses/{instance:path}",
+            lambda r, b: actions.pause(manager, instance_of(r), b),
+        ),
+        (
+            "DELETE",
+            "/api/pauses/{instance:path}",
+            lambda r, b: actions.resume(manager, instance_of(r)),
+        ),
+        (
+            "PUT",
+            "/api/instances/{instance:path}",
+            lambda r, b: actions.assign(manager, instance_of(r), b),
+        ),
+        (
+            "DELETE",
+            "/api/instances/{instance:path}",
+            lambda r, b: actions.unassign(manager, instance_of(r)),
+        ),
+    ]
+    return Starlette(
         routes=[
             Route("/", page("overview.html")),
             Route("/pools/{name}", page("pool.html")),
             Route("/api/info", info),
             Route("/api/pools", overview, methods=["GET"]),
-            Route(
-                "/api/pools",
-                change(lambda r, b: actions.create(manager, b)),
-                methods=["POST"],
-            ),
             Route("/api/pools/{name}", pool, methods=["GET"]),
-            Route(
-                "/api/pools/{name}",
-                change(lambda r, b: actions.update(manager, name_of(r), b)),
-                methods=["PATCH"],
-            ),
-            Route(
-                "/api/pools/{name}",
-                change(lambda r, b: actions.delete(manager, name_of(r))),
-                methods=["DELETE"],
-            ),
             Route("/api/pools/{name}/advice", advice),
-            Route(
-                "/api/pools/{name}/clear",
-                change(lambda r, b: actions.clear(manager, name_of(r), b)),
-                methods=["POST"],
-            ),
-            Route(
-                "/api/rates/{instance:path}",
-                change(lambda r, b: actions.set_rate(manager, instance_of(r), b)),
-                methods=["PUT"],
-            ),
-            Route(
-                "/api/rates/{instance:path}",
-                change(lambda r, b: actions.remove_rate(manager, instance_of(r))),
-                methods=["DELETE"],
-            ),
-            Route(
-                "/api/pauses/{instance:path}",
-                change(lambda r, b: actions.pause(manager, instance_of(r), b)),
-                methods=["PUT"],
-            ),
-            Route(
-                "/api/pauses/{instance:path}",
-                change(lambda r, b: actions.resume(manager, instance_of(r))),
-                methods=["DELETE"],
-            ),
-            Route(
-                "/api/instances/{instance:path}",
-                change(lambda r, b: actions.assign(manager, instance_of(r), b)),
-                methods=["PUT"],
-            ),
-            Route(
-                "/api/instances/{instance:path}",
-                change(lambda r, b: actions.unassign(manager, instance_of(r))),
-                methods=["DELETE"],
-            ),
+            *(Route(path, change(act), methods=[method]) for method, path, act in changes),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[
@@ -247,7 +235,6 @@ def create_app(
             Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
         ],
     )
-    return app
 
 
 def is_loopback(host: str) -> bool:
