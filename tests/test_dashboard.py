@@ -200,12 +200,13 @@ def test_pool_page_shows_holders_and_waiters_and_a_hostile_task_name_as_text(
     manager = _netsuite(env, limit=1, timeout=60)
     app, gate = _gated_app(env, name=HOSTILE)
     with _Server(manager) as server, run_worker(app, 2):
-        first = app.tasks[HOSTILE].delay("first")
-        second = app.tasks[HOSTILE].delay("second")
         page.goto(server.url + "/pools/netsuite")
+        # The second is published once the first holds the slot, so it is the one that waits.
+        first = app.tasks[HOSTILE].delay("first")
         holder = page.locator(f'#holders tr[data-task="{first.id}"]')
-        waiter = page.locator(f'#waiters tr[data-task="{second.id}"]')
         expect(holder).to_be_visible(timeout=20_000)
+        second = app.tasks[HOSTILE].delay("second")
+        waiter = page.locator(f'#waiters tr[data-task="{second.id}"]')
         expect(waiter).to_be_visible(timeout=20_000)
         expect(holder.locator("td").nth(1)).to_have_text(HOSTILE)
         expect(waiter.locator("td").nth(0)).to_have_text("1")
@@ -370,6 +371,12 @@ def test_clear_in_the_page_ends_real_waiting_tasks_with_pool_cleared_error(
     app, gate = _gated_app(env)
     with _Server(manager, OPERATOR) as server, run_worker(app, 3):
         holder = app.tasks["t.gated"].delay("holder")
+        # The others are published once it holds the slot, so they are the ones that wait.
+        wait_until(
+            lambda: [h.task_id for h in manager.status("netsuite").holders] == [holder.id],
+            timeout=20,
+            message="the first task holding the slot",
+        )
         waiting = [app.tasks["t.gated"].delay(f"waiter-{i}") for i in range(2)]
         page.goto(server.url + "/pools/netsuite")
         _sign_in(page)
