@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from .context import get_extension
@@ -54,9 +55,21 @@ class PoolManager:
         self._dispatcher = Dispatcher(app, store) if app is not None else None
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str = "celery_pools") -> PoolManager:
-        """A manager for the pools in the Redis at ``url`` (no Celery app needed)."""
-        return cls(store=RedisPoolStore.from_url(url, key_prefix=key_prefix))
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "celery_pools",
+        transport_options: Mapping[str, Any] | None = None,
+    ) -> PoolManager:
+        """A manager for the pools in the Redis at ``url`` (no Celery app needed): a server, a
+        Sentinel master (``transport_options={"master_name": ...}``) or a Cluster, as
+        ``pools_redis_url`` names them."""
+        return cls(
+            store=RedisPoolStore.from_url(
+                url, key_prefix=key_prefix, transport_options=transport_options
+            )
+        )
 
     # -- pools ------------------------------------------------------------------------------
 

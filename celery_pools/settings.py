@@ -22,14 +22,26 @@ from .models import (
     check_pool_name,
 )
 
-__all__ = ["SETTING_PREFIX", "PoolsSettings"]
+__all__ = ["REDIS_SCHEMES", "SETTING_PREFIX", "PoolsSettings"]
 
 logger = logging.getLogger(__name__)
 
 #: Every celery-pools setting in ``app.conf`` starts with this prefix.
 SETTING_PREFIX = "pools_"
 
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: The URL schemes of a Redis for pool state (``celery_pools.store.connect`` says what each is).
+REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
+_ALLOWED_URLS = "a redis://, rediss://, unix://, sentinel:// or redis+cluster:// URL"
+# What a Sentinel broker's transport options say about its master, taken when pool state
+# lives on the broker's Redis.
+_BROKER_SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs")
 
 
 #: Shortest dashboard token and password accepted.
@@ -75,6 +87,12 @@ class PoolsSettings(Model):
     retry_backoff_min: float = Field(default=0.25, gt=0.0, le=60.0)
     retry_backoff_max: float = Field(default=2.0, gt=0.0, le=300.0)
     redis_socket_timeout: float = Field(default=5.0, gt=0.0, le=60.0)
+    #: Options of the Redis connection: a Sentinel's master_name, TLS files, ...
+    redis_transport_options: dict[str, Any] = Field(default_factory=dict)
+    #: Replicas every write of pool state waits for (Redis WAIT); 0: none.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    #: How long a write waits for them at most.
+    redis_wait_timeout_seconds: float = Field(default=0.5, gt=0.0, le=10.0)
     suspicious_hold_seconds: float = Field(default=900.0, gt=0.0)
     handoff_lease_seconds: float = Field(default=DEFAULT_HANDOFF_LEASE, gt=0.0, le=3600.0)
     reaper_interval: float = Field(default=0.25, gt=0.0, le=60.0)
@@ -169,26 +187,44 @@ class PoolsSettings(Model):
         Raises :class:`PoolConfigError` naming the setting to set when neither gives a Redis.
         """
         if self.redis_url:
-            if not self.redis_url.startswith(_REDIS_SCHEMES):
-                raise PoolConfigError.invalid(
-                    "pools_redis_url", self.redis_url, "a redis://, rediss:// or unix:// URL"
-                )
+            if not self.redis_url.startswith(REDIS_SCHEMES):
+                raise PoolConfigError.invalid("pools_redis_url", self.redis_url, _ALLOWED_URLS)
             return self.redis_url
-        broker = app.conf.broker_url
-        if isinstance(broker, list | tuple):
-            broker = broker[0] if broker else None
-        if isinstance(broker, str):
-            broker = broker.split(";")[0].strip()
-            if broker.startswith(_REDIS_SCHEMES):
-                return broker
+        broker = _broker_url(app)
+        if broker is not None and broker.startswith(REDIS_SCHEMES):
+            return broker
         raise PoolConfigError(
             "celery-pools needs a Redis server for pool state: set the pools_redis_url setting "
             "(for example 'redis://localhost:6379/0'); "
             f"the broker ({_scheme(broker)}) is not Redis",
             field="pools_redis_url",
             value=None,
-            allowed="a redis://, rediss:// or unix:// URL",
+            allowed=_ALLOWED_URLS,
         )
+
+    def resolve_transport_options(self, app: Any) -> dict[str, Any]:
+        """The Redis connection's options: ``pools_redis_transport_options``; when pool state
+        lives on a Sentinel broker and they do not name a master, the broker's
+        ``master_name`` and ``sentinel_kwargs`` (``broker_transport_options``)."""
+        options = dict(self.redis_transport_options)
+        broker = _broker_url(app)
+        if not self.redis_url and broker is not None and broker.startswith("sentinel://"):
+            transport = app.conf.broker_transport_options or {}
+            for key in _BROKER_SENTINEL_OPTIONS:
+                if key in transport:
+                    options.setdefault(key, transport[key])
+        return options
+
+
+def _broker_url(app: Any) -> str | None:
+    """The broker's URL (the first, if several), or None."""
+    broker = app.conf.broker_url
+    if isinstance(broker, list | tuple):
+        broker = broker[0] if broker else None
+    if isinstance(broker, str):
+        # A failover list (a;b) names the first; a Sentinel URL keeps every sentinel.
+        return broker.strip() if broker.startswith("sentinel://") else broker.split(";")[0].strip()
+    return None
 
 
 def _scheme(url: object) -> str:

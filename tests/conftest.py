@@ -8,6 +8,7 @@ session server cannot see each other's pools, messages or counters.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ class Env:
     lease_seconds: float = 60.0
     workers: list[WorkerProcess] = field(default_factory=list)
     extra_worker_env: dict[str, str] = field(default_factory=dict)
+    #: ``pools_redis_transport_options`` (a Sentinel's master_name, TLS files, ...).
+    transport_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:
@@ -70,6 +73,8 @@ class Env:
     def app(self, **conf: Any) -> Celery:
         """An in-process app on this test's prefix and queue."""
         lease = conf.pop("lease_seconds", self.lease_seconds)
+        if self.transport_options:
+            conf.setdefault("pools_redis_transport_options", self.transport_options)
         return create_app(
             broker=self.broker,
             backend=self.backend,
@@ -84,7 +89,9 @@ class Env:
 
     def manager(self) -> PoolManager:
         """A PoolManager for this test's pools."""
-        return PoolManager.from_url(self.pools_url, key_prefix=self.prefix)
+        return PoolManager.from_url(
+            self.pools_url, key_prefix=self.prefix, transport_options=self.transport_options
+        )
 
     def probe(self) -> ConcurrencyProbe:
         """This test's independent concurrency probe."""
@@ -105,6 +112,11 @@ class Env:
             "CP_PROBE_URL": self.probe_url,
             "CP_PROBE_NAME": self.name,
             "CP_LEASE_SECONDS": str(self.lease_seconds),
+            **(
+                {"CP_POOLS_TRANSPORT_OPTIONS": json.dumps(self.transport_options)}
+                if self.transport_options
+                else {}
+            ),
             **self.extra_worker_env,
         }
 

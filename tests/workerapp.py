@@ -289,6 +289,10 @@ def _optional_conf(env: Any) -> dict[str, Any]:
         conf["pools_standby_seconds"] = float(env["CP_STANDBY_SECONDS"])
     if "CP_ABANDONED_GRACE_SECONDS" in env:
         conf["pools_abandoned_grace_seconds"] = float(env["CP_ABANDONED_GRACE_SECONDS"])
+    if "CP_POOLS_TRANSPORT_OPTIONS" in env:
+        conf["pools_redis_transport_options"] = json.loads(env["CP_POOLS_TRANSPORT_OPTIONS"])
+    if "CP_WAIT_REPLICAS" in env:
+        conf["pools_redis_wait_replicas"] = int(env["CP_WAIT_REPLICAS"])
     return conf
 
 

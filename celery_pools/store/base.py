@@ -18,6 +18,7 @@ from celery_pools.models import (
 
 from . import fork
 from .clock import RedisClock
+from .connect import Endpoint
 from .keys import KeySpace, script_keys
 from .replies import Moved, seconds
 from .scripts import SCRIPTS, script_source
@@ -55,8 +56,12 @@ class StoreBase:
         handoff_lease: float = DEFAULT_HANDOFF_LEASE,
         standby_max: int = DEFAULT_STANDBY_MAX,
         standby_block: float = DEFAULT_STANDBY_SECONDS,
+        endpoint: Endpoint | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.5,
     ) -> None:
-        self.client = client
+        #: Where the Redis is, and how to find it again (a cluster's slot moves).
+        self.endpoint = endpoint or Endpoint.of(client)
         self.keys = keys or KeySpace()
         #: Seconds a task handed a slot has to start and claim it (``pools_handoff_lease_seconds``).
         self.handoff_lease = handoff_lease
@@ -65,9 +70,25 @@ class StoreBase:
         #: Seconds a standby blocks at most (``pools_standby_seconds``).
         self.standby_block = standby_block
         self.clock = RedisClock()
-        self._scripts = ScriptCaller(client, {name: script_source(name) for name in SCRIPTS})
+        #: Replicas each batch of scripts waits for (``WAIT``), and for how long at most.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._scripts = self._script_caller()
         self._pool_of: dict[str, str] = {}
         fork.register(self)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The client of the Redis that holds pool state (for a cluster: the slot's owner)."""
+        return self.endpoint.client
+
+    def _script_caller(self) -> ScriptCaller:
+        return ScriptCaller(
+            self.endpoint.client,
+            {name: script_source(name) for name in SCRIPTS},
+            replicas=self.wait_replicas,
+            replica_timeout_ms=ms(self.wait_timeout),
+        )
 
     def after_fork(self) -> None:
         """In a forked child: the client's connection pool and the clock get new locks, and the
@@ -80,10 +101,7 @@ class StoreBase:
     @property
     def url(self) -> str:
         """Where the store's Redis is, without credentials."""
-        kwargs = self.client.connection_pool.connection_kwargs
-        if "path" in kwargs:
-            return f"unix://{kwargs['path']}"
-        return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        return self.endpoint.location
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -115,6 +133,8 @@ class StoreBase:
         try:
             yield
         except redis.RedisError as exc:
+            if self.endpoint.rebind(exc):  # a cluster's slot moved: the next call goes there
+                self._scripts = self._script_caller()
             raise PoolBackendError(f"Redis at {self.url} could not {what}: {exc}") from exc
 
     # -- which pool serves an instance -------------------------------------------------------

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import redis
 
 from celery_pools.errors import PoolNotFoundError, SlotInUseError, SlotNotFoundError
 from celery_pools.metrics import BUCKET_BOUNDS_ARG
@@ -17,6 +15,7 @@ from celery_pools.ratelimit import RateLimit
 
 from . import replies
 from .base import ms
+from .connect import connect
 from .keys import KeySpace
 from .reading import StoreReading
 from .replies import Moved
@@ -65,18 +64,19 @@ class RedisPoolStore(StoreReading):
         *,
         key_prefix: str = "celery_pools",
         socket_timeout: float = 5.0,
+        transport_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> RedisPoolStore:
-        """A store on the Redis at ``url``, with keys under ``key_prefix``; ``options`` are the
-        store's own (``handoff_lease``, ``standby_max``, ``standby_block``: see its class)."""
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=min(socket_timeout, 2.0),
-            health_check_interval=30,
+        """A store on the Redis at ``url`` (a server, a Sentinel master or a Cluster: see
+        :mod:`~celery_pools.store.connect`, which ``transport_options`` are for), with keys
+        under ``key_prefix``; ``options`` are the store's own (``handoff_lease``,
+        ``standby_max``, ``standby_block``, ``wait_replicas``, ``wait_timeout``: see
+        :class:`~celery_pools.store.base.StoreBase`)."""
+        keys = KeySpace(key_prefix)
+        endpoint = connect(
+            url, route_key=keys.pools, socket_timeout=socket_timeout, options=transport_options
         )
-        return cls(client, KeySpace(key_prefix), **options)
+        return cls(endpoint.client, keys, endpoint=endpoint, **options)
 
     # -- pools ------------------------------------------------------------------------------
 

@@ -10,11 +10,18 @@ from call to call, is encoded once and kept), writes a batch of them in one writ
 of the client's pool, under the connection's retry policy, and reads the replies with the
 connection's own parser, so they decode exactly as redis-py's would. A script Redis no longer
 knows (after a restart) is loaded again and the calls that failed run again, in order.
+
+With ``replicas`` set, every batch ends with ``WAIT replicas timeout`` in the same write: Redis
+answers it once that many replicas have the batch's writes (or the timeout passed), so a
+failover to one of them cannot forget a slot just taken. A batch the replicas did not confirm
+in time is logged; its writes stand on the master.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +29,11 @@ import redis
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
 __all__ = ["ScriptCall", "ScriptCaller"]
+
+logger = logging.getLogger(__name__)
+
+# At most one warning per this many seconds that replicas did not confirm writes in time.
+_UNREPLICATED_WARNING_INTERVAL = 60.0
 
 #: One call: the script's name, its keys and its arguments.
 ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
@@ -51,12 +63,30 @@ class ScriptCaller:
     """Runs the scripts of ``sources`` (name -> Lua source) on ``client``'s Redis.
 
     Thread-safe: each batch takes a connection of the client's pool for itself. A client bound to
-    a single connection (``single_connection_client=True``), or one without a connection pool of
-    its own (``RedisCluster``), goes through redis-py's own pipeline.
+    a single connection (``single_connection_client=True``) goes through redis-py's own
+    pipeline. ``replicas`` (0: none) is how many replicas each batch waits for, at most
+    ``replica_timeout_ms``.
     """
 
-    def __init__(self, client: redis.Redis, sources: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        sources: Mapping[str, str],
+        *,
+        replicas: int = 0,
+        replica_timeout_ms: int = 500,
+    ) -> None:
         self.client = client
+        self.replicas = replicas
+        self.replica_timeout_ms = replica_timeout_ms
+        #: Batches whose writes fewer than ``replicas`` replicas confirmed in time.
+        self.unreplicated = 0
+        self._warned_at = float("-inf")
+        self._wait = (
+            b"*3\r\n" + _bulk(b"WAIT") + _bulk(b"%d" % replicas) + _bulk(b"%d" % replica_timeout_ms)
+            if replicas
+            else b""
+        )
         self._sources = dict(sources)
         pool = getattr(client, "connection_pool", None)
         self._pool: Any = pool if isinstance(pool, redis.ConnectionPool) else None
@@ -109,17 +139,39 @@ class ScriptCaller:
     def _exchange(self, calls: Sequence[ScriptCall]) -> list[Any]:
         if self._pool is None or self.client.connection is not None:
             return self._through_client(calls)
-        packed = b"".join([self._pack(name, keys, args) for name, keys, args in calls])
+        packed = b"".join([self._pack(name, keys, args) for name, keys, args in calls]) + self._wait
+        count = len(calls) + (1 if self.replicas else 0)
         pool = self._pool
         connection = _get_connection(pool)
         try:
             replies: list[Any] = connection.retry.call_with_retry(
-                lambda: self._send_and_read(connection, packed, len(calls)),
+                lambda: self._send_and_read(connection, packed, count),
                 lambda _error: connection.disconnect(),
             )
-            return replies
         finally:
             pool.release(connection)
+        return self._replicated(replies)
+
+    def _replicated(self, replies: list[Any]) -> list[Any]:
+        """The scripts' replies, the ``WAIT`` reply (if any) checked and taken off."""
+        if not self.replicas:
+            return replies
+        acknowledged = replies.pop()
+        if isinstance(acknowledged, int) and acknowledged < self.replicas:
+            self.unreplicated += 1
+            now = time.monotonic()
+            if now - self._warned_at >= _UNREPLICATED_WARNING_INTERVAL:
+                self._warned_at = now
+                logger.warning(
+                    "celery-pools: %d of %d replicas confirmed pool writes within %d ms "
+                    "(pools_redis_wait_replicas); a failover now may forget them "
+                    "(%d such batches so far)",
+                    acknowledged,
+                    self.replicas,
+                    self.replica_timeout_ms,
+                    self.unreplicated,
+                )
+        return replies
 
     @staticmethod
     def _send_and_read(connection: Any, packed: bytes, count: int) -> list[Any]:
@@ -142,8 +194,10 @@ class ScriptCaller:
         pipe = self.client.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.evalsha(self.shas[name], len(keys), *keys, *args)
+        if self.replicas:
+            pipe.execute_command("WAIT", self.replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
-        return replies
+        return self._replicated(replies)
 
     def _pack(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._heads[name], self._keys_of(keys)]

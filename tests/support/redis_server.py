@@ -96,6 +96,7 @@ class RedisServer:
         binary: str | None = None,
         startup_timeout: float = 10.0,
         extra_args: list[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         """Prepare (but do not start) a server.
 
@@ -106,6 +107,8 @@ class RedisServer:
             binary: path of ``redis-server``; found automatically by default.
             startup_timeout: seconds to wait for PING to answer on start.
             extra_args: further ``redis-server`` command-line arguments.
+            config_file: a configuration file, given first (a sentinel needs one it may
+                rewrite).
         """
         self._binary = binary or find_redis_server_binary()
         self._port = port
@@ -114,6 +117,7 @@ class RedisServer:
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args or [])
+        self.config_file = config_file
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
         self._clients: list[redis.Redis] = []
@@ -172,6 +176,7 @@ class RedisServer:
         """Launch the process and poll PING until it answers or fails."""
         cmd = [
             self._binary,
+            *([str(self.config_file)] if self.config_file is not None else []),
             "--port",
             str(self.port),
             "--bind",
