@@ -1,4 +1,5 @@
-"""The operator's commands: ``exporter`` (Prometheus) and ``advise`` (sizing)."""
+"""The operator's commands: ``exporter`` (Prometheus), ``advise`` (sizing) and ``acl`` (the
+Redis ACL user pool state needs)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from celery.bin.base import CeleryCommand
 
 from celery_pools import views
 from celery_pools.advisor import advise_pool
+from celery_pools.context import get_extension
 from celery_pools.exporter import serve
+from celery_pools.store import acl_setuser
 
-from .group import json_option, manager_of, option, pools, print_json, suspicious_after
+from .group import app_of, json_option, manager_of, option, pools, print_json, suspicious_after
 
-__all__ = ["advise", "exporter"]
+__all__ = ["acl", "advise", "exporter"]
 
 _PORT_HELP = "Port to serve /metrics on (0: any free port)."
 _HEADROOM_HELP = "Fraction added to the observed concurrency for spikes (0.3 = 30 %)."
@@ -61,6 +64,20 @@ def exporter(ctx: click.Context, port: int, addr: str) -> None:
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
     click.echo("Stopped.")
+
+
+@pools.command(cls=CeleryCommand)
+@option("--user", default="celery-pools", show_default=True, help="The ACL user's name.")
+@click.pass_context
+def acl(ctx: click.Context, user: str) -> None:
+    """Print the ACL SETUSER line of a Redis user that may hold this app's pool state and
+    nothing else: the keys of its pools_key_prefix, the commands celery-pools sends.
+
+    Run it on the pools' Redis (redis-cli), put the password in place of <password>, and give
+    the user in pools_redis_url (redis://celery-pools:PASSWORD@host:6379/0).
+    """
+    prefix = get_extension(app_of(ctx)).settings.key_prefix
+    click.echo(acl_setuser(user, prefix))
 
 
 @pools.command(cls=CeleryCommand)

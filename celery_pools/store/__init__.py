@@ -5,6 +5,8 @@
 - :mod:`.wire`: script calls packed and sent with little work on the client;
 - :mod:`.fork`: connections repaired in a forked child; :mod:`.clock`: the Redis clock;
 - :mod:`.results`: what operations answer; :mod:`.replies`: decoding Redis's replies;
+- :mod:`.connect`: the Redis a URL names (a server, a Sentinel master, a Cluster's slot owner);
+- :mod:`.acl`: the least an ACL user needs for one key prefix;
 - :mod:`.base`, :mod:`.reading`, :mod:`.store`: :class:`RedisPoolStore`'s plumbing, reads and
   atomic writes.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 from . import results
+from .acl import acl_setuser
 from .keys import KeySpace, PoolKeys
 from .results import *  # noqa: F403  (every result type: results.__all__)
 from .store import RATE_PARKED_MAX, STALE_HANDOFF_SECONDS, RedisPoolStore
@@ -22,5 +25,6 @@ __all__ = [  # noqa: PLE0604  (the result types are listed once, in results.__al
     "KeySpace",
     "PoolKeys",
     "RedisPoolStore",
+    "acl_setuser",
     *results.__all__,
 ]

@@ -115,6 +115,11 @@ class KeySpace:
         return "{" + self.prefix + "}"
 
     @property
+    def pattern(self) -> str:
+        """The glob that matches every key of the prefix (and no other's)."""
+        return f"{self._root}:*"
+
+    @property
     def pools(self) -> str:
         """SET of every pool name."""
         return f"{self._root}:pools"
