@@ -8,7 +8,9 @@ to a request that arrives while ``cap`` are in flight, and records who made ever
 id and process id, sent by the client).
 
 A call is ``GET /call?ms=<duration>&task=<task id>&pid=<client pid>``; the answer is 200 with
-``ok``, or 429. :func:`call_api` makes one from a client process.
+``ok``, or 429. :func:`call_api` makes one from a client process. ``GET /stats`` answers what it
+counted, as JSON (:meth:`FakeAPI.stats`), for a test whose API runs in a process of its own (on
+another "host": ``python -m bench.fake_api --cap 3 --host 10.0.0.2 --port 8080``).
 
 The tests use it as their witness (the chaos test, the prefork limit tests) and so does the
 benchmark's comparison of peers (:mod:`bench.peers`).
@@ -16,7 +18,11 @@ benchmark's comparison of peers (:mod:`bench.peers`).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -65,13 +71,23 @@ class _Server(ThreadingHTTPServer):
 class FakeAPI:
     """The API on a free loopback port, a thread per request: ``with FakeAPI(4) as api: ...``."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, host: str = "127.0.0.1", port: int = 0) -> None:
         self._record = _Record(cap)
         record = self._record
         numbers = iter(range(1, 1 << 62))
 
+        api = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if urlparse(self.path).path == "/stats":
+                    body = json.dumps(api.stats()).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 query = parse_qs(urlparse(self.path).query)
                 call = Call(
                     task=query.get("task", [""])[0],
@@ -105,7 +121,7 @@ class FakeAPI:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = _Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -151,6 +167,18 @@ class FakeAPI:
         with self._record.lock:
             return list(self._record.calls)
 
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /stats`` answers: the cap, the most served at once, the 429s, how many
+        are in flight now, and every call's task id in order of arrival."""
+        with self._record.lock:
+            return {
+                "cap": self._record.cap,
+                "max_in_flight": self._record.max_in_flight,
+                "refused": self._record.refused,
+                "in_flight": len(self._record.in_flight),
+                "tasks": [call.task for call in self._record.calls],
+            }
+
 
 def call_api(url: str, ms: int, task: str, timeout: float = 60.0) -> int:
     """Make one call of ``ms`` milliseconds to the API at ``url`` on behalf of task ``task``, as
@@ -164,3 +192,23 @@ def call_api(url: str, ms: int, task: str, timeout: float = 60.0) -> int:
         if exc.code != 429:
             raise
         return 429
+
+
+def main() -> None:
+    """Serve the API until SIGTERM or Ctrl-C; print its URL once it listens."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--cap", type=int, required=True, help="calls served at once at most")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free one)")
+    args = parser.parse_args()
+    api = FakeAPI(args.cap, args.host, args.port)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with api:
+        print(api.url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stopped.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -436,7 +436,8 @@ class PooledTask(Task):  # type: ignore[misc]
         """Send this task again (same id, callbacks, chain, chord); end this run as RETRY."""
         request = execution.request
         headers = dict(request.headers or {})
-        headers[HEADER] = wait.state.to_header()
+        due = get_extension(self.app).store.clock.estimate() + wait.countdown
+        headers[HEADER] = replace(wait.state, due=due).to_header()
         signature = self.signature_from_request(
             request,
             execution.args,

@@ -2,8 +2,11 @@
 
 A task that finds its pool full is sent again with a countdown. What it needs to know on its next
 attempt travels in the ``celery_pools`` header of the new message: when it first asked (Redis
-clock), which pool it waited in, that pool's uid and timeout, how many attempts it made, and the
-ETA its first message had (a countdown's new message has another; the task runs with its own).
+clock), which pool it waited in, that pool's uid and timeout, how many attempts it made, the
+ETA its first message had (a countdown's new message has another; the task runs with its own),
+and when the new message is due on the Redis clock: Celery's ETA is the sending host's clock,
+and the worker that receives it moves the ETA to its own (:func:`due_here`), so hosts whose
+clocks disagree wait as long as the countdown says.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["HEADER", "WaitState", "next_countdown"]
+__all__ = ["HEADER", "WaitState", "due_here", "next_countdown"]
 
 #: The message header carrying a waiting task's :class:`WaitState`.
 HEADER = "celery_pools"
@@ -31,6 +34,8 @@ class WaitState:
     fail: dict[str, Any] | None = None
     #: The ETA (ISO 8601) of the task's first message, "" for none: the ETA it runs with.
     eta: str = ""
+    #: When this message is due (a countdown's end), on the Redis clock; None: not delayed.
+    due: float | None = None
 
     @classmethod
     def from_headers(cls, headers: Any) -> WaitState:
@@ -42,6 +47,7 @@ class WaitState:
             first = raw.get("first")
             timeout = raw.get("timeout")
             fail = raw.get("fail")
+            due = raw.get("due")
             return cls(
                 first=float(first) if first is not None else None,
                 pool=str(raw.get("pool") or ""),
@@ -51,6 +57,7 @@ class WaitState:
                 handoff=str(raw.get("handoff") or ""),
                 fail=dict(fail) if isinstance(fail, dict) else None,
                 eta=str(raw.get("eta") or ""),
+                due=float(due) if due is not None else None,
             )
         except (TypeError, ValueError):
             return cls()
@@ -65,8 +72,9 @@ class WaitState:
         return {key: value for key, value in asdict(self).items() if value not in (None, "")}
 
     def next_attempt(self, **changes: Any) -> WaitState:
-        """The state for the next attempt: one more attempt, with ``changes`` applied."""
-        return replace(self, attempts=self.attempts + 1, **changes)
+        """The state for the next attempt: one more attempt, with ``changes`` applied (and not
+        due at any time until a countdown says so)."""
+        return replace(self, attempts=self.attempts + 1, due=None, **changes)
 
 
 def next_countdown(
@@ -87,3 +95,11 @@ def next_countdown(
     cap = min(maximum, minimum * (2 ** min(attempt, 32)))
     draw = (rng or random).uniform(cap / 2, cap)
     return max(0.0, min(draw, remaining))
+
+
+def due_here(state: WaitState, redis_offset: float | None) -> float | None:
+    """When ``state``'s message is due on this host's clock (Unix seconds), given the Redis
+    clock's offset from it (``RedisClock.offset``); None when either is unknown."""
+    if state.due is None or redis_offset is None:
+        return None
+    return state.due - redis_offset

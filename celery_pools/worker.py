@@ -23,6 +23,7 @@ import gc
 import logging
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import bootsteps
@@ -39,6 +40,7 @@ from .background import Periodic
 from .context import get_extension, is_pooled
 from .errors import PoolBackendError
 from .models import AbandonedSlot
+from .waiting import WaitState, due_here
 
 __all__ = [
     "HandoffReaper",
@@ -191,6 +193,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         """Check Redis, create declared pools, start renewing leases."""
         ext = get_extension(worker.app)
         try:
+            ext.store.ping()  # the Redis clock's offset, before any countdown arrives
             policy = ext.store.maxmemory_policy()
             if policy and policy.startswith("allkeys"):
                 logger.warning(
@@ -216,6 +219,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         task = getattr(request, "task", None)
         if self.keeper is not None and getattr(task, "app", None) is self.app and is_pooled(task):
             self.keeper.watch(request)
+            _countdown_on_this_clock(request, get_extension(self.app).store.clock.offset)
 
     def stop(self, worker: Any) -> None:
         """Stop renewing leases and reaping hand-offs."""
@@ -225,6 +229,23 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 thread.stop()
 
     shutdown = stop
+
+
+def _countdown_on_this_clock(request: Any, redis_offset: float | None) -> None:
+    """Move the ETA of a pooled task's countdown to this host's clock.
+
+    Celery wrote the ETA on the clock of the host that sent the message and compares it with
+    this host's: hosts whose clocks disagree by minutes would wait minutes too long or not at
+    all. The message also says when it is due on the Redis clock (``WaitState.due``); this
+    handler runs on ``task_received``, before the consumer schedules the ETA, and sets it from
+    that. A message without it (or a worker that has not seen the Redis clock yet) keeps
+    Celery's ETA.
+    """
+    if getattr(request, "eta", None) is None or not hasattr(request, "_eta"):
+        return
+    local = due_here(WaitState.from_headers(request.request_dict), redis_offset)
+    if local is not None:
+        request._eta = datetime.fromtimestamp(local, tz=timezone.utc)
 
 
 def declare_pools(app: Any) -> list[str]:

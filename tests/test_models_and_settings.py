@@ -11,7 +11,7 @@ import celery_pools
 from celery_pools import Pool, PoolConfigError, PoolsSettings, portable
 from celery_pools.models import check_instance_name, check_limit, check_pool_name, check_timeout
 from celery_pools.store.keys import KeySpace
-from celery_pools.waiting import WaitState, next_countdown
+from celery_pools.waiting import WaitState, due_here, next_countdown
 
 
 def test_public_api_is_pinned():
@@ -183,6 +183,16 @@ def test_wait_state_round_trips_through_a_header_and_tolerates_garbage():
     assert WaitState.from_headers({"celery_pools": {"first": "x"}}) == WaitState()
     assert WaitState.from_headers(None) == WaitState()
     assert state.next_attempt(pool="b").attempts == 3
+
+
+def test_a_countdowns_due_time_is_moved_to_the_receiving_hosts_clock():
+    state = WaitState(first=12.5, attempts=2, due=1000.0)
+    assert WaitState.from_headers({"celery_pools": state.to_header()}) == state
+    # Redis is 300 s behind this host: due at Redis 1000 is due here at 1300.
+    assert due_here(state, -300.0) == 1300.0
+    assert due_here(state, None) is None  # this host has not seen the Redis clock
+    assert due_here(WaitState(first=12.5), 0.0) is None  # not a countdown's message
+    assert state.next_attempt().due is None  # a later message is due when its own says
 
 
 def test_a_document_pool_without_a_limit_is_refused_naming_where_it_is():

@@ -98,6 +98,7 @@ class WorkerProcess:
         cwd: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         loglevel: str = "INFO",
+        wrapper: list[str] | None = None,
     ) -> None:
         """Prepare (but do not start) a worker.
 
@@ -112,6 +113,8 @@ class WorkerProcess:
             cwd: working directory; the repository root by default.
             log_path: file for stdout+stderr; in a fresh temp dir by default.
             loglevel: ``--loglevel``; keep INFO or lower to see "ready.".
+            wrapper: a command the worker runs under, which must exec it (``ip netns exec
+                NS`` runs it on another "host").
         """
         self.app = app
         self.env = dict(env or {})
@@ -125,6 +128,7 @@ class WorkerProcess:
             log_path = Path(tempfile.mkdtemp(prefix="celery-worker-")) / "worker.log"
         self.log_path = Path(log_path)
         self.loglevel = loglevel
+        self.wrapper = list(wrapper or [])
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: IO[bytes] | None = None
         self._log_offset = 0
@@ -139,6 +143,7 @@ class WorkerProcess:
     def command(self) -> list[str]:
         """The full command line."""
         cmd = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "celery",
