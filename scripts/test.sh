@@ -14,6 +14,21 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+# The deployment tests: hosts in network namespaces (iproute2), a clock-skew library built with
+# the C compiler, a CA made with openssl.
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v cc >/dev/null || missing+=(gcc)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "apt-get could not install ${missing[*]}: the deployment tests skip" >&2
+  else
+    echo "missing ${missing[*]}: the deployment tests skip" >&2
+  fi
+fi
+
 echo "== ruff"; ruff check celery_pools tests examples bench
 echo "== ruff format"; ruff format --check celery_pools tests examples bench
 echo "== mypy (strict)"; mypy
