@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -22,7 +23,7 @@ from .models import (
     check_pool_name,
 )
 
-__all__ = ["REDIS_SCHEMES", "SETTING_PREFIX", "PoolsSettings"]
+__all__ = ["REDIS_SCHEMES", "SETTING_PREFIX", "PoolsSettings", "redacted"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,9 @@ class PoolsSettings(Model):
         """
         if self.redis_url:
             if not self.redis_url.startswith(REDIS_SCHEMES):
-                raise PoolConfigError.invalid("pools_redis_url", self.redis_url, _ALLOWED_URLS)
+                raise PoolConfigError.invalid(
+                    "pools_redis_url", redacted(self.redis_url), _ALLOWED_URLS
+                )
             return self.redis_url
         broker = _broker_url(app)
         if broker is not None and broker.startswith(REDIS_SCHEMES):
@@ -214,6 +217,24 @@ class PoolsSettings(Model):
                 if key in transport:
                     options.setdefault(key, transport[key])
         return options
+
+
+def redacted(url: str) -> str:
+    """``url`` without its passwords (each ``;``-separated part), for messages and logs."""
+    parts = []
+    for raw in url.split(";"):
+        part = raw.strip()
+        try:
+            split = urlsplit(part)
+        except ValueError:  # an unbalanced IPv6 bracket: show nothing of it
+            parts.append("<a URL that does not parse>")
+            continue
+        if split.password is not None:
+            user = split.username or ""
+            host = split.netloc.rsplit("@", 1)[1]
+            part = split._replace(netloc=f"{user}:***@{host}").geturl()
+        parts.append(part)
+    return ";".join(parts)
 
 
 def _broker_url(app: Any) -> str | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 from celery import Celery
 
 from celery_pools import PoolBackendError, PoolConfigError
-from celery_pools.settings import PoolsSettings
-from celery_pools.store.connect import connect, redacted
+from celery_pools.settings import PoolsSettings, redacted
+from celery_pools.store import acl_setuser
+from celery_pools.store.connect import connect
 
 
 def _app(**conf):
@@ -132,3 +135,16 @@ def test_the_client_decodes_and_times_out_as_the_store_needs():
     assert kwargs["decode_responses"] is True
     with pytest.raises(redis.ConnectionError):
         endpoint.client.ping()
+
+
+def test_a_wrong_pools_redis_url_is_named_without_its_password():
+    app = _app(pools_redis_url="amqp://guest:hunter2-secret@h:5672//")
+    with pytest.raises(PoolConfigError) as caught:
+        PoolsSettings.from_app(app).resolve_redis_url(app)
+    assert "hunter2" not in str(caught.value)
+    assert "amqp://guest:***@h:5672//" in str(caught.value)
+
+
+def test_the_acl_line_in_the_deployment_docs_is_what_the_code_prints():
+    docs = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    assert acl_setuser("celery-pools") in docs

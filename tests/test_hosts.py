@@ -146,3 +146,32 @@ def test_hosts_with_skewed_clocks_keep_the_limit_leases_deadlines_and_rates(
     assert holder.get(timeout=30) == "holder"
     assert 0.6 <= spread <= 5.0, "the rate limit followed a host's clock"
     assert ran_on == set(skews), f"not every host ran calls: {ran_on}"
+
+
+@pytest.mark.parametrize("skew", [SKEW, -SKEW])
+def test_the_slots_of_a_dead_skewed_host_come_back_one_lease_later(env, hosts, shared_redis, skew):
+    env.broker, env.backend = shared_redis.url(1), shared_redis.url(2)
+    env.pools_url, env.probe_url = shared_redis.url(3), shared_redis.url(4)
+    env.lease_seconds = 5.0
+    manager = env.manager()
+    manager.create("api", limit=CAP)
+    manager.assign(INSTANCE, "api")
+    worker = env.worker(concurrency=2, wrapper=hosts.wrapper("h1", skew), hostname="h1@%h")
+    app = env.app()
+    for i in range(2):
+        app.tasks["t.hold"].delay(f"h{i}", 60.0)
+    taken = wait_until(lambda: (status := manager.status("api")).in_use == 2 and status, 30)
+    first_expiry = max(holder.lease_expires for holder in taken.holders)
+    # The leases are renewed from h1 (its clock five minutes off) before it dies.
+    wait_until(
+        lambda: min(h.lease_expires for h in manager.status("api").holders) > first_expiry, 10
+    )
+    worker.kill()  # the whole host's worker: no process is left to give anything back
+    killed = time.monotonic()
+    wait_until(lambda: manager.status("api").in_use == 0, 60, interval=0.05)
+    back_after = time.monotonic() - killed
+    print(
+        f"\nworker on a host {skew:+.0f} s off SIGKILLed: its slots back after {back_after:.1f} s"
+    )
+    # Renewed every third of the lease: back between two thirds of a lease and one lease after.
+    assert env.lease_seconds / 2 <= back_after <= env.lease_seconds + 2

@@ -40,13 +40,12 @@ from redis.exceptions import (
 from redis.sentinel import Sentinel
 
 from celery_pools.errors import PoolBackendError, PoolConfigError
-from celery_pools.settings import REDIS_SCHEMES
+from celery_pools.settings import REDIS_SCHEMES, redacted
 
 __all__ = [
     "TRANSPORT_OPTIONS",
     "Endpoint",
     "connect",
-    "redacted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,20 +78,6 @@ _MOVED_ERRORS = (
 
 # Celery's spellings of ssl_cert_reqs -> redis-py's.
 _CERT_REQS = {"CERT_REQUIRED": "required", "CERT_OPTIONAL": "optional", "CERT_NONE": "none"}
-
-
-def redacted(url: str) -> str:
-    """``url`` without its passwords (each ``;``-separated part), for messages and logs."""
-    parts = []
-    for raw in url.split(";"):
-        part = raw.strip()
-        split = urlsplit(part)
-        if split.password is not None:
-            user = split.username or ""
-            host = split.netloc.rsplit("@", 1)[1]
-            part = split._replace(netloc=f"{user}:***@{host}").geturl()
-        parts.append(part)
-    return ";".join(parts)
 
 
 class Endpoint:
@@ -269,7 +254,7 @@ def _sentinel(
                 "pools_redis_url", location, "a database number after '/'"
             )
         options["db"] = int(db)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed in redis 8.2
         [(host, port) for host, port, _ in hosts],
         sentinel_kwargs={
             "socket_timeout": options["socket_timeout"],
@@ -278,7 +263,7 @@ def _sentinel(
         },
         **options,
     )
-    client = sentinel.master_for(master_name)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(master_name)  # type: ignore[no-untyped-call, unused-ignore]
     return Endpoint(client, f"{location} (service {master_name!r})")
 
 

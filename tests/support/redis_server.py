@@ -58,7 +58,8 @@ def _port_accepts(host: str, port: int) -> bool:
 
 
 def _raw_ping(host: str, port: int) -> bool:
-    """Return True if ``host:port`` answers an inline ``PING`` with ``+PONG``.
+    """Return True if ``host:port`` answers an inline ``PING`` with ``+PONG`` (or asks for a
+    password first: it is up).
 
     A bare socket is used on purpose: redis-py's default retry policy (3
     retries with exponential backoff) would turn each refused connection
@@ -67,7 +68,7 @@ def _raw_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

@@ -12,6 +12,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tests.support.polling import wait_until
 from tests.support.redis_server import RedisServer
 
@@ -43,29 +45,55 @@ class SentinelSet:
     as started (after a failover, ask :meth:`current_master`).
     """
 
-    def __init__(self, name: str = "pools", down_after_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        name: str = "pools",
+        down_after_ms: int = 1000,
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.name = name
         self.down_after_ms = down_after_ms
-        self.master = RedisServer()
+        self.password = password
+        self.sentinel_password = sentinel_password
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.master = RedisServer(extra_args=auth)
         self.replica: RedisServer | None = None
         self.sentinels: list[RedisServer] = []
+
+    def client(self, server: RedisServer) -> redis.Redis:
+        """A client of ``server`` (a data node or a sentinel) with the password it wants."""
+        password = self.sentinel_password if server in self.sentinels else self.password
+        return redis.Redis(server.host, server.port, password=password, decode_responses=True)
 
     def start(self) -> SentinelSet:
         self.master.start()
         self.replica = RedisServer(
-            extra_args=["--replicaof", self.master.host, str(self.master.port)]
-        ).start()
-        client = self.replica.client(decode_responses=True)
+            extra_args=[
+                *self.master.extra_args,
+                "--replicaof", self.master.host, str(self.master.port),
+            ]
+        ).start()  # fmt: skip
+        client = self.client(self.replica)
         wait_until(lambda: client.info("replication")["master_link_status"] == "up", 10)
         for _ in range(3):
             sentinel = RedisServer()
             conf = Path(sentinel._tmp_dir) / "sentinel.conf"
-            conf.write_text(
-                f"sentinel monitor {self.name} {self.master.host} {self.master.port} 2\n"
-                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {self.name} 5000\n"
-                f"sentinel parallel-syncs {self.name} 1\n"
-            )
+            lines = [
+                f"sentinel monitor {self.name} {self.master.host} {self.master.port} 2",
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.name} 5000",
+                f"sentinel parallel-syncs {self.name} 1",
+            ]
+            if self.password:
+                lines.append(f"sentinel auth-pass {self.name} {self.password}")
+            if self.sentinel_password:
+                lines += [
+                    f"requirepass {self.sentinel_password}",
+                    f"sentinel sentinel-pass {self.sentinel_password}",
+                ]
+            conf.write_text("\n".join(lines) + "\n")
             sentinel.config_file = conf
             sentinel.extra_args = ["--sentinel"]
             self.sentinels.append(sentinel.start())
@@ -74,7 +102,7 @@ class SentinelSet:
 
     def _all_know_the_replica(self) -> bool:
         for sentinel in self.sentinels:
-            client = sentinel.client(decode_responses=True)
+            client = self.client(sentinel)
             replicas = client.execute_command("SENTINEL", "REPLICAS", self.name)
             others = client.execute_command("SENTINEL", "SENTINELS", self.name)
             if len(replicas) < 1 or len(others) < 2:
@@ -87,14 +115,22 @@ class SentinelSet:
 
     def current_master(self) -> tuple[str, int]:
         """The master the first live sentinel names now."""
+        named = self.masters_named()
+        if not named:
+            raise RuntimeError("no sentinel is running")
+        return named[0]
+
+    def masters_named(self) -> list[tuple[str, int]]:
+        """The master each live sentinel names now, in the sentinels' order."""
+        named = []
         for sentinel in self.sentinels:
             if sentinel.running:
-                client = sentinel.client(decode_responses=True)
+                client = self.client(sentinel)
                 host, port = client.execute_command(
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name
                 )
-                return str(host), int(port)
-        raise RuntimeError("no sentinel is running")
+                named.append((str(host), int(port)))
+        return named
 
     def servers(self) -> list[RedisServer]:
         return [self.master, *([self.replica] if self.replica else []), *self.sentinels]
