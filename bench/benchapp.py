@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from celery.signals import task_failure
 
+from bench.fake_api import call_api
 from bench.recorder import Recorder
 from bench.workerenv import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV
 from celery_pools import PooledTask, signals
@@ -61,7 +62,8 @@ def create_app(
     eta_task_limit: int | None = None,
     standby_max: int = 0,
 ) -> Celery:
-    """The benchmark app: plain and pooled no-op tasks, and a pooled task that works a while.
+    """The benchmark app: plain and pooled no-op tasks, a pooled task that works a while, and
+    a pooled task that calls a fake API (:mod:`bench.fake_api`).
 
     ``eta_task_limit`` is Celery's ``worker_eta_task_limit`` (unlimited by default),
     ``standby_max`` celery-pools' ``pools_standby_max`` (no standbys by default).
@@ -100,6 +102,18 @@ def create_app(
             time.sleep(seconds)  # the work itself: a call to a slow external system
         finally:
             recorder.end(self.request.id)
+
+    @app.task(  # type: ignore[untyped-decorator, unused-ignore]
+        base=PooledTask,
+        name="bench.call",
+        connector_instance=_instance_of,
+        bind=True,
+        shared=False,
+    )
+    def call(self: Any, *, instance: str, api: str, ms: int) -> int:
+        status = call_api(api, ms, self.request.id)  # the API counts it, not the task
+        _recorder(instance).done()
+        return status
 
     _connect_signals()
     return app

@@ -9,7 +9,7 @@ __all__ = ["DEFAULT_SCENARIOS", "MODES", "SCENARIOS", "BenchConfig"]
 
 #: Every scenario, in the order they run. ``slotops`` needs no worker; the others share one
 #: group of workers per waiting mode.
-SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "backlog", "peers")
+SCENARIOS: tuple[str, ...] = ("slotops", "overhead", "saturation", "calls", "backlog", "peers")
 #: The scenarios run when none is named: ``peers`` (every alternative, :mod:`bench.peers`) runs
 #: only when asked for.
 DEFAULT_SCENARIOS: tuple[str, ...] = SCENARIOS[:-1]
@@ -37,6 +37,14 @@ class BenchConfig:
     saturation_tasks: int = 500
     saturation_seconds: float = 0.05
     saturation_deadline: float = 300.0
+    # calls: realistic calls (seeded log-normal lengths: median, spread, bounds) to a fake API
+    # capped at the pool's limit, which counts its own calls in flight
+    calls_limit: int = 10
+    calls_tasks: int = 400
+    calls_median_ms: int = 300
+    calls_sigma: float = 0.5
+    calls_min_ms: int = 50
+    calls_max_ms: int = 2000
     # backlog: measured until every task ran or for backlog_window seconds, whichever is first
     backlog_limit: int = 5
     backlog_tasks: int = 10_000
@@ -75,6 +83,11 @@ class BenchConfig:
             saturation_tasks=24,
             saturation_seconds=0.02,
             saturation_deadline=60.0,
+            calls_limit=3,
+            calls_tasks=18,
+            calls_median_ms=60,
+            calls_min_ms=10,
+            calls_max_ms=300,
             backlog_limit=2,
             backlog_tasks=60,
             backlog_seconds=0.02,

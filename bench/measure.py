@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from bench.fake_api import Call
 from bench.recorder import Acquired, Event
 
 __all__ = [
     "Handoffs",
     "Utilisation",
+    "api_figures",
     "concurrency_timeline",
     "count_inversions",
     "handoff_latencies",
@@ -158,3 +161,42 @@ def concurrency_timeline(events: Sequence[Event]) -> list[tuple[float, int]]:
         return []
     zero = events[0].at
     return [(round(e.at - zero, 6), e.running) for e in events]
+
+
+def api_figures(
+    ids: Sequence[str], lengths: Sequence[int], calls: Sequence[Call], limit: int
+) -> dict[str, Any]:
+    """What the fake API saw of one run of the tasks ``ids`` (published in that order, their
+    calls ``lengths`` ms long) at a pool of ``limit``: calls served, utilisation (the API's busy
+    call-seconds over ``limit`` x first call start to last call end), hand-off latency (a call's
+    end to the next start) and order (inversions of the tasks' first starts against their
+    publication order)."""
+    served = [c for c in calls if not c.refused and c.ended is not None]
+    ends = [c.ended for c in served if c.ended is not None]
+    busy = sum(end - c.started for c, end in zip(served, ends, strict=True))
+    first = min((c.started for c in served), default=0.0)
+    makespan = max(ends, default=0.0) - first
+    handoffs = handoff_latencies(ends, [c.started for c in served], limit)
+    seq = {task: index for index, task in enumerate(ids)}
+    first_start: dict[str, float] = {}
+    for c in served:
+        if c.task in seq and c.task not in first_start:
+            first_start[c.task] = c.started
+    order = [seq[task] for task, _ in sorted(first_start.items(), key=lambda item: item[1])]
+    pairs = len(order) * (len(order) - 1) // 2
+    inversions = count_inversions(order)
+    return {
+        "served_calls": len(served),
+        "calls_per_task": len(served) / len(ids) if ids else None,
+        "makespan_s": makespan,
+        "ideal_makespan_s": sum(lengths) / 1000 / limit,
+        "utilisation": busy / (limit * makespan) if makespan > 0 else None,
+        "handoff_p50_ms": _ms(percentile(handoffs.latencies, 0.5)),
+        "handoff_p99_ms": _ms(percentile(handoffs.latencies, 0.99)),
+        "order_inversions": inversions,
+        "inversion_fraction": inversions / pairs if pairs else 0.0,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000

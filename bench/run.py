@@ -39,7 +39,7 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "results"
-_WORKER_SCENARIOS = ("overhead", "saturation", "backlog")
+_WORKER_SCENARIOS = ("overhead", "saturation", "calls", "backlog")
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -206,7 +206,7 @@ def _worker_scenarios(
 ) -> dict[str, Any]:
     from bench.benchapp import create_app
     from bench.harness import Bench
-    from bench.scenarios import run_backlog, run_overhead, run_saturation
+    from bench.scenarios import run_backlog, run_calls, run_overhead, run_saturation
     from bench.workers import WorkerGroup
     from celery_pools import PoolManager
 
@@ -224,7 +224,12 @@ def _worker_scenarios(
         record_url=urls["record_url"],
         queue=urls["queue"],
     )
-    runners = {"overhead": run_overhead, "saturation": run_saturation, "backlog": run_backlog}
+    runners = {
+        "overhead": run_overhead,
+        "saturation": run_saturation,
+        "calls": run_calls,
+        "backlog": run_backlog,
+    }
     log_dir = Path(tempfile.mkdtemp(prefix="celery-pools-bench-"))
     env = {ENV[name]: url for name, url in urls.items()}
     extra = worker_settings(mode, config.concurrency)

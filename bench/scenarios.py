@@ -1,4 +1,4 @@
-"""The scenarios that run tasks through real workers: overhead, saturation and backlog.
+"""The scenarios that run tasks through real workers: overhead, saturation, calls and backlog.
 
 Each scenario first makes every worker wait on a fresh queue, then publishes all its tasks at
 once through ``apply_async`` (see :meth:`Bench.publish`). Progress is polled with deadlines.
@@ -6,12 +6,17 @@ once through ``apply_async`` (see :meth:`Bench.publish`). Progress is polled wit
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 import time
 from typing import Any
 
+from bench.config import BenchConfig
+from bench.fake_api import FakeAPI
 from bench.harness import Bench, stop_consuming, wait_for
 from bench.measure import (
+    api_figures,
     concurrency_timeline,
     handoff_latencies,
     order_inversions,
@@ -21,7 +26,10 @@ from bench.measure import (
 from bench.recorder import Recorder
 from bench.system import command_calls, server_cpu, used_memory
 
-__all__ = ["run_backlog", "run_overhead", "run_saturation"]
+__all__ = ["call_lengths", "run_backlog", "run_calls", "run_overhead", "run_saturation"]
+
+#: The seed of the calls scenario's lengths (the same lengths in every mode and run).
+CALLS_SEED = 20261206
 
 
 def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[float, Any]:
@@ -173,6 +181,67 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "max_concurrency": max((e.running for e in events), default=0),
         "cpu": busy,
         "timeline": concurrency_timeline(events),
+    }
+
+
+def call_lengths(config: BenchConfig) -> list[int]:
+    """The calls scenario's call lengths (ms): ``calls_tasks`` seeded log-normal draws around
+    ``calls_median_ms`` (spread ``calls_sigma``), kept within ``calls_min_ms..calls_max_ms``."""
+    rng = random.Random(CALLS_SEED)
+    median, sigma = math.log(config.calls_median_ms), config.calls_sigma
+    return [
+        min(config.calls_max_ms, max(config.calls_min_ms, round(rng.lognormvariate(median, sigma))))
+        for _ in range(config.calls_tasks)
+    ]
+
+
+def run_calls(bench: Bench) -> dict[str, Any]:
+    """Calls of realistic, varied lengths to a fake API capped at the pool's limit, all published
+    at once: what the API saw (its own count of calls in flight, 429s, busy time, order)."""
+    cfg = bench.config
+    limit = cfg.calls_limit
+    _, instance = bench.pool("calls", limit, cfg.pool_timeout, traced=False)
+    recorder = Recorder(bench.records, instance)
+    queue = bench.name("calls")
+    bench.consume(queue)
+    lengths = call_lengths(cfg)
+    task = bench.app.tasks["bench.call"]
+    with FakeAPI(limit) as api:
+        before = command_calls(bench.broker)
+        cpu = bench.cpu_meter()
+        with bench.app.producer_or_acquire() as producer:
+            ids = [
+                task.apply_async(
+                    kwargs={"instance": instance, "api": api.url, "ms": ms},
+                    queue=queue,
+                    producer=producer,
+                ).id
+                for ms in lengths
+            ]
+        finished = wait_for(
+            lambda: recorder.done_count() + recorder.failed_count() >= len(ids),
+            timeout=60 + 4 * sum(lengths) / 1000 / limit,
+            interval=0.1,
+        )
+        messages = command_calls(bench.broker) - before
+        busy = cpu.read()
+        calls = api.calls()
+    stop_consuming(bench.app, bench.workers, queue)
+    return {
+        "limit": limit,
+        "tasks": len(ids),
+        "median_ms": statistics.median(lengths),
+        "mean_ms": statistics.fmean(lengths),
+        "finished": finished,
+        "completed": recorder.done_count(),
+        "failed": recorder.failed_count(),
+        # The API's own count: never more than the limit, never a 429.
+        "max_concurrency": api.max_in_flight,
+        "refused": api.refused,
+        "broker_messages": messages,
+        "messages_per_task": messages / len(ids),
+        "cpu": busy,
+        **api_figures(ids, lengths, calls, limit),
     }
 
 

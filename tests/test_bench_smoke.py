@@ -41,6 +41,12 @@ def _check_available(scenario: str, result: dict[str, Any]) -> None:
         assert result["handoff_p50_ms"] <= result["handoff_p99_ms"]
         assert result["order_inversions"] >= 0
         assert max(n for _, n in result["timeline"]) <= result["limit"]
+    if scenario == "calls":
+        # Judged by the fake API's own count: never over the limit, never a 429.
+        assert result["refused"] == 0
+        assert result["served_calls"] == result["tasks"]
+        assert 0 < result["utilisation"] <= 1
+        assert result["handoff_p50_ms"] is not None
     if scenario == "backlog":
         assert result["worker_rss_peak"] >= result["worker_rss_baseline"] > 0
         assert result["pools_memory_peak"] > 0
@@ -73,7 +79,7 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
     # The eta-limited mode's workers ran with the README's setting: their prefetch count.
     assert report["modes"]["countdown-eta"]["worker_settings"] == {"worker_eta_task_limit": 3 * 4}
     assert report["modes"]["countdown"]["worker_settings"] == {}
-    assert set(report["results"]) == {"slotops", "overhead", "saturation", "backlog"}
+    assert set(report["results"]) == {"slotops", "overhead", "saturation", "calls", "backlog"}
     for mode, info in report["modes"].items():
         for scenario, by_mode in report["results"].items():
             result = by_mode[mode]

@@ -37,7 +37,7 @@ import redis
 from bench.config import BenchConfig
 from bench.fake_api import Call, FakeAPI
 from bench.harness import stop_consuming, wait_for
-from bench.measure import count_inversions, handoff_latencies, percentile
+from bench.measure import api_figures
 from bench.peers import PEERS, Peer
 from bench.peers.app import CALL_TASK, create_app
 from bench.system import CpuMeter, command_calls, command_counts, package_version, server_cpu
@@ -133,44 +133,6 @@ def _outcomes(backend: redis.Redis, ids: list[str]) -> dict[str, tuple[str, str 
     return ended
 
 
-def _figures(
-    ctx: _Context, ids: list[str], lengths: Sequence[int], calls: list[Call]
-) -> dict[str, Any]:
-    """The API's view of one run: safety, utilisation, hand-off latency, order."""
-    limit = ctx.case.limit
-    served = [c for c in calls if not c.refused and c.ended is not None]
-    busy = sum(c.ended - c.started for c in served if c.ended is not None)
-    first = min((c.started for c in served), default=0.0)
-    last = max((c.ended for c in served if c.ended is not None), default=0.0)
-    makespan = last - first
-    handoffs = handoff_latencies(
-        [c.ended for c in served if c.ended is not None], [c.started for c in served], limit
-    )
-    seq = {task: index for index, task in enumerate(ids)}
-    first_start: dict[str, float] = {}
-    for c in served:
-        if c.task in seq and c.task not in first_start:
-            first_start[c.task] = c.started
-    order = [seq[task] for task, _ in sorted(first_start.items(), key=lambda item: item[1])]
-    pairs = len(order) * (len(order) - 1) // 2
-    inversions = count_inversions(order)
-    return {
-        "served_calls": len(served),
-        "calls_per_task": len(served) / len(ids) if ids else None,
-        "makespan_s": makespan,
-        "ideal_makespan_s": sum(lengths) / 1000 / limit,
-        "utilisation": busy / (limit * makespan) if makespan > 0 else None,
-        "handoff_p50_ms": _ms(percentile(handoffs.latencies, 0.5)),
-        "handoff_p99_ms": _ms(percentile(handoffs.latencies, 0.99)),
-        "order_inversions": inversions,
-        "inversion_fraction": inversions / pairs if pairs else 0.0,
-    }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000
-
-
 def _run(
     ctx: _Context,
     what: str,
@@ -233,7 +195,7 @@ def _run(
             },
             "cpu_ms_per_task": (busy["own_s"] or 0.0) * 1000 / len(ids),
             "cpu": busy,
-            **_figures(ctx, ids, lengths, calls),
+            **api_figures(ids, lengths, calls, case.limit),
             **extra,
             **(after_kill(extra, calls, case.limit) if "killed_at" in extra else {}),
         }
