@@ -3,10 +3,11 @@
 One solo worker (``celery worker -P solo``: the worker's main process runs the task too, so one
 profile holds the consumer, the pool's hooks and the body) runs ``--tasks`` no-op tasks under
 ``cProfile``, once plain and once pooled on an ample pool (never full, as in the overhead
-scenario); the producer's ``apply_async`` loop is profiled in this process. For each side (worker,
-producer) it prints the functions whose own time grew most from plain to pooled, per task, and
-the pools' Redis commands per pooled task. Timings under a profiler are inflated; read the
-differences, not the totals.
+scenario; ``--wait handoff`` for a hand-off pool, ``--standby-max`` for the workers'
+``pools_standby_max``); the producer's ``apply_async`` loop is profiled in this process. For each
+side (worker, producer) it prints the functions whose own time grew most from plain to pooled,
+per task, and the pools' Redis commands per pooled task. Timings under a profiler are inflated;
+read the differences, not the totals.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench.benchapp import create_app
 from bench.harness import wait_for
 from bench.recorder import Recorder
 from bench.system import command_counts, server_cpu
-from bench.workerenv import ENV
+from bench.workerenv import ENV, STANDBY_MAX_ENV
 from bench.workers import WorkerGroup
 from celery_pools import PoolManager
 from celery_pools.local_redis import LocalRedis
@@ -63,7 +64,9 @@ def _growth(plain: Costs, pooled: Costs, tasks: int, top: int) -> list[str]:
     ]
 
 
-def _run_kind(kind: str, tasks: int, servers: dict[str, LocalRedis], out: Path) -> dict[str, Any]:
+def _run_kind(
+    kind: str, tasks: int, servers: dict[str, LocalRedis], out: Path, *, wait: str, standby_max: int
+) -> dict[str, Any]:
     urls = {
         "broker": servers["broker"].url(0),
         "backend": servers["records"].url(1),
@@ -71,15 +74,17 @@ def _run_kind(kind: str, tasks: int, servers: dict[str, LocalRedis], out: Path) 
         "record_url": servers["records"].url(0),
         "queue": f"profile-{kind}",
     }
-    app = create_app(**urls)
+    app = create_app(**urls, standby_max=standby_max)
     manager = PoolManager.from_url(urls["pools_url"])
     instance = f"ample.profile.{kind}"
     if kind == "pooled":
-        manager.create("profile", limit=1000, timeout=30)
+        manager.create("profile", limit=1000, timeout=30, wait=wait)
         manager.assign(instance, "profile")
     worker_profile = out / f"worker-{kind}.prof"
+    env = {ENV[name]: url for name, url in urls.items()}
+    env[STANDBY_MAX_ENV] = str(standby_max)
     workers = WorkerGroup(
-        {ENV[name]: url for name, url in urls.items()},
+        env,
         count=1,
         concurrency=1,
         queue=urls["queue"],
@@ -118,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=3000, help="no-op tasks per kind")
     parser.add_argument("--top", type=int, default=25, help="functions shown per side")
     parser.add_argument("--output", type=Path, default=None, help="where the .prof files go")
+    parser.add_argument(
+        "--wait", choices=("countdown", "handoff"), default="countdown", help="the pool's mode"
+    )
+    parser.add_argument(
+        "--standby-max", type=int, default=0, help="the workers' pools_standby_max (default 0)"
+    )
     args = parser.parse_args(argv)
     out = args.output or Path(tempfile.mkdtemp(prefix="celery-pools-profile-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             LocalRedis() as records,
         ):
             servers = {"broker": broker, "pools": pools, "records": records}
-            runs[kind] = _run_kind(kind, args.tasks, servers, out)
+            runs[kind] = _run_kind(
+                kind, args.tasks, servers, out, wait=args.wait, standby_max=args.standby_max
+            )
     tasks = args.tasks
     for side in ("worker", "producer"):
         plain, plain_total = _own_times(out / f"{side}-plain.prof")

@@ -136,7 +136,10 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     bench.consume(queue)
     before = command_calls(bench.broker)
     cpu = bench.cpu_meter()
-    bench.publish("bench.work", tasks, queue, instance=instance, seconds=cfg.saturation_seconds)
+    published = bench.publish(
+        "bench.work", tasks, queue, instance=instance, seconds=cfg.saturation_seconds
+    )
+    publish_s = bench.now() - published
     finished = wait_for(
         lambda: recorder.done_count() + recorder.failed_count() >= tasks,
         timeout=cfg.saturation_deadline,
@@ -165,6 +168,11 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "busy_slot_seconds": use.busy,
         "makespan_s": use.makespan,
         "ideal_makespan_s": tasks * cfg.saturation_seconds / limit,
+        # From just before the first publication to just after the last (records' clock), and
+        # from then to the first body start (negative: a body started while publishing).
+        "publish_s": publish_s,
+        "first_start_after_publish_s": min((e.at for e in events if e.kind == "s"), default=0.0)
+        - published,
         "handoff_p50_ms": _ms(percentile(latencies, 0.50)),
         "handoff_p99_ms": _ms(percentile(latencies, 0.99)),
         "handoff_mean_ms": _ms(statistics.fmean(latencies) if latencies else None),
