@@ -17,6 +17,7 @@ __all__ = [
     "Handoffs",
     "Utilisation",
     "api_figures",
+    "api_timeline",
     "concurrency_timeline",
     "count_inversions",
     "handoff_latencies",
@@ -196,6 +197,23 @@ def api_figures(
         "order_inversions": inversions,
         "inversion_fraction": inversions / pairs if pairs else 0.0,
     }
+
+
+def api_timeline(calls: Sequence[Call]) -> list[tuple[float, int]]:
+    """``(seconds since the first call started, calls in flight)`` after each start and end of
+    the calls the API served (at the same instant, an end before a start)."""
+    steps = sorted(
+        [(c.started, 1) for c in calls if not c.refused and c.ended is not None]
+        + [(c.ended, -1) for c in calls if not c.refused and c.ended is not None],
+        key=lambda step: (step[0], step[1]),
+    )
+    if not steps:
+        return []
+    zero, running, timeline = steps[0][0], 0, []
+    for at, step in steps:
+        running += step
+        timeline.append((round(at - zero, 6), running))
+    return timeline
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -1,5 +1,6 @@
-"""The PNG: concurrency over time against the limit in the saturation scenario, one line per
-waiting mode, and the workers' memory during the backlog below it."""
+"""The PNG: concurrency over time against the limit in the saturation scenario and, as the API
+counted it, in the calls scenario, one line per waiting mode; the workers' memory during the
+backlog below them."""
 
 from __future__ import annotations
 
@@ -23,17 +24,27 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install 'celery-pools[bench]')"
-    saturation = _available(results.get("saturation", {}))
-    backlog = _available(results.get("backlog", {}))
-    if not saturation and not backlog:
-        return "no saturation or backlog results to draw"
-    panels = [name for name, data in (("saturation", saturation), ("backlog", backlog)) if data]
+    panels = {
+        name: data
+        for name in ("saturation", "calls", "backlog")
+        if (data := _available(results.get(name, {})))
+    }
+    if not panels:
+        return "no saturation, calls or backlog results to draw"
     figure, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)), squeeze=False)
-    for axis, panel in zip(axes[:, 0], panels, strict=True):
-        if panel == "saturation":
-            _concurrency(axis, saturation)
+    for axis, (panel, data) in zip(axes[:, 0], panels.items(), strict=True):
+        if panel == "backlog":
+            _memory(axis, data)
         else:
-            _memory(axis, backlog)
+            first = next(iter(data.values()))
+            title = (
+                f"saturation: {first['tasks']} tasks of {first['task_seconds'] * 1000:.0f} ms "
+                f"on a pool of {first['limit']}: bodies running at once"
+                if panel == "saturation"
+                else f"calls: {first['tasks']} calls of {first['median_ms']:.0f} ms (median) "
+                f"to an API capped at {first['limit']}: calls in flight, as the API counts them"
+            )
+            _concurrency(axis, data, title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -49,7 +60,7 @@ def _available(by_mode: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _concurrency(axis: Any, by_mode: dict[str, Any]) -> None:
+def _concurrency(axis: Any, by_mode: dict[str, Any], title: str) -> None:
     limit = 0
     for mode, result in by_mode.items():
         times = [t for t, _ in result["timeline"]]
@@ -59,11 +70,7 @@ def _concurrency(axis: Any, by_mode: dict[str, Any]) -> None:
         )
         limit = max(limit, result["limit"])
     axis.axhline(limit, color="red", linestyle="--", label=f"limit {limit}")
-    first = next(iter(by_mode.values()))
-    axis.set_title(
-        f"saturation: {first['tasks']} tasks of {first['task_seconds'] * 1000:.0f} ms on a pool "
-        f"of {limit}: bodies running at once"
-    )
+    axis.set_title(title)
     axis.set_xlabel("seconds since the first task started")
     axis.set_ylabel("tasks running")
     axis.set_ylim(0, limit * 1.3 + 1)

@@ -17,6 +17,7 @@ from bench.fake_api import FakeAPI
 from bench.harness import Bench, stop_consuming, wait_for
 from bench.measure import (
     api_figures,
+    api_timeline,
     concurrency_timeline,
     handoff_latencies,
     order_inversions,
@@ -249,6 +250,8 @@ def run_calls(bench: Bench) -> dict[str, Any]:
         "broker_messages": messages,
         "messages_per_task": messages / len(ids),
         "cpu": busy,
+        # The API's calls in flight over time: (seconds since the first call started, calls).
+        "timeline": api_timeline(calls),
         **api_figures(ids, lengths, calls, limit),
     }
 
