@@ -41,8 +41,21 @@ class Bench:
         return f"{what}-{self.mode}-{uuid.uuid4().hex[:6]}"
 
     def cpu_meter(self) -> CpuMeter:
-        """A meter of the machine's CPU from now on, knowing which processes are the benchmark's."""
-        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()])
+        """A meter of the machine's CPU from now on, knowing which processes are the benchmark's
+        and what each does: the producer (this process), the workers' main processes, their pool
+        processes, and each Redis server (``server_pids``: broker, pools, records)."""
+
+        def roles() -> dict[str, list[int]]:
+            mains = self.workers.main_pids()
+            servers = dict(zip(("broker", "pools", "records"), self.server_pids, strict=False))
+            return {
+                "producer": [os.getpid()],
+                "worker main": mains,
+                "worker children": [p for p in self.workers.pids() if p not in mains],
+                **{f"{name} redis": [pid] for name, pid in servers.items()},
+            }
+
+        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()], roles)
 
     def now(self) -> float:
         """The records server's clock (the clock of every recorded event)."""

@@ -67,6 +67,18 @@ def _latencies(result: dict[str, Any]) -> str:
     return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
 
 
+def _extra_by_role(result: dict[str, Any]) -> str:
+    extra = result.get("extra_cpu_by_role_ms") or {}
+    short = {"worker children": "children", "worker main": "main"}
+    return (
+        ", ".join(
+            f"{short.get(role, role.removesuffix(' redis'))} {ms:+.2f}"
+            for role, ms in extra.items()
+        )
+        or "-"
+    )
+
+
 def _cpu(result: dict[str, Any]) -> str:
     readings = result.get("plain_batches_cpu", []) + result.get("pooled_batches_cpu", [])
     readings = readings or [result.get("cpu") or {}]
@@ -89,6 +101,7 @@ ROWS: tuple[Row, ...] = (
     Row("overhead", "CPU per task, plain / pooled (ms)", _cpu_per_task),
     Row("overhead", "CPU of acquire + release scripts (ms)", _field("bare_pair_cpu_ms", ".3f")),
     Row("overhead", "extra CPU of a pooled task / scripts", _field("overhead_figure"), "<= 1.5"),
+    Row("overhead", "extra CPU by process (ms per task)", _extra_by_role),
     Row("overhead", "machine CPU busy, max of batches", _cpu),
     Row("saturation", "utilisation", _field("utilisation", ".3f"), ">= 0.97"),
     Row("saturation", "makespan", _makespan),

@@ -86,12 +86,22 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         for kind in ("plain", "pooled")
     }
     bare = _bare_pair_cpu(bench, pool)
+    by_role = {
+        kind: _median_roles([r.get("roles_s") or {} for r in cpu[kind]], cfg.overhead_tasks)
+        for kind in ("plain", "pooled")
+    }
     return {
         "plain_cpu_per_task_ms": per_task["plain"] * 1000,
         "pooled_cpu_per_task_ms": per_task["pooled"] * 1000,
         "bare_pair_cpu_ms": bare * 1000,
         # The extra CPU of a pooled task in units of the two scripts it cannot do without.
         "overhead_figure": (per_task["pooled"] - per_task["plain"]) / bare,
+        # Where it goes: CPU ms per task by process role (median batch), and pooled - plain.
+        "cpu_by_role_ms": by_role,
+        "extra_cpu_by_role_ms": {
+            role: by_role["pooled"][role] - by_role["plain"].get(role, 0.0)
+            for role in by_role["pooled"]
+        },
         "tasks_per_batch": cfg.overhead_tasks,
         "plain_per_s": plain,
         "pooled_per_s": pooled,
@@ -103,6 +113,16 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         "overhead_pct": (1 - pooled / plain) * 100,
         # Pooled tasks that found the pool full: none, if the pool was ample as intended.
         "pooled_batches_waited": waited,
+    }
+
+
+def _median_roles(readings: list[dict[str, float]], tasks: int) -> dict[str, float]:
+    """CPU ms per task of each role: the median of ``readings`` (role -> CPU seconds of a
+    batch of ``tasks``)."""
+    roles = {role for reading in readings for role in reading}
+    return {
+        role: statistics.median(r.get(role, 0.0) for r in readings) * 1000 / tasks
+        for role in sorted(roles)
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -152,10 +152,16 @@ def rss_bytes(pid: int) -> int:
 class CpuMeter:
     """How busy the machine's CPUs were since the meter was made, and how much of that was
     spent by processes other than ``own()`` (the benchmark's: a high share means another job
-    disturbed the figures)."""
+    disturbed the figures). ``roles``, if given, names groups of the benchmark's processes
+    (role -> pids, read anew at each reading), whose CPU is also reported apart."""
 
-    def __init__(self, own: Callable[[], Iterable[int]]) -> None:
+    def __init__(
+        self,
+        own: Callable[[], Iterable[int]],
+        roles: Callable[[], Mapping[str, Iterable[int]]] | None = None,
+    ) -> None:
         self._own = own
+        self._roles = roles
         self._start = self._machine()
         self._start_own = self._own_ticks()
 
@@ -173,8 +179,12 @@ class CpuMeter:
         return total - idle, processes, total
 
     def _own_ticks(self) -> dict[int, int]:
+        return self._ticks(self._own())
+
+    @staticmethod
+    def _ticks(pids: Iterable[int]) -> dict[int, int]:
         ticks = {}
-        for pid in self._own():
+        for pid in pids:
             try:
                 raw = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
@@ -183,11 +193,12 @@ class CpuMeter:
             ticks[pid] = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
         return ticks
 
-    def read(self) -> dict[str, float | None]:
+    def read(self) -> dict[str, Any]:
         """``busy``: share (0..1) of all CPU time that was busy; ``others``: the share spent by
         other processes (interrupts, which the loopback traffic of the benchmark itself causes,
         count in neither); ``own_s``: CPU seconds the benchmark's own processes spent (this
-        producer, every Redis, the workers and their children). None when /proc is unreadable."""
+        producer, every Redis, the workers and their children); ``roles_s``: the same by role,
+        when the meter has roles. None when /proc is unreadable."""
         busy, processes, total = self._machine()
         elapsed = total - self._start[2]
         if elapsed <= 0:
@@ -196,8 +207,15 @@ class CpuMeter:
         own = sum(t - self._start_own.get(pid, 0) for pid, t in own_now.items())
         # /proc/stat adds up every CPU and a process's times are per CPU used: the same unit.
         others = max(0, processes - self._start[1] - own)
-        return {
+        tick = os.sysconf("SC_CLK_TCK")
+        reading: dict[str, Any] = {
             "busy": (busy - self._start[0]) / elapsed,
             "others": others / elapsed,
-            "own_s": own / os.sysconf("SC_CLK_TCK"),
+            "own_s": own / tick,
         }
+        if self._roles is not None:
+            reading["roles_s"] = {
+                role: sum(own_now.get(pid, 0) - self._start_own.get(pid, 0) for pid in pids) / tick
+                for role, pids in self._roles().items()
+            }
+        return reading

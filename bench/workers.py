@@ -144,6 +144,10 @@ class WorkerGroup:
                 found.extend(children(process.pid))
         return found
 
+    def main_pids(self) -> list[int]:
+        """The live main processes of the workers."""
+        return [process.pid for process in self.processes if process.poll() is None]
+
     def memory(self) -> dict[str, int]:
         """Resident memory (bytes) of the workers' main processes, of their pool processes, and
         of both together."""
