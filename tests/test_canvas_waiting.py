@@ -57,10 +57,12 @@ def _shape(env: Any, app: Any, tag: str, eta: datetime) -> dict[str, dict[str, A
 
 
 def _run(env: Any, run_worker: Any, *, limit: int, tag: str, wait: str) -> dict[str, Any]:
+    """The canvas through a pool of ``limit`` waiting in ``wait`` ("standby": by hand-off, with
+    standbys)."""
     manager = env.manager()
-    manager.create(f"api{tag}", limit=limit, wait=wait)
+    manager.create(f"api{tag}", limit=limit, wait="handoff" if wait == "standby" else wait)
     manager.assign(INSTANCE, f"api{tag}")
-    app = env.app()
+    app = env.app(pools_standby_max=2) if wait == "standby" else env.app()
     eta = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
     with run_worker(app, concurrency=4):
         blocker = app.tasks["t.hold"].delay(f"{tag}blocker", 1.5 if limit == 1 else 0.0)
@@ -73,15 +75,21 @@ def _run(env: Any, run_worker: Any, *, limit: int, tag: str, wait: str) -> dict[
         blocker.get(timeout=60)
     (metrics,) = manager.store.metrics([f"api{tag}"])
     manager.delete(f"api{tag}")
-    return {"shape": _shape(env, app, tag, eta), "waited": metrics.acquired_waited}
+    return {
+        "shape": _shape(env, app, tag, eta),
+        "waited": metrics.acquired_waited,
+        "standbys_woken": metrics.standbys_woken,
+    }
 
 
-@pytest.mark.parametrize("wait", ["countdown", "handoff"])
+@pytest.mark.parametrize("wait", ["countdown", "handoff", "standby"])
 def test_a_task_that_waited_runs_with_the_request_it_would_have_had(env, run_worker, wait):
     free = _run(env, run_worker, limit=50, tag="free-", wait=wait)
     full = _run(env, run_worker, limit=1, tag="full-", wait=wait)
     assert free["waited"] == 0  # the reference run never waited
     assert full["waited"] >= len(WAITERS)
+    if wait == "standby":  # some of them ran as standbys woken by a release
+        assert full["standbys_woken"] >= 1
     # The reference is the canvas Celery builds: checked, so that the comparison means something.
     reference = free["shape"]
     assert reference["root"]["parent"] is None
