@@ -42,6 +42,7 @@ class PoolsExtension:
         self._store: RedisPoolStore | None = None
         self._dispatcher: Dispatcher | None = None
         self._warned_unassigned: set[str] = set()
+        self._time_limits: tuple[float | None, float | None] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -50,6 +51,15 @@ class PoolsExtension:
         if self._settings is None:
             self._settings = PoolsSettings.from_app(self.app)
         return self._settings
+
+    @property
+    def default_time_limits(self) -> tuple[float | None, float | None]:
+        """The app's ``task_time_limit`` and ``task_soft_time_limit`` (read once: Celery's
+        settings are slow to read on every task)."""
+        if self._time_limits is None:
+            conf = self.app.conf
+            self._time_limits = (conf.task_time_limit, conf.task_soft_time_limit)
+        return self._time_limits
 
     @property
     def redis_url(self) -> str:
@@ -91,6 +101,7 @@ class PoolsExtension:
             self._settings = None
             self._store = None
             self._dispatcher = None
+            self._time_limits = None
 
     def warn_unassigned_once(self, instance: str, task_name: str) -> None:
         """Log, once per process and instance, that a pooled task runs without a limit."""

@@ -206,8 +206,8 @@ class PooledTask(Task):  # type: ignore[misc]
         instance = self.resolve_connector_instance(tuple(args), dict(kwargs))
         execution = _Execution(request, Caller(self.name, request.id, instance), args, kwargs)
         state = WaitState.from_headers(request.headers)
-        if not state.waited:  # its first message: the ETA it runs with, whatever it waits
-            state = replace(state, eta=str(request.eta or ""))
+        if not state.waited and request.eta:  # its first message: the ETA it runs with
+            state = replace(state, eta=str(request.eta))
         while True:
             try:
                 return self._attempt(ext, execution, state)
@@ -312,14 +312,13 @@ class PooledTask(Task):  # type: ignore[misc]
         at most a tenth of its time limits, which count the block (it runs in the worker's
         process)."""
         block: float = ext.settings.standby_seconds
-        request = execution.request
-        hard, soft = request.timelimit or (None, None)
-        conf = self.app.conf
+        hard, soft = execution.request.timelimit or (None, None)
+        default_hard, default_soft = ext.default_time_limits
         limits = [
             limit
             for limit in (
-                hard or self.time_limit or conf.task_time_limit,
-                soft or self.soft_time_limit or conf.task_soft_time_limit,
+                hard or self.time_limit or default_hard,
+                soft or self.soft_time_limit or default_soft,
             )
             if limit
         ]

@@ -212,14 +212,18 @@ def test_a_revoked_standby_never_runs_and_leaves_no_slot_idle(env, run_worker):
     assert (status.waiting, status.standbys, status.in_use) == (0, 0, 0)
 
 
-def test_a_standby_blocks_at_most_a_tenth_of_its_time_limits(env, run_worker):
-    """The block runs inside the task's execution, which its time limits count."""
+@pytest.mark.parametrize("where", ["call", "app"])
+def test_a_standby_blocks_at_most_a_tenth_of_its_time_limits(env, run_worker, where):
+    """The block runs inside the task's execution, which its time limits count: the call's, or
+    else the app's (``task_time_limit``, ``task_soft_time_limit``)."""
     manager = _pool(env, limit=1)
-    app = env.app(pools_standby_max=1, pools_standby_seconds=2.0)
+    limits = {"task_time_limit": 8, "task_soft_time_limit": 3} if where == "app" else {}
+    app = env.app(pools_standby_max=1, pools_standby_seconds=2.0, **limits)
     with run_worker(app, concurrency=3):
         blocker = app.tasks["t.hold"].delay("blocker", 1.5)
         wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
-        limited = app.tasks["t.hold"].apply_async(("limited", 0.0), time_limit=8, soft_time_limit=3)
+        options = {"time_limit": 8, "soft_time_limit": 3} if where == "call" else {}
+        limited = app.tasks["t.hold"].apply_async(("limited", 0.0), **options)
         record = wait_until(
             lambda: (
                 _standbys(manager).get(limited.id, {}).get("ready")
