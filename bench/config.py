@@ -26,6 +26,8 @@ class BenchConfig:
 
     workers: int = 3
     concurrency: int = 8
+    # the workers' pools_standby_max in the handoff-standby mode
+    standby_max: int = 4
     # slot operations: acquire + release pairs, PINGs and Dramatiq pairs, this many of each
     slotops_iterations: int = 20_000
     # overhead: no-op tasks per batch; batches alternate plain / pooled this many times each

@@ -27,7 +27,7 @@ CORE_MODE = "countdown"
 ETA_LIMITED_MODE = "countdown-eta"
 #: Hand-off waiting with standbys (``pools_standby_max`` on the workers).
 STANDBY_MODE = "handoff-standby"
-#: The workers' ``pools_standby_max`` in :data:`STANDBY_MODE`.
+#: The workers' ``pools_standby_max`` in :data:`STANDBY_MODE` (``--standby-max``).
 STANDBY_MAX = 4
 #: Celery's default ``worker_prefetch_multiplier``, which the benchmark's workers keep.
 PREFETCH_MULTIPLIER = 4
@@ -40,12 +40,13 @@ def pool_mode(mode: str) -> str:
     return CORE_MODE if mode == ETA_LIMITED_MODE else mode
 
 
-def worker_settings(mode: str, concurrency: int) -> dict[str, int]:
-    """Celery settings the workers of ``mode`` run with, beyond the benchmark's own."""
+def worker_settings(mode: str, concurrency: int, standby_max: int = STANDBY_MAX) -> dict[str, int]:
+    """Celery settings the workers of ``mode`` run with, beyond the benchmark's own
+    (``standby_max``: their ``pools_standby_max`` in :data:`STANDBY_MODE`)."""
     if mode == ETA_LIMITED_MODE:
         return {"worker_eta_task_limit": concurrency * PREFETCH_MULTIPLIER}
     if mode == STANDBY_MODE:
-        return {"pools_standby_max": STANDBY_MAX}
+        return {"pools_standby_max": standby_max}
     return {}
 
 

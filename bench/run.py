@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         "lacks is reported as not available)",
     )
     parser.add_argument(
+        "--standby-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the workers' pools_standby_max in the handoff-standby mode (default 4)",
+    )
+    parser.add_argument(
         "--backlog-window",
         type=float,
         default=None,
@@ -95,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = BenchConfig.quick() if args.quick else BenchConfig.default()
     if args.backlog_window is not None:
         config = replace(config, backlog_window=args.backlog_window)
+    if args.standby_max is not None:
+        config = replace(config, standby_max=args.standby_max)
     started = time.monotonic()
     report: dict[str, Any] = {
         "command": shlex.join(["python", "-m", "bench", *argv]),
@@ -173,7 +182,7 @@ def _run_mode(
     results["_mode"] = {
         "available": reason is None,
         "reason": reason,
-        "worker_settings": worker_settings(mode, config.concurrency),
+        "worker_settings": worker_settings(mode, config.concurrency, config.standby_max),
     }
     return results
 
@@ -232,7 +241,7 @@ def _worker_scenarios(
     }
     log_dir = Path(tempfile.mkdtemp(prefix="celery-pools-bench-"))
     env = {ENV[name]: url for name, url in urls.items()}
-    extra = worker_settings(mode, config.concurrency)
+    extra = worker_settings(mode, config.concurrency, config.standby_max)
     if "worker_eta_task_limit" in extra:
         env[ETA_TASK_LIMIT_ENV] = str(extra["worker_eta_task_limit"])
     if "pools_standby_max" in extra:

@@ -151,7 +151,7 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     """Many short tasks on a small pool: utilisation, hand-off latency, messages, order."""
     cfg = bench.config
     limit, tasks = cfg.saturation_limit, cfg.saturation_tasks
-    _, instance = bench.pool("sat", limit, cfg.pool_timeout, traced=True)
+    pool, instance = bench.pool("sat", limit, cfg.pool_timeout, traced=True)
     recorder = Recorder(bench.records, instance)
     queue = bench.name("sat")
     bench.consume(queue)
@@ -210,7 +210,18 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "max_concurrency": max((e.running for e in events), default=0),
         "cpu": busy,
         "timeline": concurrency_timeline(events),
+        # The pool's own counters of how slots went round (what it did, not what it achieved).
+        "pool_counters": _pool_counters(bench, pool),
     }
+
+
+def _pool_counters(bench: Bench, pool: str) -> dict[str, int]:
+    (metrics,) = bench.manager.store.metrics([pool])
+    fields = (
+        "acquired_immediate", "acquired_waited", "handoffs", "handoffs_retried",
+        "standbys_promoted", "standbys_woken", "standbys_returned",
+    )  # fmt: skip
+    return {field: int(getattr(metrics, field)) for field in fields}
 
 
 def call_lengths(config: BenchConfig) -> list[int]:

@@ -30,13 +30,14 @@
 -- 4. While the pool is full, the oldest parked tasks are promoted to standby, up to the target:
 --    min(standby_max, limit, 1 + ceil(2 * limit * latency / hold), floor(block * limit / (2 * hold)))
 --    with hold the pool's mean hold time and latency its mean promotion-to-block time (moving
---    averages in stats; 1 while no hold was measured): enough standbys that a freed slot finds one
---    blocked, no more than are likely woken within half their block. Standbys are always the
---    head of the line: promotion stops at a task parked under a rate limit, or of a paused
---    instance (its hand-off decides its turn), and a freed slot goes to whichever of the oldest
---    standby and the oldest parked task came first. A
---    standby not blocked within the hand-off lease (its message lost), or blocked 2 s past its
---    block (its process died), goes back to its place in the FIFO.
+--    averages in stats; while no hold was measured, how long the oldest holder has held its slot so
+--    far stands for hold, 5 ms for latency, and the target is at least 1): enough standbys that a
+--    freed slot finds one blocked, no more than are likely woken within half their block.
+--    Standbys are always the head of the line: promotion stops at a task parked under a rate limit,
+--    or of a paused instance (its hand-off decides its turn), and a freed slot goes to whichever
+--    of the oldest standby and the oldest parked task came first. A standby not blocked within
+--    the hand-off lease (its message lost), or blocked 2 s past its block (its process died), goes
+--    back to its place in the FIFO.
 --
 -- Stats fields touched: handoffs, handoffs_retried, grants_lapsed, reclaimed, timeouts, sent_back,
 -- abandoned_expired, standbys_promoted, standbys_woken, standbys_returned.
@@ -231,14 +232,23 @@ end
 -- How many standbys this pool keeps while it is full (see 4. above).
 local function standby_target()
   local cap = math.min(tonumber(standby_max), limit)
+  if cap <= 0 then
+    return 0
+  end
   local hold = tonumber(redis.call('HGET', stats, 'hold_avg_ms') or '')
-  if cap <= 0 or not hold or hold <= 0 then
-    return math.min(cap, 1)
+  local least = 0
+  if not hold or hold <= 0 then
+    -- No hold measured yet (a new pool, its first calls running): the oldest holder has held
+    -- its slot this long so far, and no hold is shorter while it runs. At least one standby.
+    local oldest = redis.call('ZRANGE', holders, 0, 0)[1]
+    local info = oldest and redis.call('HGET', holder, oldest)
+    local since = info and tonumber(cjson.decode(info)['since'])
+    hold, least = math.max(1, now - (since or now)), 1
   end
   local latency = tonumber(redis.call('HGET', stats, 'standby_latency_avg_ms') or '') or 5
   local by_latency = 1 + math.ceil(2 * limit * latency / hold)
   local by_block = math.floor(tonumber(standby_block_ms) * limit / (2 * hold))
-  return math.max(0, math.min(cap, by_latency, by_block))
+  return math.max(least, math.min(cap, by_latency, by_block))
 end
 if free <= 0 and redis.call('EXISTS', queue) == 1 then
   local missing = standby_target() - redis.call('ZCARD', standby)
