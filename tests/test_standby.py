@@ -112,6 +112,40 @@ def test_growing_the_pool_wakes_its_standbys_at_once(env, run_worker):
     assert 3 <= env.probe().max_concurrency() <= 4
 
 
+def test_a_standby_whose_instance_is_paused_gives_its_slot_on_and_runs_after_the_pause(
+    env, run_worker
+):
+    """Paused after its task stood by, an instance's standby is woken, finds the pause when it
+    claims, and gives the slot back: the next parked task (another instance) gets it at once, and
+    the standby waits by countdown until the pause ends. Standbys are never promoted from a
+    paused instance meanwhile."""
+    manager = _pool(env, limit=1)
+    manager.assign("other", "api")
+    app = env.app(pools_standby_max=1)
+    hold_on = app.tasks["t.hold_on"]
+    with run_worker(app, concurrency=4):
+        blocker = hold_on.delay("blocker", 1.0, instance="other")
+        wait_until(lambda: _started(env, "blocker"), 10, message="blocker never started")
+        paused = hold_on.delay("paused", 0.0, instance=INSTANCE)
+        wait_until(
+            lambda: _standbys(manager).get(paused.id, {}).get("ready"),
+            10,
+            message="the paused instance's task never stood by",
+        )
+        later = hold_on.delay("later", 0.0, instance="other")
+        pause_ends = manager.pause(INSTANCE, 2.0)
+        assert later.get(timeout=30) == "later"
+        assert paused.get(timeout=30) == "paused"
+        blocker.get(timeout=30)
+    starts = dict(env.probe().starts())
+    assert starts["blocker"] < starts["later"] < starts["paused"]
+    assert starts["later"] < pause_ends - 0.5  # not held up by the pause
+    assert starts["paused"] >= pause_ends - 0.05  # Redis clock and the probe's: both Redis time
+    assert env.probe().max_concurrency() == 1
+    (metrics,) = manager.store.metrics(["api"])
+    assert metrics.handoffs_returned >= 1
+
+
 @pytest.mark.parametrize("how", ["deadline", "clear", "delete"])
 def test_deadline_clear_and_delete_end_standbys_through_the_failure_path(env, run_worker, how):
     manager = _pool(env, limit=1, timeout=1.5 if how == "deadline" else 30.0)
