@@ -190,7 +190,7 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "makespan_s": use.makespan,
         "ideal_makespan_s": tasks * cfg.saturation_seconds / limit,
         # From just before the first publication to just after the last (records' clock), and
-        # from then to the first body start (negative: a body started while publishing).
+        # from just before the first publication to the first body start.
         "publish_s": publish_s,
         "first_start_after_publish_s": min((e.at for e in events if e.kind == "s"), default=0.0)
         - published,
