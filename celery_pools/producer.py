@@ -16,8 +16,11 @@ limit while a slot is free and nobody waits), its message cannot be serialized, 
 Redis cannot be reached.
 
 What a producer learns is remembered per store by its :class:`Publisher`: an instance whose tasks
-are published as usual (a countdown pool, no pool) is not asked about again for a second, and a
-pool whose tasks keep waiting is asked with the parked entry at once.
+are published as usual (a countdown pool, no pool) is not asked about again for a second; a grant
+that leaves slots free lets the next calls to that pool go as usual, half as many as it saw free,
+for at most 10 seconds (their worker's acquire takes a free slot only while nobody is parked or
+standing by, so none of them passes a parked task); and a pool whose tasks keep waiting is asked
+with the parked entry at once.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ _LOCAL_OPTIONS = frozenset(
 )
 # How long a producer remembers that an instance's tasks are published as usual (not parked).
 _AS_USUAL_SECONDS = 1.0
-# How long a producer trusts a grant's count of free slots (see Publisher.park).
-_AMPLE_SECONDS = 0.5
+# How long a producer trusts a grant's count of free slots (see Publisher.park): the calls it
+# lets go as usual are counted (half the slots the grant saw free), so the window only needs to
+# outlast the gaps between calls of a pool with little traffic.
+_AMPLE_SECONDS = 10.0
 
 
 class Publisher:
@@ -106,7 +111,7 @@ class Publisher:
                 self._contended.add(parking.pool)
                 parking = None
         if parking is not None and parking.granted is not None and parking.free > 1:
-            # Half the slots still free may go to calls published as usual, for a moment.
+            # Half the slots still free may go to calls published as usual, for a while.
             with self._lock:
                 self._ample[parking.pool] = [parking.free // 2, time.monotonic() + _AMPLE_SECONDS]
         if parking is None:
