@@ -88,13 +88,15 @@ def create_app(
     def noop_pooled(*, instance: str) -> None:
         _recorder(instance).done()
 
-    @app.task(  # type: ignore[untyped-decorator, unused-ignore]
-        base=PooledTask,
-        name="bench.work",
-        connector_instance=_instance_of,
-        bind=True,
-        shared=False,
-    )
+    # A pooled task bound to its request, its instance from the call.
+    pooled_bound: dict[str, Any] = {
+        "base": PooledTask,
+        "connector_instance": _instance_of,
+        "bind": True,
+        "shared": False,
+    }
+
+    @app.task(name="bench.work", **pooled_bound)  # type: ignore[untyped-decorator, unused-ignore]
     def work(self: Any, *, instance: str, seconds: float) -> None:
         recorder = _recorder(instance)
         recorder.start(self.request.id)
@@ -103,13 +105,7 @@ def create_app(
         finally:
             recorder.end(self.request.id)
 
-    @app.task(  # type: ignore[untyped-decorator, unused-ignore]
-        base=PooledTask,
-        name="bench.call",
-        connector_instance=_instance_of,
-        bind=True,
-        shared=False,
-    )
+    @app.task(name="bench.call", **pooled_bound)  # type: ignore[untyped-decorator, unused-ignore]
     def call(self: Any, *, instance: str, api: str, ms: int) -> int:
         status = call_api(api, ms, self.request.id)  # the API counts it, not the task
         _recorder(instance).done()
