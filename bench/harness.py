@@ -55,7 +55,7 @@ class Bench:
                 **{f"{name} redis": [pid] for name, pid in servers.items()},
             }
 
-        return CpuMeter(lambda: [os.getpid(), *self.server_pids, *self.workers.pids()], roles)
+        return CpuMeter(lambda: [pid for pids in roles().values() for pid in pids], roles)
 
     def now(self) -> float:
         """The records server's clock (the clock of every recorded event)."""

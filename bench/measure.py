@@ -21,6 +21,7 @@ __all__ = [
     "concurrency_timeline",
     "count_inversions",
     "handoff_latencies",
+    "milliseconds",
     "order_inversions",
     "percentile",
     "utilisation",
@@ -192,8 +193,8 @@ def api_figures(
         "makespan_s": makespan,
         "ideal_makespan_s": sum(lengths) / 1000 / limit,
         "utilisation": busy / (limit * makespan) if makespan > 0 else None,
-        "handoff_p50_ms": _ms(percentile(handoffs.latencies, 0.5)),
-        "handoff_p99_ms": _ms(percentile(handoffs.latencies, 0.99)),
+        "handoff_p50_ms": milliseconds(percentile(handoffs.latencies, 0.5)),
+        "handoff_p99_ms": milliseconds(percentile(handoffs.latencies, 0.99)),
         "order_inversions": inversions,
         "inversion_fraction": inversions / pairs if pairs else 0.0,
     }
@@ -202,11 +203,8 @@ def api_figures(
 def api_timeline(calls: Sequence[Call]) -> list[tuple[float, int]]:
     """``(seconds since the first call started, calls in flight)`` after each start and end of
     the calls the API served (at the same instant, an end before a start)."""
-    steps = sorted(
-        [(c.started, 1) for c in calls if not c.refused and c.ended is not None]
-        + [(c.ended, -1) for c in calls if not c.refused and c.ended is not None],
-        key=lambda step: (step[0], step[1]),
-    )
+    served = [(c.started, c.ended) for c in calls if not c.refused and c.ended is not None]
+    steps = sorted([(start, 1) for start, _ in served] + [(end, -1) for _, end in served])
     if not steps:
         return []
     zero, running, timeline = steps[0][0], 0, []
@@ -216,5 +214,6 @@ def api_timeline(calls: Sequence[Call]) -> list[tuple[float, int]]:
     return timeline
 
 
-def _ms(seconds: float | None) -> float | None:
+def milliseconds(seconds: float | None) -> float | None:
+    """``seconds`` in milliseconds (None stays None)."""
     return None if seconds is None else seconds * 1000

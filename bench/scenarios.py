@@ -20,6 +20,7 @@ from bench.measure import (
     api_timeline,
     concurrency_timeline,
     handoff_latencies,
+    milliseconds,
     order_inversions,
     percentile,
     utilisation,
@@ -194,10 +195,10 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "publish_s": publish_s,
         "first_start_after_publish_s": min((e.at for e in events if e.kind == "s"), default=0.0)
         - published,
-        "handoff_p50_ms": _ms(percentile(latencies, 0.50)),
-        "handoff_p99_ms": _ms(percentile(latencies, 0.99)),
-        "handoff_mean_ms": _ms(statistics.fmean(latencies) if latencies else None),
-        "handoff_max_ms": _ms(max(latencies, default=None)),
+        "handoff_p50_ms": milliseconds(percentile(latencies, 0.50)),
+        "handoff_p99_ms": milliseconds(percentile(latencies, 0.99)),
+        "handoff_mean_ms": milliseconds(statistics.fmean(latencies) if latencies else None),
+        "handoff_max_ms": milliseconds(max(latencies, default=None)),
         "handoffs": len(latencies),
         "handoffs_initial": handoffs.initial,
         "handoffs_skewed": handoffs.skewed,
@@ -357,7 +358,3 @@ def _memory_sample(bench: Bench, recorder: Recorder, at: float) -> dict[str, flo
         "pools_memory": used_memory(bench.pools),
         "broker_memory": used_memory(bench.broker),
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1000

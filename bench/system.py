@@ -179,12 +179,8 @@ class CpuMeter:
         return total - idle, processes, total
 
     def _own_ticks(self) -> dict[int, int]:
-        return self._ticks(self._own())
-
-    @staticmethod
-    def _ticks(pids: Iterable[int]) -> dict[int, int]:
         ticks = {}
-        for pid in pids:
+        for pid in self._own():
             try:
                 raw = Path(f"/proc/{pid}/stat").read_text()
             except OSError:

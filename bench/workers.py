@@ -135,27 +135,25 @@ class WorkerGroup:
                     seen.add((str(command["client_address"]), str(command["client_port"])))
         return len(replies)
 
-    def pids(self) -> list[int]:
-        """The live processes of the workers: main processes and their pool processes."""
-        found = []
-        for process in self.processes:
-            if process.poll() is None:
-                found.append(process.pid)
-                found.extend(children(process.pid))
-        return found
-
     def main_pids(self) -> list[int]:
         """The live main processes of the workers."""
         return [process.pid for process in self.processes if process.poll() is None]
+
+    def pids(self) -> list[int]:
+        """The live processes of the workers: main processes and their pool processes."""
+        found = []
+        for pid in self.main_pids():
+            found.append(pid)
+            found.extend(children(pid))
+        return found
 
     def memory(self) -> dict[str, int]:
         """Resident memory (bytes) of the workers' main processes, of their pool processes, and
         of both together."""
         main = child = 0
-        for process in self.processes:
-            if process.poll() is None:
-                main += rss_bytes(process.pid)
-                child += sum(rss_bytes(pid) for pid in children(process.pid))
+        for pid in self.main_pids():
+            main += rss_bytes(pid)
+            child += sum(rss_bytes(kid) for kid in children(pid))
         return {"main": main, "children": child, "total": main + child}
 
     def stop(self, timeout: float = 90.0) -> None:
