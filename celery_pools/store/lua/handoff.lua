@@ -238,8 +238,9 @@ local function standby_target()
   local hold = tonumber(redis.call('HGET', stats, 'hold_avg_ms') or '')
   local least = 0
   if not hold or hold <= 0 then
-    -- No hold measured yet (a new pool, its first calls running): the oldest holder has held
-    -- its slot this long so far, and no hold is shorter while it runs. At least one standby.
+    -- No hold measured yet (a new pool, its first calls running): the holder whose lease ends
+    -- first (as a rule the oldest) has held its slot this long so far, and no hold is shorter
+    -- while it runs. At least one standby.
     local oldest = redis.call('ZRANGE', holders, 0, 0)[1]
     local info = oldest and redis.call('HGET', holder, oldest)
     local since = info and tonumber(cjson.decode(info)['since'])
