@@ -12,6 +12,8 @@
   system may still be in flight (a server keeps serving a request whose client died), so the slot
   is abandoned, not released: it stays taken for ``pools_abandoned_grace_seconds``. A task revoked
   before it started made no call: its slot (a hand-off or grant) is released.
+- Each new prefork child connects to the pools' Redis as it starts (:func:`connect_ahead`),
+  not in its first pooled task.
 - Before the prefork pool forks its first child, the main process's objects are frozen out of
   the garbage collector (``pools_freeze_gc``), so that the children's collections do not copy
   the memory they share with it.
@@ -33,6 +35,7 @@ from celery.signals import (
     task_received,
     task_revoked,
     worker_before_create_process,
+    worker_process_init,
 )
 from celery.worker import state as worker_state
 
@@ -188,6 +191,16 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             _ForkFreeze.armed = True
         self.keeper: LeaseKeeper | None = None
         self.reaper: HandoffReaper | None = None
+        worker_process_init.connect(
+            self._process_started, weak=False, dispatch_uid=f"celery_pools.child.{id(self)}"
+        )
+
+    def _process_started(self, **_: Any) -> None:
+        # In each new pool process (prefork): connect to the pools' Redis now, off the thread
+        # that must report the process up in time, so that its first pooled task does not.
+        threading.Thread(
+            target=connect_ahead, args=(self.app,), name="celery-pools-connect", daemon=True
+        ).start()
 
     def start(self, worker: Any) -> None:
         """Check Redis, create declared pools, start renewing leases."""
@@ -224,11 +237,23 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def stop(self, worker: Any) -> None:
         """Stop renewing leases and reaping hand-offs."""
         task_received.disconnect(dispatch_uid=f"celery_pools.{id(self)}")
+        worker_process_init.disconnect(dispatch_uid=f"celery_pools.child.{id(self)}")
         for thread in (self.keeper, self.reaper):
             if thread is not None:
                 thread.stop()
 
     shutdown = stop
+
+
+def connect_ahead(app: Any) -> None:
+    """Open this process's connection to the pools' Redis (and learn its clock) before a task
+    needs it. A prefork child inherits no connection: without this, its first pooled task pays
+    for connecting (several round trips) while it holds up a slot or a hand-off. Redis being
+    unreachable is not an error here: the task finds out, and waits as it always does."""
+    try:
+        get_extension(app).store.ping()
+    except PoolBackendError as exc:
+        logger.debug("celery-pools: could not connect ahead to the pools' Redis: %s", exc)
 
 
 def _countdown_on_this_clock(request: Any, redis_offset: float | None) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
+
 import pytest
 
 from celery_pools import PoolConfigError, PoolsSettings
+from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
 
@@ -30,3 +35,53 @@ def test_a_bad_declared_wait_mode_is_refused_naming_the_setting(env):
     app = env.app(pools_declare={"api": {"limit": 1, "wait": "later"}})
     with pytest.raises(PoolConfigError, match=r"invalid pools_declare\['api'\]\.wait 'later'"):
         PoolsSettings.from_app(app)
+
+
+def _sockets_of(pid: int) -> set[str]:
+    """The socket inodes process ``pid`` has open."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _connected_to(port: int) -> set[str]:
+    """Inodes of the established TCP connections to local ``port`` (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                remote_port, state, inode = (
+                    int(fields[2].rsplit(":", 1)[1], 16),
+                    fields[3],
+                    fields[9],
+                )
+                if remote_port == port and state == "01":  # ESTABLISHED
+                    inodes.add(inode)
+    return inodes
+
+
+@pytest.mark.slow
+def test_each_prefork_child_connects_to_the_pools_redis_before_its_first_task(
+    private_env, private_redis
+):
+    # No task is ever sent: a child with a connection of its own to the pools' Redis (not one
+    # inherited from the main process, which shares the socket) opened it as it started.
+    worker = private_env.worker(concurrency=3)
+
+    def children_connected() -> bool:
+        children = worker.child_pids()
+        own = _connected_to(private_redis.port) - _sockets_of(worker.pid)
+        return len(children) == 3 and all(_sockets_of(pid) & own for pid in children)
+
+    wait_until(
+        children_connected,
+        30,
+        message="a prefork child has no connection to the pools' Redis before any task",
+    )
