@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import task_failure
+from celery.signals import task_failure, task_success
 
 from bench.fake_api import call_api
 from bench.recorder import Recorder
@@ -107,9 +107,9 @@ def create_app(
 
     @app.task(name="bench.call", **pooled_bound)  # type: ignore[untyped-decorator, unused-ignore]
     def call(self: Any, *, instance: str, api: str, ms: int) -> int:
-        status = call_api(api, ms, self.request.id)  # the API counts it, not the task
-        _recorder(instance).done()
-        return status
+        # The API counts it, not the task; the call is recorded done once its slot is given
+        # back (on_success), so that the record is not part of the hand-off the API sees.
+        return call_api(api, ms, self.request.id, keep_alive=True)
 
     _connect_signals()
     return app
@@ -139,10 +139,15 @@ def _connect_signals() -> None:
         if isinstance(instance, str):
             _recorder(instance).failed()
 
+    def on_success(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == "bench.call":
+            _recorder(str(sender.request.kwargs["instance"])).done()
+
     signals.slot_released.connect(on_released, weak=False, dispatch_uid="bench.released")
     signals.slot_acquired.connect(on_acquired, weak=False, dispatch_uid="bench.acquired")
     signals.slot_waiting.connect(on_waiting, weak=False, dispatch_uid="bench.waiting")
     task_failure.connect(on_failure, weak=False, dispatch_uid="bench.failure")
+    task_success.connect(on_success, weak=False, dispatch_uid="bench.success")
 
 
 def _from_env() -> Celery:

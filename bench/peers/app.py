@@ -57,7 +57,7 @@ def create_app(
             raise TypeError(f"peer {peer!r} has no slot of its own: use {POOLED_TASK!r}")
         try:
             with adapter.slot(client, key, limit, lease):
-                return call_api(api, ms, self.request.id)
+                return call_api(api, ms, self.request.id, keep_alive=True)
         except Busy as exc:
             raise self.retry(countdown=random.uniform(*RETRY_COUNTDOWN), exc=exc) from None
 
@@ -65,7 +65,7 @@ def create_app(
         name=POOLED_TASK, base=PooledTask, connector_instance=_key_of, bind=True, shared=False
     )
     def pooled_call(self: Any, *, key: str, ms: int, api: str) -> int:
-        return call_api(api, ms, self.request.id)
+        return call_api(api, ms, self.request.id, keep_alive=True)
 
     return app
 
