@@ -24,6 +24,8 @@ import http.client
 import json
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -68,9 +70,30 @@ class _Server(ThreadingHTTPServer):
     # listen backlog of 5 would make the kernel drop connections, not the API refuse calls.
     request_queue_size = 256
 
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        super().__init__(address, handler)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client that died (SIGKILLed) with its connection kept open
+        super().handle_error(request, client_address)
+
+    def close_connections(self) -> None:
+        """End every connection still open (kept alive by its client), and its thread."""
+        with self.connections_lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self.connections.clear()
+
 
 class FakeAPI:
-    """The API on a free loopback port, a thread per request: ``with FakeAPI(4) as api: ...``."""
+    """The API on a free loopback port, a thread per connection: ``with FakeAPI(4) as api: ...``.
+
+    A connection stays open for the client's next call unless the client says "close" (as
+    urllib does); :meth:`stop` ends the connections still open."""
 
     def __init__(self, cap: int, host: str = "127.0.0.1", port: int = 0) -> None:
         self._record = _Record(cap)
@@ -85,6 +108,16 @@ class FakeAPI:
             # algorithm waiting for the client's delayed ACK).
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True
+
+            def setup(self) -> None:
+                super().setup()
+                with server.connections_lock:
+                    server.connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server.connections_lock:
+                    server.connections.discard(self.connection)
+                super().finish()
 
             def do_GET(self) -> None:
                 if urlparse(self.path).path == "/stats":
@@ -128,7 +161,7 @@ class FakeAPI:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = _Server((host, port), Handler)
+        self._server = server = _Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -144,6 +177,7 @@ class FakeAPI:
 
     def stop(self) -> None:
         self._server.shutdown()
+        self._server.close_connections()
         self._server.server_close()
 
     def __enter__(self) -> FakeAPI:
@@ -187,14 +221,16 @@ class FakeAPI:
             }
 
 
-class _Connections(threading.local):
-    """The kept-alive connections of this thread, by (process id, host, port)."""
+class _Kept(threading.local):
+    """This thread's kept-alive connection: (process id, host, port) and the connection."""
 
-    def __init__(self) -> None:
-        self.by_address: dict[tuple[int, str, int], http.client.HTTPConnection] = {}
+    key: tuple[int, str, int] | None = None
+    connection: http.client.HTTPConnection | None = None
 
 
-_CONNECTIONS = _Connections()
+_KEPT = _Kept()
+#: What a kept connection the API has closed since its last call raises when used again.
+_CLOSED_BY_SERVER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def call_api(
@@ -205,8 +241,10 @@ def call_api(
 
     With ``keep_alive`` the call goes over this thread's open connection to the API (made on
     its first call), as an integration's HTTP session does; otherwise over a new connection,
-    closed after it. A call that fails on a kept connection closes it and raises: it is never
-    sent twice."""
+    closed after it. A kept connection the API closed while idle is opened again for the call,
+    once; any other failure closes it and raises. (An API killed while it serves the call looks
+    the same as one that closed an idle connection, so the call would be sent again: the tests,
+    which kill APIs, keep no connection; the benchmark, which never does, keeps them.)"""
     query = urllib.parse.urlencode({"ms": ms, "task": task, "pid": os.getpid()})
     if keep_alive:
         return _call_kept(url, query, timeout)
@@ -224,19 +262,35 @@ def _call_kept(url: str, query: str, timeout: float) -> int:
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     key = (os.getpid(), host, port)  # a forked child opens its own
-    connection = _CONNECTIONS.by_address.get(key)
-    if connection is None:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        _CONNECTIONS.by_address[key] = connection
+    reused = _KEPT.key == key and _KEPT.connection is not None
+    if not reused:
+        _drop_kept()
+        _KEPT.key, _KEPT.connection = key, http.client.HTTPConnection(host, port, timeout=timeout)
+    connection = _KEPT.connection
+    assert connection is not None
+    if connection.sock is not None:
+        connection.sock.settimeout(timeout)
     try:
         connection.request("GET", f"{parts.path}?{query}")
         answer = connection.getresponse()
         answer.read()
+    except _CLOSED_BY_SERVER:
+        _drop_kept()
+        if not reused:
+            raise
+        # The API closed the connection while it was idle (it stopped, or another API took its
+        # port): it never read this call. Send it once more, on a new connection.
+        return _call_kept(url, query, timeout)
     except Exception:
-        connection.close()
-        del _CONNECTIONS.by_address[key]
+        _drop_kept()
         raise
     return int(answer.status)
+
+
+def _drop_kept() -> None:
+    if _KEPT.connection is not None and _KEPT.key is not None and _KEPT.key[0] == os.getpid():
+        _KEPT.connection.close()  # a connection inherited from the parent is the parent's
+    _KEPT.key = _KEPT.connection = None
 
 
 def main() -> None:

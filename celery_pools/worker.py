@@ -1,4 +1,4 @@
-"""What celery-pools runs in a worker's main process.
+"""What celery-pools runs in a worker's main process, and in its pool processes as they start.
 
 - :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
   warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
@@ -191,8 +191,10 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             _ForkFreeze.armed = True
         self.keeper: LeaseKeeper | None = None
         self.reaper: HandoffReaper | None = None
+        # Weak: a worker that fails before it starts never stops its steps; this one then goes
+        # with it rather than on pinging from every child forked later in the process.
         worker_process_init.connect(
-            self._process_started, weak=False, dispatch_uid=f"celery_pools.child.{id(self)}"
+            self._process_started, weak=True, dispatch_uid=f"celery_pools.child.{id(self)}"
         )
 
     def _process_started(self, **_: Any) -> None:

@@ -40,12 +40,12 @@ def test_a_bad_declared_wait_mode_is_refused_naming_the_setting(env):
 def _sockets_of(pid: int) -> set[str]:
     """The socket inodes process ``pid`` has open."""
     inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
+    with contextlib.suppress(OSError):  # the process may have just ended
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
     return inodes
 
 
