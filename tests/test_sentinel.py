@@ -123,14 +123,15 @@ def test_master_killed_mid_run_tasks_wait_then_go_on_with_the_new_master(
         in_flight_at_kill = len(api.in_flight())
         wait_until(lambda: sentinels.current_master() != old_master, 30, interval=0.02)
         promoted = time.monotonic()
-        # The old master comes back as a replica of the new one (the sentinels make it so),
-        # so writes have a replica to wait for again. It comes back empty and, until a
-        # sentinel demotes it, a master: restarted before every sentinel has heard of the
-        # promotion, one that has not would still name it, and a client asking that one would
-        # find no pools (Redis's replication docs: no automatic restart of a master kept
-        # without persistence). An operator's restart comes after the sentinels agree.
+        # The old master comes back as a replica of the new one, so writes have a replica to
+        # wait for again. It comes back empty (no persistence): started as a master, it would be
+        # an empty master until a sentinel demotes it, which a sentinel or client that has not
+        # caught up could take for the master, finding no pools (Redis's replication docs: no
+        # automatic restart of a master kept without persistence). So, as an operator does,
+        # once the sentinels agree it is started as a replica of the new master.
         new_address = sentinels.current_master()
         wait_until(lambda: set(sentinels.masters_named()) == {new_address}, 30, interval=0.05)
+        sentinels.master.extra_args += ["--replicaof", new_address[0], str(new_address[1])]
         sentinels.master.restart()
         wait_until(lambda: all(r.state in ("SUCCESS", "FAILURE") for r in results), 120)
         makespan = time.monotonic() - started
