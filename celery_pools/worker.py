@@ -12,8 +12,8 @@
   system may still be in flight (a server keeps serving a request whose client died), so the slot
   is abandoned, not released: it stays taken for ``pools_abandoned_grace_seconds``. A task revoked
   before it started made no call: its slot (a hand-off or grant) is released.
-- Each new prefork child connects to the pools' Redis as it starts (:func:`connect_ahead`),
-  not in its first pooled task.
+- Each new prefork child connects to the pools' Redis and to the broker as it starts
+  (:func:`connect_ahead`), not in its first pooled task or its first hand-off.
 - Before the prefork pool forks its first child, the main process's objects are frozen out of
   the garbage collector (``pools_freeze_gc``), so that the children's collections do not copy
   the memory they share with it.
@@ -198,8 +198,9 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         )
 
     def _process_started(self, **_: Any) -> None:
-        # In each new pool process (prefork): connect to the pools' Redis now, off the thread
-        # that must report the process up in time, so that its first pooled task does not.
+        # In each new pool process (prefork): connect to the pools' Redis and the broker now,
+        # off the thread that must report the process up in time, so that its first pooled
+        # task and its first hand-off do not.
         threading.Thread(
             target=connect_ahead, args=(self.app,), name="celery-pools-connect", daemon=True
         ).start()
@@ -248,14 +249,29 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 def connect_ahead(app: Any) -> None:
-    """Open this process's connection to the pools' Redis (and learn its clock) before a task
-    needs it. A prefork child inherits no connection: without this, its first pooled task pays
-    for connecting (several round trips) while it holds up a slot or a hand-off. Redis being
-    unreachable is not an error here: the task finds out, and waits as it always does."""
+    """Open this process's connections before a task needs them: to the pools' Redis (learning
+    its clock) and, for the hand-offs it publishes, to the broker.
+
+    A prefork child inherits no connection: without this, its first pooled task pays for
+    connecting to the pools' Redis (several round trips) while it holds up a slot or a hand-off,
+    and its first release pays for what Celery does before its first publication (a producer
+    connection and channel, the task sender, declaring the queue) while the slot it hands on
+    stays idle. The broker side declares the queues this worker consumes, as the first
+    publication to one of them would. Nothing here is an error: a task that finds Redis or the
+    broker unreachable waits or retries as it always does.
+    """
     try:
         get_extension(app).store.ping()
     except PoolBackendError as exc:
         logger.debug("celery-pools: could not connect ahead to the pools' Redis: %s", exc)
+    try:
+        app.amqp.send_task_message  # noqa: B018  (built on first use: Celery's task sender)
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+            for queue in app.amqp.queues.consume_from.values():
+                producer.maybe_declare(queue)
+    except Exception as exc:  # any broker's errors: the first publication retries
+        logger.debug("celery-pools: could not connect ahead to the broker: %s", exc)
 
 
 def _countdown_on_this_clock(request: Any, redis_offset: float | None) -> None:

@@ -68,12 +68,17 @@ def _connected_to(port: int) -> set[str]:
 
 
 @pytest.mark.slow
-def test_each_prefork_child_connects_to_the_pools_redis_before_its_first_task(
-    private_env, private_redis
-):
-    # No task is ever sent: a child with a connection of its own to the pools' Redis (not one
-    # inherited from the main process, which shares the socket) opened it as it started.
-    worker = private_env.worker(concurrency=3)
+@pytest.mark.parametrize("server", ["pools", "broker"])
+def test_each_prefork_child_connects_before_its_first_task(private_redis, env, server):
+    # The pools' Redis, or the broker (to which a child publishes the hand-offs of the slots
+    # it releases), is a Redis of this test alone. No task is ever sent: a child with a
+    # connection of its own to it (not one inherited from the main process, which shares the
+    # socket) opened it as it started.
+    if server == "pools":
+        env.pools_url = private_redis.url(3)
+    else:
+        env.broker = private_redis.url(1)
+    worker = env.worker(concurrency=3)
 
     def children_connected() -> bool:
         children = worker.child_pids()
@@ -83,5 +88,5 @@ def test_each_prefork_child_connects_to_the_pools_redis_before_its_first_task(
     wait_until(
         children_connected,
         30,
-        message="a prefork child has no connection to the pools' Redis before any task",
+        message=f"a prefork child has no connection to the {server} Redis before any task",
     )
