@@ -1,4 +1,5 @@
-"""What a worker does when it starts: declared pools, and nothing reverted by a restart."""
+"""What a worker does when it starts: declared pools, nothing reverted by a restart, connections
+opened ahead."""
 
 from __future__ import annotations
 
