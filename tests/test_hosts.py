@@ -144,7 +144,10 @@ def test_hosts_with_skewed_clocks_keep_the_limit_leases_deadlines_and_rates(
     assert makespan < 60, "tasks waited minutes: a countdown followed a skewed clock"
     assert 1.9 <= late_after <= 6.0, "the deadline followed a host's clock, not Redis's"
     assert holder.get(timeout=30) == "holder"
-    assert 0.6 <= spread <= 5.0, "the rate limit followed a host's clock"
+    # 8 calls at 10/s are spread over 0.7 s at least. A rate limit that followed a host's clock
+    # would move a start by the skew (300 s) either way; a due task may also start late on a
+    # worker whose three processes all hold 6 s calls (seen: 5.7 s), which is not a clock.
+    assert 0.6 <= spread <= SKEW / 10, "the rate limit followed a host's clock"
     assert ran_on == set(skews), f"not every host ran calls: {ran_on}"
 
 
