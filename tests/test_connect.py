@@ -148,3 +148,14 @@ def test_a_wrong_pools_redis_url_is_named_without_its_password():
 def test_the_acl_line_in_the_deployment_docs_is_what_the_code_prints():
     docs = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
     assert acl_setuser("celery-pools") in docs
+
+
+@pytest.mark.parametrize(
+    ("version", "setinfo"),
+    [(None, False), ((6, 2, 14), False), ((7, 0, 15), False), ((7, 1), False), ((7, 2, 0), True)],
+)
+def test_the_acl_line_allows_client_setinfo_only_where_redis_has_it(version, setinfo):
+    # Redis 7.0 and 7.1 refuse an ACL SETUSER naming a subcommand they do not have.
+    line = acl_setuser("celery-pools", redis_version=version)
+    assert ("+client|setinfo" in line.split()) is setinfo
+    assert "+evalsha" in line.split()

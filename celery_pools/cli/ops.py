@@ -74,10 +74,18 @@ def acl(ctx: click.Context, user: str) -> None:
     nothing else: the keys of its pools_key_prefix, the commands celery-pools sends.
 
     Run it on the pools' Redis (redis-cli), put the password in place of <password>, and give
-    the user in pools_redis_url (redis://celery-pools:PASSWORD@host:6379/0).
+    the user in pools_redis_url (redis://celery-pools:PASSWORD@host:6379/0). The pools' Redis
+    is asked its version: CLIENT SETINFO is allowed only where Redis has it (7.2 and newer).
     """
-    prefix = get_extension(app_of(ctx)).settings.key_prefix
-    click.echo(acl_setuser(user, prefix))
+    ext = get_extension(app_of(ctx))
+    # CLIENT SETINFO is allowed only where the server has it: ask it its version.
+    version = ext.store.redis_version()
+    if version is None:
+        click.echo(
+            "# could not read the Redis version (INFO): on Redis 7.2 or newer, add +client|setinfo",
+            err=True,
+        )
+    click.echo(acl_setuser(user, ext.settings.key_prefix, redis_version=version))
 
 
 @pools.command(cls=CeleryCommand)

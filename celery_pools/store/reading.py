@@ -191,6 +191,16 @@ class StoreReading(StoreBase):
         except redis.RedisError as exc:
             raise PoolBackendError(f"Redis at {self.url} could not answer: {exc}") from exc
 
+    def redis_version(self) -> tuple[int, ...] | None:
+        """The server's version (``INFO server``), or None when it cannot be read (INFO not
+        allowed to this user, Redis unreachable)."""
+        try:
+            raw = str(self.client.info("server").get("redis_version", ""))
+        except redis.RedisError:
+            return None
+        parts = tuple(int(part) for part in raw.split(".") if part.isdigit())
+        return parts or None
+
     def _observe_time(self, reply: Any) -> float:
         """The Redis clock from a ``TIME`` reply (Unix seconds), observed."""
         now = float(reply[0]) + float(reply[1]) / 1e6
