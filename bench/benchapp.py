@@ -63,7 +63,8 @@ def create_app(
     standby_max: int = 0,
 ) -> Celery:
     """The benchmark app: plain and pooled no-op tasks, a pooled task that works a while, and
-    a pooled task that calls a fake API (:mod:`bench.fake_api`).
+    a pooled task that calls a fake API (:mod:`bench.fake_api`); the last two also as plain
+    tasks (``bench.work_plain``, ``bench.call_plain``).
 
     ``eta_task_limit`` is Celery's ``worker_eta_task_limit`` (unlimited by default),
     ``standby_max`` celery-pools' ``pools_standby_max`` (no standbys by default).
@@ -111,6 +112,22 @@ def create_app(
         # back (on_success), so that the record is not part of the hand-off the API sees.
         return call_api(api, ms, self.request.id, keep_alive=True)
 
+    # The same two bodies as plain tasks, for the reference without a pool (``unpooled``): a
+    # plain task's slot is its worker process, given back as its body ends.
+    @app.task(name="bench.work_plain", bind=True, shared=False)  # type: ignore[untyped-decorator, unused-ignore]
+    def work_plain(self: Any, *, instance: str, seconds: float) -> None:
+        recorder = _recorder(instance)
+        recorder.start(self.request.id)
+        try:
+            time.sleep(seconds)
+        finally:
+            recorder.end(self.request.id)
+            recorder.released(self.request.id)
+
+    @app.task(name="bench.call_plain", bind=True, shared=False)  # type: ignore[untyped-decorator, unused-ignore]
+    def call_plain(self: Any, *, instance: str, api: str, ms: int) -> int:
+        return call_api(api, ms, self.request.id, keep_alive=True)
+
     _connect_signals()
     return app
 
@@ -140,7 +157,7 @@ def _connect_signals() -> None:
             _recorder(instance).failed()
 
     def on_success(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", None) == "bench.call":
+        if getattr(sender, "name", None) in ("bench.call", "bench.call_plain"):
             _recorder(str(sender.request.kwargs["instance"])).done()
 
     signals.slot_released.connect(on_released, weak=False, dispatch_uid="bench.released")

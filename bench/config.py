@@ -16,8 +16,10 @@ DEFAULT_SCENARIOS: tuple[str, ...] = SCENARIOS[:-1]
 #: Every waiting mode the benchmark knows; a mode the installed celery-pools lacks is reported as
 #: not available.
 #: ``countdown-eta`` is countdown waiting on workers with ``worker_eta_task_limit`` at their
-#: prefetch count, as the README prescribes for saturated countdown pools.
-MODES: tuple[str, ...] = ("countdown", "countdown-eta", "handoff", "handoff-standby")
+#: prefetch count, as the README prescribes for saturated countdown pools. ``unpooled`` is the
+#: reference without any pool (:data:`bench.modes.UNPOOLED`): one worker with as many processes
+#: as the limit runs the same bodies as plain tasks.
+MODES: tuple[str, ...] = ("countdown", "countdown-eta", "handoff", "handoff-standby", "unpooled")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import redis
 
 from bench.benchapp import TRACE_PREFIX
 from bench.config import BenchConfig
-from bench.modes import create_pool
+from bench.modes import UNPOOLED, create_pool
 from bench.system import CpuMeter
 from bench.workers import WorkerGroup
 from celery_pools import PoolManager
@@ -82,12 +82,21 @@ class Bench:
         return self.workers.consume(self.app, queue, self.broker)
 
     def pool(self, what: str, limit: int, timeout: float, traced: bool) -> tuple[str, str]:
-        """Create a pool of this mode with one instance assigned; return ``(pool, instance)``."""
+        """Create a pool of this mode with one instance assigned; return ``(pool, instance)``.
+
+        The reference mode (:data:`UNPOOLED`) creates no pool: only the names.
+        """
         pool = self.name(what)
         instance = (TRACE_PREFIX if traced else "ample.") + pool
-        create_pool(self.manager, pool, limit=limit, timeout=timeout, mode=self.mode)
-        self.manager.assign(instance, pool)
+        if self.mode != UNPOOLED:
+            create_pool(self.manager, pool, limit=limit, timeout=timeout, mode=self.mode)
+            self.manager.assign(instance, pool)
         return pool, instance
+
+    def task(self, name: str) -> str:
+        """The task a scenario publishes for ``name`` (``bench.work``, ``bench.call``): its
+        plain twin in the reference mode."""
+        return f"{name}_plain" if self.mode == UNPOOLED else name
 
 
 def wait_for(done: Callable[[], bool], timeout: float, interval: float) -> bool:

@@ -13,6 +13,8 @@ from typing import Any
 from celery_pools import PoolManager
 
 __all__ = [
+    "UNPOOLED",
+    "UNPOOLED_SCENARIOS",
     "ModeUnavailableError",
     "create_pool",
     "has_wait_parameter",
@@ -29,6 +31,13 @@ ETA_LIMITED_MODE = "countdown-eta"
 STANDBY_MODE = "handoff-standby"
 #: The workers' ``pools_standby_max`` in :data:`STANDBY_MODE` (``--standby-max``).
 STANDBY_MAX = 4
+#: The reference without a pool: one worker whose processes are as many as the scenario's limit
+#: runs the same bodies as plain tasks, so Celery's own concurrency is the cap. What it reaches
+#: is what this machine gives a limit with no distributed pool at all: its idle slot-time is
+#: the producer's burst, Celery's dispatch to a free process and the last wave.
+UNPOOLED = "unpooled"
+#: The scenarios the reference runs (the others measure the pool itself).
+UNPOOLED_SCENARIOS = ("saturation", "calls")
 #: Celery's default ``worker_prefetch_multiplier``, which the benchmark's workers keep.
 PREFETCH_MULTIPLIER = 4
 
@@ -65,7 +74,7 @@ def unavailable_reason(mode: str) -> str | None:
     Detection is by signature here; :func:`create_pool` is the final word, since a ``wait``
     parameter may still refuse a value.
     """
-    if pool_mode(mode) == CORE_MODE or has_wait_parameter():
+    if mode == UNPOOLED or pool_mode(mode) == CORE_MODE or has_wait_parameter():
         return None
     return "PoolManager.create() has no 'wait' parameter in this celery-pools"
 

@@ -49,6 +49,8 @@ def _concurrency(result: dict[str, Any]) -> str:
 
 def _inversions(result: dict[str, Any]) -> str:
     share = result["inversion_fraction"]
+    if share is None:
+        return "-"
     shown = f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.2%}"
     return f"{result['order_inversions']} ({shown} of pairs)"
 

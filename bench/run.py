@@ -26,7 +26,13 @@ from typing import Any
 import redis
 
 from bench.config import DEFAULT_SCENARIOS, MODES, SCENARIOS, BenchConfig
-from bench.modes import ModeUnavailableError, unavailable_reason, worker_settings
+from bench.modes import (
+    UNPOOLED,
+    UNPOOLED_SCENARIOS,
+    ModeUnavailableError,
+    unavailable_reason,
+    worker_settings,
+)
 from bench.peers import report as peers_report
 from bench.peers.scenario import run_peers
 from bench.plot import plot
@@ -166,10 +172,12 @@ def _run_mode(
     results: dict[str, Any] = {}
     if reason is None:
         try:
-            if "slotops" in scenarios:
-                results["slotops"] = _guard("slotops", lambda: _slotops(config, mode, servers))
             wanted = [s for s in _WORKER_SCENARIOS if s in scenarios]
-            if wanted:
+            if mode == UNPOOLED:
+                results.update(_reference(config, [*scenarios], servers))
+            elif "slotops" in scenarios:
+                results["slotops"] = _guard("slotops", lambda: _slotops(config, mode, servers))
+            if mode != UNPOOLED and wanted:
                 results.update(_worker_scenarios(config, mode, wanted, servers))
         except ModeUnavailableError as exc:
             reason = str(exc)
@@ -210,9 +218,40 @@ def _slotops(config: BenchConfig, mode: str, servers: dict[str, LocalRedis]) -> 
     )
 
 
-def _worker_scenarios(
-    config: BenchConfig, mode: str, scenarios: list[str], servers: dict[str, LocalRedis]
+def _reference(
+    config: BenchConfig, scenarios: list[str], servers: dict[str, LocalRedis]
 ) -> dict[str, Any]:
+    """The reference without a pool (:data:`UNPOOLED`): each of its scenarios on one worker
+    with as many processes as that scenario's limit; the others are not available in it."""
+    limits = {"saturation": config.saturation_limit, "calls": config.calls_limit}
+    by_limit: dict[int, list[str]] = {}
+    results: dict[str, Any] = {}
+    for scenario in scenarios:
+        if scenario in UNPOOLED_SCENARIOS:
+            by_limit.setdefault(limits[scenario], []).append(scenario)
+        else:
+            results[scenario] = {
+                "available": False,
+                "reason": f"the reference without a pool runs {' and '.join(UNPOOLED_SCENARIOS)}",
+            }
+    for limit, group in by_limit.items():
+        results.update(
+            _worker_scenarios(config, UNPOOLED, group, servers, workers=1, concurrency=limit)
+        )
+    return results
+
+
+def _worker_scenarios(
+    config: BenchConfig,
+    mode: str,
+    scenarios: list[str],
+    servers: dict[str, LocalRedis],
+    *,
+    workers: int | None = None,
+    concurrency: int | None = None,
+) -> dict[str, Any]:
+    """Run ``scenarios`` in ``mode`` on one group of workers: ``workers`` x ``concurrency``
+    (default: the configuration's)."""
     from bench.benchapp import create_app
     from bench.harness import Bench
     from bench.scenarios import run_backlog, run_calls, run_overhead, run_saturation
@@ -246,18 +285,16 @@ def _worker_scenarios(
         env[ETA_TASK_LIMIT_ENV] = str(extra["worker_eta_task_limit"])
     if "pools_standby_max" in extra:
         env[STANDBY_MAX_ENV] = str(extra["pools_standby_max"])
-    workers = WorkerGroup(
-        env,
-        count=config.workers,
-        concurrency=config.concurrency,
-        queue=urls["queue"],
-        log_dir=log_dir,
+    count = config.workers if workers is None else workers
+    processes = config.concurrency if concurrency is None else concurrency
+    group = WorkerGroup(
+        env, count=count, concurrency=processes, queue=urls["queue"], log_dir=log_dir
     )
     results: dict[str, Any] = {}
-    with workers:
-        workers.start(app)
+    with group:
+        group.start(app)
         print(
-            f"   {config.workers} workers x {config.concurrency} ready"
+            f"   {count} workers x {processes} ready"
             + "".join(f", {name}={value}" for name, value in extra.items())
             + f" (logs {log_dir})"
         )
@@ -265,7 +302,7 @@ def _worker_scenarios(
             config=config,
             mode=mode,
             app=app,
-            workers=workers,
+            workers=group,
             manager=PoolManager.from_url(urls["pools_url"]),
             broker=redis.Redis.from_url(urls["broker"], socket_timeout=10),
             pools=redis.Redis.from_url(urls["pools_url"]),

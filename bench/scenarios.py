@@ -25,6 +25,7 @@ from bench.measure import (
     percentile,
     utilisation,
 )
+from bench.modes import UNPOOLED
 from bench.recorder import Recorder
 from bench.system import command_calls, server_cpu, used_memory
 
@@ -159,7 +160,7 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     before = command_calls(bench.broker)
     cpu = bench.cpu_meter()
     published = bench.publish(
-        "bench.work", tasks, queue, instance=instance, seconds=cfg.saturation_seconds
+        bench.task("bench.work"), tasks, queue, instance=instance, seconds=cfg.saturation_seconds
     )
     publish_s = bench.now() - published
     finished = wait_for(
@@ -207,7 +208,8 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "wait_attempts_per_task": recorder.wait_count() / tasks,
         "waiters": waiters,
         "order_inversions": inversions,
-        "inversion_fraction": inversions / waiter_pairs if waiter_pairs else 0.0,
+        # None without waiters (the reference: no task asks a pool, none waits for one)
+        "inversion_fraction": inversions / waiter_pairs if waiter_pairs else None,
         "max_concurrency": max((e.running for e in events), default=0),
         "cpu": busy,
         "timeline": concurrency_timeline(events),
@@ -216,7 +218,9 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     }
 
 
-def _pool_counters(bench: Bench, pool: str) -> dict[str, int]:
+def _pool_counters(bench: Bench, pool: str) -> dict[str, int] | None:
+    if bench.mode == UNPOOLED:
+        return None
     (metrics,) = bench.manager.store.metrics([pool])
     fields = (
         "acquired_immediate", "acquired_waited", "handoffs", "handoffs_retried",
@@ -246,7 +250,7 @@ def run_calls(bench: Bench) -> dict[str, Any]:
     queue = bench.name("calls")
     bench.consume(queue)
     lengths = call_lengths(cfg)
-    task = bench.app.tasks["bench.call"]
+    task = bench.app.tasks[bench.task("bench.call")]
     with FakeAPI(limit) as api:
         before = command_calls(bench.broker)
         cpu = bench.cpu_meter()

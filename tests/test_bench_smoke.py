@@ -83,11 +83,20 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
     for mode, info in report["modes"].items():
         for scenario, by_mode in report["results"].items():
             result = by_mode[mode]
-            if info["available"]:
+            if mode == "unpooled" and scenario not in ("saturation", "calls"):
+                # The reference without a pool runs only those two.
+                assert result["available"] is False
+                assert "without a pool" in result["reason"]
+            elif info["available"]:
                 _check_available(scenario, result)
             else:
                 assert result == {"available": False, "reason": info["reason"]}
                 assert info["reason"]
+    # The reference ran the same bodies as plain tasks, on one worker of `limit` processes.
+    reference = report["results"]["saturation"]["unpooled"]
+    assert reference["pool_counters"] is None
+    assert reference["inversion_fraction"] is None
+    assert reference["messages_per_task"] >= 1
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "concurrency.png").stat().st_size > 0
 

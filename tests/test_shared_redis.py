@@ -39,8 +39,8 @@ def _user_url(server: RedisServer, user: str) -> str:
 
 
 def _add_user(server: RedisServer, user: str, prefix: str) -> None:
-    raw = server.client(decode_responses=True).info("server")["redis_version"]
-    version = tuple(int(part) for part in str(raw).split("."))
+    version = PoolManager.from_url(server.url()).store.redis_version()
+    assert version is not None
     line = acl_setuser(user, prefix, PASSWORD, redis_version=version)
     server.client().execute_command(*line.split())
 

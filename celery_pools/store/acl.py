@@ -50,6 +50,7 @@ def acl_setuser(
     pattern = KeySpace(key_prefix).pattern
     allowed = [*COMMANDS]
     if redis_version is not None and redis_version >= SETINFO_SINCE:
-        allowed.insert(2, "client|setinfo")
+        # with the connection's own commands, after SELECT
+        allowed.insert(allowed.index("select") + 1, "client|setinfo")
     commands = " ".join(f"+{command}" for command in allowed)
     return f"ACL SETUSER {user} on >{password} resetkeys ~{pattern} resetchannels -@all {commands}"
