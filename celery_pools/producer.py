@@ -17,14 +17,18 @@ Redis cannot be reached.
 
 What a producer learns is remembered per store by its :class:`Publisher`: an instance whose tasks
 are published as usual (a countdown pool, no pool) is not asked about again for a second; a grant
-that leaves slots free lets the next calls to that pool go as usual, half as many as it saw free,
-for at most 10 seconds (their worker's acquire takes a free slot only while nobody is parked or
-standing by, so none of them passes a parked task); and a pool whose tasks keep waiting is asked
-with the parked entry at once.
+that leaves slots free lets the next calls to that pool go as usual, for at most 10 seconds: half
+as many as it saw free, not counting the calls this producer published as usual in the last half
+second (on their way to a worker, they hold no slot yet, so the grant's count did not see them).
+So a burst into an empty pool sends at most limit - 1 calls as usual, not a budget per grant.
+Their worker's acquire takes a free slot only while nobody is parked or standing by, so none of
+them passes a parked task (one that finds the pool full parks in its worker); and a pool whose
+tasks keep waiting is asked with the parked entry at once.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -55,6 +59,9 @@ _AS_USUAL_SECONDS = 1.0
 # lets go as usual are counted (half the slots the grant saw free), so the window only needs to
 # outlast the gaps between calls of a pool with little traffic.
 _AMPLE_SECONDS = 10.0
+# How long a call published as usual may still be on its way to a worker, not yet holding its
+# slot: a grant's count of free slots does not see it, so the next budget leaves it out.
+_IN_FLIGHT_SECONDS = 0.5
 
 
 class Publisher:
@@ -71,6 +78,9 @@ class Publisher:
         # Pool -> [calls still to publish as usual, until when (monotonic)]: a grant found
         # slots free beyond its own and nobody waiting.
         self._ample: dict[str, list[float]] = {}
+        # Pool -> when (monotonic) each of its recent calls was published as usual: calls
+        # perhaps still on their way to a worker, whose slots no grant's count sees yet.
+        self._in_flight: dict[str, collections.deque[float]] = {}
         self._lock = threading.Lock()
 
     def may_park(self, instance: str, wait: str = "") -> bool:
@@ -111,9 +121,12 @@ class Publisher:
                 self._contended.add(parking.pool)
                 parking = None
         if parking is not None and parking.granted is not None and parking.free > 1:
-            # Half the slots still free may go to calls published as usual, for a while.
+            # Half the slots still free may go to calls published as usual, for a while: free
+            # once the calls this producer published as usual lately have taken theirs.
             with self._lock:
-                self._ample[parking.pool] = [parking.free // 2, time.monotonic() + _AMPLE_SECONDS]
+                budget = (parking.free - self._recently_usual(parking.pool)) // 2
+                if budget >= 1:
+                    self._ample[parking.pool] = [budget, time.monotonic() + _AMPLE_SECONDS]
         if parking is None:
             parking = self.store.park_at_publish(
                 instance, token, entry=entry(), wait=wait, info=info
@@ -142,7 +155,21 @@ class Publisher:
                 self._ample.pop(pool, None)
                 return False
             ample[0] -= 1
+            self._in_flight.setdefault(pool, collections.deque()).append(time.monotonic())
             return True
+
+    def _recently_usual(self, pool: str) -> int:
+        """How many calls to ``pool`` this producer published as usual in the last
+        ``_IN_FLIGHT_SECONDS`` (the caller holds the lock)."""
+        sent = self._in_flight.get(pool)
+        if sent is None:
+            return 0
+        horizon = time.monotonic() - _IN_FLIGHT_SECONDS
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        if not sent:
+            del self._in_flight[pool]
+        return len(sent)
 
 
 _publishers: weakref.WeakKeyDictionary[RedisPoolStore, Publisher] = weakref.WeakKeyDictionary()

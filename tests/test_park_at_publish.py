@@ -14,7 +14,7 @@ from celery import Celery, chain, chord, group
 from celery.signals import before_task_publish
 from kombu.exceptions import EncodeError, OperationalError
 
-from celery_pools import PooledTask, PoolTimeoutError, get_extension, signals
+from celery_pools import PooledTask, PoolTimeoutError, get_extension, producer, signals
 from celery_pools.producer import publisher_for
 from celery_pools.store import RedisPoolStore
 from tests.workerapp import INSTANCE
@@ -85,6 +85,27 @@ def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications
     (metrics,) = manager.store.metrics(["api"])
     assert (metrics.acquired_immediate, metrics.acquired_waited) == (2, 10)
     assert manager.status("api").in_use == 0
+
+
+def test_a_burst_into_an_empty_pool_sends_few_messages_beyond_its_slots(
+    env, run_worker, monkeypatch
+):
+    """The calls a grant lets go as usual are not seen by the next grant's count of free slots
+    until they reach a worker: the producer leaves them out of the next budget, so a burst sends
+    at most limit - 1 of them (each may find the pool full and park in its worker), not a budget
+    per grant (which sent all 30 here)."""
+    monkeypatch.setattr(producer, "_IN_FLIGHT_SECONDS", 60.0)  # however slow this machine is
+    limit, calls = 10, 30
+    manager = _pool(env, limit=limit)
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"b{i}", 0.02) for i in range(calls)]
+    queued = _queued(env)  # no worker yet: grants and calls published as usual
+    assert limit <= queued <= 2 * limit - 1
+    status = manager.status("api")
+    assert (status.in_use, status.waiting) == (limit, calls - queued)
+    with run_worker(app, concurrency=6):
+        assert [r.get(timeout=60) for r in results] == [f"b{i}" for i in range(calls)]
+    assert env.probe().max_concurrency() <= limit
 
 
 def test_chain_chord_and_callbacks_keep_their_shape_when_parked(env, run_worker):
