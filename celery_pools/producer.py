@@ -18,12 +18,17 @@ Redis cannot be reached.
 What a producer learns is remembered per store by its :class:`Publisher`: an instance whose tasks
 are published as usual (a countdown pool, no pool) is not asked about again for a second; a grant
 that leaves slots free lets the next calls to that pool go as usual, for at most 10 seconds: half
-as many as it saw free, not counting the calls this producer published as usual in the last half
-second (on their way to a worker, they hold no slot yet, so the grant's count did not see them).
-So a burst into an empty pool sends at most limit - 1 calls as usual, not a budget per grant.
-Their worker's acquire takes a free slot only while nobody is parked or standing by, so none of
-them passes a parked task (one that finds the pool full parks in its worker); and a pool whose
-tasks keep waiting is asked with the parked entry at once.
+as many as it saw free, not counting the calls this producer published as usual that have not
+reached a worker yet. A call on its way holds no slot, so a grant's count of free slots does not
+see it; the grant also answers how many slots of the pool were taken without waiting so far, and
+the calls that count grew by since the last grant have arrived (another producer's calls count
+too, which only makes the estimate less cautious; a call older than half a second is taken to
+have arrived). So a burst into an empty pool from one producer sends at most limit - 1 calls as
+usual, not a budget per grant, while steady traffic into an ample pool, whose calls arrive
+between grants, keeps the whole budget. Their worker's acquire takes a free slot only while
+nobody is parked or standing by, so none of them passes a parked task (one that finds the pool
+full parks in its worker); and a pool whose tasks keep waiting is asked with the parked entry at
+once.
 """
 
 from __future__ import annotations
@@ -59,8 +64,9 @@ _AS_USUAL_SECONDS = 1.0
 # lets go as usual are counted (half the slots the grant saw free), so the window only needs to
 # outlast the gaps between calls of a pool with little traffic.
 _AMPLE_SECONDS = 10.0
-# How long a call published as usual may still be on its way to a worker, not yet holding its
-# slot: a grant's count of free slots does not see it, so the next budget leaves it out.
+# How long a call published as usual is at most taken to be on its way to a worker (not yet
+# holding a slot, so unseen by a grant's count of free slots) when no grant's count of slots
+# taken has shown it arrive.
 _IN_FLIGHT_SECONDS = 0.5
 
 
@@ -78,9 +84,11 @@ class Publisher:
         # Pool -> [calls still to publish as usual, until when (monotonic)]: a grant found
         # slots free beyond its own and nobody waiting.
         self._ample: dict[str, list[float]] = {}
-        # Pool -> when (monotonic) each of its recent calls was published as usual: calls
-        # perhaps still on their way to a worker, whose slots no grant's count sees yet.
+        # Pool -> when (monotonic) each call published as usual and not known to have arrived
+        # was published, oldest first; and the pool's count of slots taken without waiting at
+        # the last grant (see Publisher.park).
         self._in_flight: dict[str, collections.deque[float]] = {}
+        self._taken: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def may_park(self, instance: str, wait: str = "") -> bool:
@@ -124,7 +132,7 @@ class Publisher:
             # Half the slots still free may go to calls published as usual, for a while: free
             # once the calls this producer published as usual lately have taken theirs.
             with self._lock:
-                budget = (parking.free - self._recently_usual(parking.pool)) // 2
+                budget = (parking.free - self._on_their_way(parking.pool, parking.taken)) // 2
                 if budget >= 1:
                     self._ample[parking.pool] = [budget, time.monotonic() + _AMPLE_SECONDS]
         if parking is None:
@@ -158,12 +166,19 @@ class Publisher:
             self._in_flight.setdefault(pool, collections.deque()).append(time.monotonic())
             return True
 
-    def _recently_usual(self, pool: str) -> int:
-        """How many calls to ``pool`` this producer published as usual in the last
-        ``_IN_FLIGHT_SECONDS`` (the caller holds the lock)."""
+    def _on_their_way(self, pool: str, taken: int) -> int:
+        """How many calls this producer published as usual to ``pool`` may not have reached a
+        worker yet, given the pool's count of slots taken without waiting (``taken``) at a grant
+        now: as many fewer as that count grew since the last grant, none older than
+        ``_IN_FLIGHT_SECONDS``. The caller holds the lock."""
+        before = self._taken.get(pool)
+        self._taken[pool] = taken
         sent = self._in_flight.get(pool)
         if sent is None:
             return 0
+        arrived = max(0, taken - before) if before is not None else 0
+        for _ in range(min(arrived, len(sent))):
+            sent.popleft()
         horizon = time.monotonic() - _IN_FLIGHT_SECONDS
         while sent and sent[0] < horizon:
             sent.popleft()

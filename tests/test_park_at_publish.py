@@ -100,7 +100,7 @@ def test_a_burst_into_an_empty_pool_sends_few_messages_beyond_its_slots(
     app = env.app()
     results = [app.tasks["t.hold"].delay(f"b{i}", 0.02) for i in range(calls)]
     queued = _queued(env)  # no worker yet: grants and calls published as usual
-    assert limit <= queued <= 2 * limit - 1
+    assert limit < queued <= 2 * limit - 1
     status = manager.status("api")
     assert (status.in_use, status.waiting) == (limit, calls - queued)
     with run_worker(app, concurrency=6):
@@ -439,6 +439,23 @@ def test_an_ample_hand_off_pool_costs_no_script_at_publication(private_env, run_
     (metrics,) = manager.store.metrics(["api"])
     assert metrics.acquired_immediate == 8
     assert metrics.handoffs == 1
+
+
+def test_steady_calls_into_an_ample_pool_keep_the_whole_budget(env, run_worker, monkeypatch):
+    """Calls that reached a worker between two grants are known to have (the grant answers the
+    pool's count of slots taken without waiting), so they do not shrink the next budget: one
+    grant per five calls into a pool of 10 with one slot in use at a time, as when each call was
+    the first."""
+    monkeypatch.setattr(producer, "_IN_FLIGHT_SECONDS", 60.0)  # arrivals known by count, not age
+    manager = _pool(env, limit=10)
+    app = env.app()
+    with run_worker(app, concurrency=2):
+        for i in range(20):  # each done before the next is published
+            assert app.tasks["t.hold"].delay(f"s{i}", 0.0).get(timeout=30) == f"s{i}"
+    (metrics,) = manager.store.metrics(["api"])
+    # Calls 1, 6, 11 and 16 are granted (9 free: 4 go as usual after each), the rest as usual.
+    assert metrics.handoffs == 4
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (20, 0)
 
 
 def test_a_call_published_as_usual_in_an_ample_pool_waits_behind_parked_tasks(env, run_worker):

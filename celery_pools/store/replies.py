@@ -168,7 +168,9 @@ def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
             first=seconds(reply[1]),
             handoff=str(reply[2]),
         )
-        return Parking(parked=False, pool=pool, granted=grant, free=int(reply[5]))
+        return Parking(
+            parked=False, pool=pool, granted=grant, free=int(reply[5]), taken=int(reply[6])
+        )
     if status == "AS_USUAL":
         return Parking(parked=False, pool=pool, reason=str(reply[2]))
     if status == "CONTENDED":

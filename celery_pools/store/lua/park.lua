@@ -13,7 +13,7 @@
 -- - a worker, whose task found the pool full (acquire.lua answered FULL with reason "handoff").
 -- Callers run handoff.lua right after (pipelined), so a free slot goes straight to the oldest task.
 --
--- Stats fields touched: handoffs (a slot granted at publication).
+-- Stats fields touched: handoffs (a slot granted at publication). Read: acquired_immediate.
 --
 -- Reply: {status, now, ...}, status one of
 --   "PARKED"     {position, deadline (ms)}: parked at its place in the FIFO (1 = next) until then
@@ -24,9 +24,11 @@
 --   "AS_USUAL"   {reason}: at publication, publish as usual: "countdown", "limited" (paused),
 --                "rate" (rate-limited with a slot free and nobody waiting, or with enough of its
 --                instance's tasks parked), "held"
---   "GRANTED"    {hand-off id, uid, timeout (ms), free}: at publication, no entry: a slot is
---                granted (a hand-off taken up by the task's claim, which lapses like any other if
---                the task does not start in time); free is how many slots are still free
+--   "GRANTED"    {hand-off id, uid, timeout (ms), free, taken}: at publication, no entry: a slot
+--                is granted (a hand-off taken up by the task's claim, which lapses like any other
+--                if the task does not start in time); free is how many slots are still free,
+--                taken the pool's count of slots taken without waiting (acquired_immediate), by
+--                which a producer knows how many of the calls it published as usual have arrived
 --   "CONTENDED"  at publication, no entry: the pool is full or tasks wait; call again with the
 --                entry
 --
@@ -131,7 +133,8 @@ if entry_json == '' then
   redis.call('HSET', holder, token, cjson.encode(granted))
   redis.call('HSET', held, token, pool)
   return {'GRANTED', now, id, cfg[3], timeout,
-    limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)}
+    limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned),
+    tonumber(redis.call('HGET', stats, 'acquired_immediate') or '0')}
 end
 local first = tonumber(first_ms) or now
 -- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes
