@@ -64,9 +64,14 @@ def _lengths(result: dict[str, Any]) -> str:
     return f"{result['tasks']} calls, {result['median_ms']:.0f} / {result['mean_ms']:.0f}"
 
 
-def _latencies(result: dict[str, Any]) -> str:
-    p50, p99 = result.get("handoff_p50_ms"), result.get("handoff_p99_ms")
-    return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
+def _p50_p99(prefix: str) -> Callable[[dict[str, Any]], str]:
+    """``<prefix>_p50_ms / <prefix>_p99_ms`` of a result."""
+
+    def read(result: dict[str, Any]) -> str:
+        p50, p99 = result.get(f"{prefix}_p50_ms"), result.get(f"{prefix}_p99_ms")
+        return "-" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f}"
+
+    return read
 
 
 def _extra_by_role(result: dict[str, Any]) -> str:
@@ -109,6 +114,7 @@ ROWS: tuple[Row, ...] = (
     Row("saturation", "makespan", _makespan),
     Row("saturation", "hand-off latency p50 (ms)", _field("handoff_p50_ms", ".1f"), "<= 1"),
     Row("saturation", "hand-off latency p99 (ms)", _field("handoff_p99_ms", ".1f"), "<= 10"),
+    Row("saturation", "body end to next start p50 / p99 (ms)", _p50_p99("gap")),
     Row("saturation", "broker messages per task", _field("messages_per_task"), "<= 1"),
     Row("saturation", "order inversions (start order)", _inversions, "0"),
     Row("saturation", "max concurrency", _concurrency, "<= limit"),
@@ -118,7 +124,7 @@ ROWS: tuple[Row, ...] = (
     Row("calls", "makespan", _makespan),
     Row("calls", "API max in flight", _concurrency, "<= limit"),
     Row("calls", "API 429s", _field("refused", ".0f"), "0"),
-    Row("calls", "hand-off latency p50 / p99 (ms)", _latencies),
+    Row("calls", "hand-off latency p50 / p99 (ms)", _p50_p99("handoff")),
     Row("calls", "broker messages per task", _field("messages_per_task"), "<= 1"),
     Row("calls", "order inversions (start order)", _inversions),
     Row("calls", "machine CPU busy", _cpu),
