@@ -129,8 +129,8 @@ class Publisher:
                 self._contended.add(parking.pool)
                 parking = None
         if parking is not None and parking.granted is not None and parking.free > 1:
-            # Half the slots still free may go to calls published as usual, for a while: free
-            # once the calls this producer published as usual lately have taken theirs.
+            # Half the slots still free may go to calls published as usual, for a while: the
+            # slots free less those the calls it published as usual on their way will take.
             with self._lock:
                 budget = (parking.free - self._on_their_way(parking.pool, parking.taken)) // 2
                 if budget >= 1:
