@@ -191,6 +191,8 @@ def _run_mode(
         "available": reason is None,
         "reason": reason,
         "worker_settings": worker_settings(mode, config.concurrency, config.standby_max),
+        # workers x processes each (the reference: one worker of each scenario's limit)
+        "workers": "1 x limit" if mode == UNPOOLED else f"{config.workers} x {config.concurrency}",
     }
     return results
 

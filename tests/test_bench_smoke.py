@@ -93,6 +93,8 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
                 assert result == {"available": False, "reason": info["reason"]}
                 assert info["reason"]
     # The reference ran the same bodies as plain tasks, on one worker of `limit` processes.
+    assert report["modes"]["unpooled"]["workers"] == "1 x limit"
+    assert report["modes"]["countdown"]["workers"] == "2 x 3"
     reference = report["results"]["saturation"]["unpooled"]
     assert reference["pool_counters"] is None
     assert reference["inversion_fraction"] is None
