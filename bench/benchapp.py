@@ -97,7 +97,6 @@ def create_app(
         "shared": False,
     }
 
-    @app.task(name="bench.work", **pooled_bound)  # type: ignore[untyped-decorator, unused-ignore]
     def work(self: Any, *, instance: str, seconds: float) -> None:
         recorder = _recorder(instance)
         recorder.start(self.request.id)
@@ -106,27 +105,18 @@ def create_app(
         finally:
             recorder.end(self.request.id)
 
-    @app.task(name="bench.call", **pooled_bound)  # type: ignore[untyped-decorator, unused-ignore]
     def call(self: Any, *, instance: str, api: str, ms: int) -> int:
         # The API counts it, not the task; the call is recorded done once its slot is given
         # back (on_success), so that the record is not part of the hand-off the API sees.
         return call_api(api, ms, self.request.id, keep_alive=True)
 
-    # The same two bodies as plain tasks, for the reference without a pool (``unpooled``): a
-    # plain task's slot is its worker process, given back as its body ends (its end record is
-    # its release: no record of its own, which would hold the process a round trip longer).
-    @app.task(name="bench.work_plain", bind=True, shared=False)  # type: ignore[untyped-decorator, unused-ignore]
-    def work_plain(self: Any, *, instance: str, seconds: float) -> None:
-        recorder = _recorder(instance)
-        recorder.start(self.request.id)
-        try:
-            time.sleep(seconds)
-        finally:
-            recorder.end(self.request.id)
-
-    @app.task(name="bench.call_plain", bind=True, shared=False)  # type: ignore[untyped-decorator, unused-ignore]
-    def call_plain(self: Any, *, instance: str, api: str, ms: int) -> int:
-        return call_api(api, ms, self.request.id, keep_alive=True)
+    # Each body twice: pooled, and as a plain task for the reference without a pool
+    # (``unpooled``), whose slot is its worker process, given back as its body ends (its end
+    # record is its release).
+    plain_bound: dict[str, Any] = {"bind": True, "shared": False}
+    for name, body in (("bench.work", work), ("bench.call", call)):
+        app.task(name=name, **pooled_bound)(body)
+        app.task(name=f"{name}_plain", **plain_bound)(body)
 
     _connect_signals()
     return app
