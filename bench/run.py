@@ -174,11 +174,12 @@ def _run_mode(
         try:
             wanted = [s for s in _WORKER_SCENARIOS if s in scenarios]
             if mode == UNPOOLED:
-                results.update(_reference(config, [*scenarios], servers))
-            elif "slotops" in scenarios:
-                results["slotops"] = _guard("slotops", lambda: _slotops(config, mode, servers))
-            if mode != UNPOOLED and wanted:
-                results.update(_worker_scenarios(config, mode, wanted, servers))
+                results.update(_reference(config, scenarios, servers))
+            else:
+                if "slotops" in scenarios:
+                    results["slotops"] = _guard("slotops", lambda: _slotops(config, mode, servers))
+                if wanted:
+                    results.update(_worker_scenarios(config, mode, wanted, servers))
         except ModeUnavailableError as exc:
             reason = str(exc)
         finally:
