@@ -78,7 +78,6 @@ def acl(ctx: click.Context, user: str) -> None:
     is asked its version: CLIENT SETINFO is allowed only where Redis has it (7.2 and newer).
     """
     ext = get_extension(app_of(ctx))
-    # CLIENT SETINFO is allowed only where the server has it: ask it its version.
     version = ext.store.redis_version()
     if version is None:
         click.echo(
