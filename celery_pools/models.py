@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_STANDBY_MAX",
     "DEFAULT_STANDBY_SECONDS",
     "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT_IN_PROCESS",
     "INSTANCE_NAME_PATTERN",
     "MAX_TIMEOUT",
     "POOL_NAME_PATTERN",
@@ -48,6 +49,9 @@ DEFAULT_HANDOFF_LEASE = 10.0
 DEFAULT_STANDBY_MAX = 0
 #: Seconds a standby blocks at most before it goes back to the FIFO (``pools_standby_seconds``).
 DEFAULT_STANDBY_SECONDS = 2.0
+#: The longest countdown a waiter spends in its worker process instead of being sent again
+#: (``pools_wait_in_process_seconds``).
+DEFAULT_WAIT_IN_PROCESS = 1.0
 #: Seconds a holder's slot stays taken without a renewal (``pools_lease_seconds``).
 DEFAULT_LEASE = 60.0
 #: The longest a pool may let a task wait for a slot, in seconds.

@@ -18,6 +18,7 @@ from .models import (
     DEFAULT_LEASE,
     DEFAULT_STANDBY_MAX,
     DEFAULT_STANDBY_SECONDS,
+    DEFAULT_WAIT_IN_PROCESS,
     Model,
     PoolSpec,
     check_pool_name,
@@ -104,6 +105,9 @@ class PoolsSettings(Model):
     standby_max: int = Field(default=DEFAULT_STANDBY_MAX, ge=0, le=1000)
     #: Seconds a standby blocks at most before it goes back to its place in the FIFO.
     standby_seconds: float = Field(default=DEFAULT_STANDBY_SECONDS, gt=0.0, le=30.0)
+    #: A countdown waiter whose next try is at most this many seconds away waits for it in its
+    #: worker process instead of being sent again (0: always sent again).
+    wait_in_process_seconds: float = Field(default=DEFAULT_WAIT_IN_PROCESS, ge=0.0, le=60.0)
     freeze_gc: bool = True
     declare: dict[str, PoolSpec] = Field(default_factory=dict)
     #: The dashboard's operator credentials: a bearer token and/or HTTP Basic users.

@@ -10,12 +10,11 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from celery import Task, states
+from celery import Task
 from celery.exceptions import Ignore, Retry
 from celery.utils import uuid
 from celery.utils.dispatch import Signal
@@ -34,7 +33,15 @@ from .admission import (
     Wait,
 )
 from .context import PoolsExtension, get_extension
-from .errors import PoolBackendError, PoolConfigError, PoolFullError
+from .errors import PoolBackendError, PoolConfigError
+from .execution import (
+    Execution,
+    stand_by,
+    store_started,
+    time_to_wait_here,
+    wait_here,
+    waits_here,
+)
 from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
@@ -48,17 +55,6 @@ logger = logging.getLogger(__name__)
 
 #: A function of the call's ``(args, kwargs)`` that returns the connector instance.
 InstanceResolver = Callable[[tuple[Any, ...], dict[str, Any]], str]
-
-
-@dataclass
-class _Execution:
-    """One execution: its request, who asks, its arguments, and how long it stood by."""
-
-    request: Any
-    caller: Caller
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    stood_by: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ class PooledTask(Task):  # type: ignore[misc]
     def _enter(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Slot | None:
         ext = get_extension(self.app)
         instance = self.resolve_connector_instance(tuple(args), dict(kwargs))
-        execution = _Execution(request, Caller(self.name, request.id, instance), args, kwargs)
+        execution = Execution(request, Caller(self.name, request.id, instance), args, kwargs)
         state = WaitState.from_headers(request.headers)
         if not state.waited and request.eta:  # its first message: the ETA it runs with
             state = replace(state, eta=str(request.eta))
@@ -214,15 +210,14 @@ class PooledTask(Task):  # type: ignore[misc]
             except _AskAgain:
                 continue
             except _Again as again:
-                if not request.is_eager:
-                    self._reschedule(execution, again.wait)
+                wait = again.wait
                 # Eager mode (apply(), task_always_eager) has no broker to wait in: wait here.
-                time.sleep(again.wait.countdown)
-                state = again.wait.state
+                if not request.is_eager and not waits_here(self, ext, execution, wait.countdown):
+                    self._reschedule(execution, wait)
+                wait_here(self, execution, wait)
+                state = wait.state
 
-    def _attempt(
-        self, ext: PoolsExtension, execution: _Execution, state: WaitState
-    ) -> _Slot | None:
+    def _attempt(self, ext: PoolsExtension, execution: Execution, state: WaitState) -> _Slot | None:
         settings, caller = ext.settings, execution.caller
         backoff = Backoff(settings.retry_backoff_min, settings.retry_backoff_max)
         if state.fail:
@@ -245,7 +240,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
-                standby=self._standby_seconds(ext, execution),
+                standby=time_to_wait_here(self, ext, execution, ext.settings.standby_seconds),
             )
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)
@@ -263,8 +258,8 @@ class PooledTask(Task):  # type: ignore[misc]
                     # The request it would have had without waiting: a countdown's message has
                     # an ETA of its own, a hand-off's none.
                     execution.request.eta = state.eta or None
-                if execution.stood_by:
-                    self._store_started(execution.request)
+                if execution.waited_here:
+                    store_started(self, execution.request)
                 self._signal(
                     signals.slot_acquired,
                     caller,
@@ -286,7 +281,7 @@ class PooledTask(Task):  # type: ignore[misc]
             case Park():
                 self._park(ext, execution, decision, state)
             case Standby():
-                self._stand_by(ext, execution, decision, state)
+                stand_by(self, ext, execution, decision, state)
                 raise _AskAgain()
             case Requeued():
                 self._waiting(caller, decision.acquisition, None)
@@ -306,53 +301,6 @@ class PooledTask(Task):  # type: ignore[misc]
         if type(self).pool_wait is not None:
             return check_wait(type(self).pool_wait, f"pool_wait of task {self.name}")
         return ""
-
-    def _standby_seconds(self, ext: PoolsExtension, execution: _Execution) -> float:
-        """How long this execution may block as a standby: ``pools_standby_seconds``, and in all
-        at most a tenth of its time limits, which count the block (it runs in the worker's
-        process)."""
-        block: float = ext.settings.standby_seconds
-        hard, soft = execution.request.timelimit or (None, None)
-        default_hard, default_soft = ext.default_time_limits
-        limits = [
-            limit
-            for limit in (
-                hard or self.time_limit or default_hard,
-                soft or self.soft_time_limit or default_soft,
-            )
-            if limit
-        ]
-        return max(0.0, min([block, *(float(limit) / 10 - execution.stood_by for limit in limits)]))
-
-    def _stand_by(
-        self, ext: PoolsExtension, execution: _Execution, standby: Standby, state: WaitState
-    ) -> None:
-        """Block until a freed slot is handed to this standby, it is ended, or its block ends."""
-        request, acq = execution.request, standby.acquisition
-        if self.track_started and not request.ignore_result:
-            # Celery stored STARTED before the body: the task still waits, and its state says
-            # so as it did while parked: PENDING when parked at publication, else RETRY.
-            if state.attempts:
-                reason = PoolFullError(
-                    f"standing by for a slot of pool {acq.pool!r} ({acq.in_use} of {acq.limit} "
-                    f"in use); waited {acq.waited:.1f} s of {acq.timeout:g} s"
-                )
-                self.backend.store_result(request.id, reason, states.RETRY, request=request)
-            else:
-                self.backend.store_result(request.id, None, states.PENDING, request=request)
-        started = time.monotonic()
-        try:
-            ext.store.block(execution.caller.token, acq.pool, standby.seconds)
-        except PoolBackendError as exc:  # the next attempt finds out what Redis says
-            logger.debug("celery-pools: %s stopped standing by: %s", execution.caller, exc)
-        execution.stood_by += time.monotonic() - started
-
-    def _store_started(self, request: Any) -> None:
-        """A standby woken with a slot runs: its state says STARTED again (with
-        ``task_track_started``, which :meth:`_stand_by` overwrote)."""
-        if self.track_started and not request.ignore_result:
-            meta = {"pid": os.getpid(), "hostname": request.hostname}
-            self.backend.store_result(request.id, meta, states.STARTED, request=request)
 
     def _signal(self, signal: Signal, caller: Caller, pool: str, **fields: Any) -> None:
         """Send one of celery-pools' signals about this execution."""
@@ -377,7 +325,7 @@ class PooledTask(Task):  # type: ignore[misc]
         raise fail.error
 
     def _park(
-        self, ext: PoolsExtension, execution: _Execution, park: Park, state: WaitState
+        self, ext: PoolsExtension, execution: Execution, park: Park, state: WaitState
     ) -> NoReturn:
         """Park this task's message in the pool's hand-off FIFO and end this run as RETRY."""
         request, caller, acq = execution.request, execution.caller, park.acquisition
@@ -431,7 +379,7 @@ class PooledTask(Task):  # type: ignore[misc]
             raise admission.unassigned_error(caller)
         ext.warn_unassigned_once(caller.instance, self.name)
 
-    def _reschedule(self, execution: _Execution, wait: Wait) -> NoReturn:
+    def _reschedule(self, execution: Execution, wait: Wait) -> NoReturn:
         """Send this task again (same id, callbacks, chain, chord); end this run as RETRY."""
         request = execution.request
         headers = dict(request.headers or {})

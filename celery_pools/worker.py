@@ -40,7 +40,7 @@ from celery.signals import (
 from celery.worker import state as worker_state
 
 from .background import Periodic
-from .context import get_extension, is_pooled
+from .context import PoolsExtension, get_extension, is_pooled
 from .errors import PoolBackendError
 from .models import AbandonedSlot
 from .waiting import WaitState, due_here
@@ -89,7 +89,7 @@ class LeaseKeeper(Periodic):
         requests = {
             req.id: req for req in list(worker_state.active_requests) if is_pooled(req.task)
         }
-        held = ext.store.held_pools(list(requests))
+        held = _held_by_them(requests, ext.store.held_pools(list(requests)), ext)
         renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
         self._report_suspicious(requests, held, ext.settings.suspicious_hold_seconds)
         self._abandon_ended(set(requests))
@@ -370,6 +370,22 @@ def connect_worker_signals(app: Any) -> None:
     worker_before_create_process.connect(
         _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
     )
+
+
+def _held_by_them(
+    requests: dict[str, Any], held: dict[str, str], ext: PoolsExtension
+) -> dict[str, str]:
+    """The slots of ``held`` (token -> pool) that ``requests`` (this worker's running tasks, by
+    id) hold themselves: a slot held under a running task's id by another execution of it (one
+    that died elsewhere, its message delivered here again, waiting as a copy) is not renewed, so
+    its lease lapses and the copy goes on. A slot whose holder recorded no process is kept."""
+    holders = ext.store.holder_processes(held)
+    mine = {}
+    for token, pool in held.items():
+        request, holder = requests[token], holders.get(token)
+        if holder is None or holder == (request.hostname or "", request.worker_pid):
+            mine[token] = pool
+    return mine
 
 
 def _report_abandoned(task_name: str, pool: str, slot: AbandonedSlot) -> None:

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"manager", "portable", "advisor", "exporter", "views", "dashboard"},
     {"producer", "worker", "admin_tasks", "control"},
     {"install"},
-    {"admission", "task"},
+    {"admission", "execution", "task"},
     {"cli"},
     {"__init__"},
 ]

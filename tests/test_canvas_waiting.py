@@ -58,11 +58,17 @@ def _shape(env: Any, app: Any, tag: str, eta: datetime) -> dict[str, dict[str, A
 
 def _run(env: Any, run_worker: Any, *, limit: int, tag: str, wait: str) -> dict[str, Any]:
     """The canvas through a pool of ``limit`` waiting in ``wait`` ("standby": by hand-off, with
-    standbys)."""
+    standbys; "countdown-sent": by countdown, every countdown a new message, none waited in the
+    worker process)."""
     manager = env.manager()
-    manager.create(f"api{tag}", limit=limit, wait="handoff" if wait == "standby" else wait)
+    mode = {"standby": "handoff", "countdown-sent": "countdown"}.get(wait, wait)
+    manager.create(f"api{tag}", limit=limit, wait=mode)
     manager.assign(INSTANCE, f"api{tag}")
-    app = env.app(pools_standby_max=2) if wait == "standby" else env.app()
+    conf = {
+        "standby": {"pools_standby_max": 2},
+        "countdown-sent": {"pools_wait_in_process_seconds": 0},
+    }.get(wait, {})
+    app = env.app(**conf)
     eta = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
     with run_worker(app, concurrency=4):
         blocker = app.tasks["t.hold"].delay(f"{tag}blocker", 1.5 if limit == 1 else 0.0)
@@ -82,7 +88,7 @@ def _run(env: Any, run_worker: Any, *, limit: int, tag: str, wait: str) -> dict[
     }
 
 
-@pytest.mark.parametrize("wait", ["countdown", "handoff", "standby"])
+@pytest.mark.parametrize("wait", ["countdown", "countdown-sent", "handoff", "standby"])
 def test_a_task_that_waited_runs_with_the_request_it_would_have_had(env, run_worker, wait):
     free = _run(env, run_worker, limit=50, tag="free-", wait=wait)
     full = _run(env, run_worker, limit=1, tag="full-", wait=wait)

@@ -149,6 +149,8 @@ def test_settings_without_any_redis_name_the_setting_to_set():
         ({"pools_retry_backoff_min": 9, "pools_retry_backoff_max": 1}, "pools_retry_backoff_min"),
         ({"pools_freeze_gc": "sometimes"}, "pools_freeze_gc"),
         ({"pools_abandoned_grace_seconds": -1}, "pools_abandoned_grace_seconds"),
+        ({"pools_wait_in_process_seconds": -0.5}, "pools_wait_in_process_seconds"),
+        ({"pools_wait_in_process_seconds": 61}, "pools_wait_in_process_seconds"),
     ],
 )
 def test_bad_settings_name_the_setting(conf, field):

@@ -144,6 +144,16 @@ def test_renew_extends_only_slots_still_held(pools):
     assert pools.status("a").in_use == 1
 
 
+def test_holder_processes_names_the_process_each_slot_was_taken_in(pools):
+    pools.create("a", limit=2)
+    pools.assign("x", "a")
+    store = pools.store
+    store.acquire("x", "here", lease=30, info={"hostname": "w1@h", "pid": 42})
+    store.acquire("x", "unnamed", lease=30)
+    held = {"here": "a", "unnamed": "a", "gone": "a"}
+    assert store.holder_processes(held) == {"here": ("w1@h", 42)}
+
+
 def test_a_worker_renews_thousands_of_leases_in_one_call(pools):
     """One renewal names every slot a worker's running tasks hold: a worker of thousands of
     green threads holds thousands."""

@@ -42,18 +42,20 @@ def create_app(  # noqa: PLR0915  (one test task after another)
     """An app with all the test tasks, isolated by ``prefix`` (pool keys) and ``queue``."""
     app = Celery("cp_tests", broker=broker, backend=backend, set_as_current=False)
     app.conf.update(
-        pools_redis_url=pools_url,
-        pools_key_prefix=prefix,
-        pools_lease_seconds=lease_seconds,
-        pools_retry_backoff_min=0.05,
-        pools_retry_backoff_max=0.5,
-        task_default_queue=queue,
-        task_track_started=True,
-        result_extended=True,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        **conf,
+        {
+            "pools_redis_url": pools_url,
+            "pools_key_prefix": prefix,
+            "pools_lease_seconds": lease_seconds,
+            "pools_retry_backoff_min": 0.05,
+            "pools_retry_backoff_max": 0.5,
+            "task_default_queue": queue,
+            "task_track_started": True,
+            "result_extended": True,
+            "worker_prefetch_multiplier": 1,
+            "broker_connection_retry_on_startup": True,
+            "worker_hijack_root_logger": False,
+            **conf,
+        }
     )
     probe_client = redis.Redis.from_url(probe_url, decode_responses=True)
     _connect_test_hooks(app, probe_client, probe_name)

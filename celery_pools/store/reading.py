@@ -7,7 +7,8 @@ is consistent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -70,6 +71,26 @@ class StoreReading(StoreBase):
         with self._backend("read held slots"):
             pools = self.client.hmget(self.keys.held, list(tokens))
         return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
+
+    def holder_processes(self, held: Mapping[str, str]) -> dict[str, tuple[str, int | None]]:
+        """Which process holds each slot of ``held`` (token -> pool): its holder's (hostname,
+        pid) as the holder recorded them when it took the slot; tokens whose slot is no longer
+        held, or whose record says neither, are left out."""
+        tokens = list(held)
+        if not tokens:
+            return {}
+        with self._backend("read slot holders"):
+            pipe = self.client.pipeline(transaction=False)
+            for token in tokens:
+                pipe.hget(self.keys.pool(held[token]).holder, token)
+            records = pipe.execute()
+        found: dict[str, tuple[str, int | None]] = {}
+        for token, raw in zip(tokens, records, strict=True):
+            record = json.loads(raw) if raw else {}
+            hostname, pid = record.get("hostname"), record.get("pid")
+            if hostname or pid is not None:
+                found[token] = (str(hostname or ""), int(pid) if pid is not None else None)
+        return found
 
     def handoff_pools(self) -> list[str]:
         """Names of the pools whose tasks wait by hand-off, or that have parked tasks, tasks

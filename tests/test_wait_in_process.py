@@ -1,0 +1,140 @@
+"""Countdown waiters near their turn wait in their worker process instead of being sent again
+(``pools_wait_in_process_seconds``): one message for the whole wait, within a bound per execution
+and a tenth of the task's time limits. Real Redis, in-process worker (threads pool)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from celery.signals import before_task_publish
+
+from celery_pools import PoolFullError, signals
+from tests.support.polling import wait_until
+from tests.workerapp import INSTANCE
+
+
+class _Publications:
+    """Counts the task messages published in this process (producer and worker), by task id."""
+
+    def __init__(self) -> None:
+        self._ids: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
+        with self._lock:
+            self._ids[(headers or {}).get("id", "")] += 1
+
+    def count(self, task_id: str) -> int:
+        with self._lock:
+            return self._ids[task_id]
+
+
+@pytest.fixture
+def publications() -> Any:
+    counter = _Publications()
+    before_task_publish.connect(counter, weak=False)
+    try:
+        yield counter
+    finally:
+        before_task_publish.disconnect(counter)
+
+
+@pytest.fixture
+def waits() -> Any:
+    """The ``slot_waiting`` signals of this test: (task id, countdown)."""
+    seen: list[tuple[str, float]] = []
+
+    def record(sender: Any = None, task_id: str = "", countdown: Any = None, **_: Any) -> None:
+        seen.append((task_id, countdown))
+
+    signals.slot_waiting.connect(record, weak=False)
+    try:
+        yield seen
+    finally:
+        signals.slot_waiting.disconnect(record)
+
+
+def _full_pool(env: Any) -> Any:
+    manager = env.manager()
+    manager.create("api", limit=1, timeout=30)
+    manager.assign(INSTANCE, "api")
+    return manager
+
+
+@pytest.mark.parametrize("in_process", [2.0, 0.0])
+def test_a_countdown_near_its_turn_is_waited_in_the_worker_process(
+    env, run_worker, publications, waits, in_process
+):
+    """With countdowns of 0.1 s at most and a budget of 2 s, the waiter never leaves its process
+    while a 0.8 s holder runs: its one message is all the broker sees (with the budget at 0, every
+    countdown is a new message). Either way it waits several times, its state says RETRY while it
+    waits, and it runs after the holder, never beside it."""
+    _full_pool(env)
+    app = env.app(pools_wait_in_process_seconds=in_process, pools_retry_backoff_max=0.1)
+    hold = app.tasks["t.hold"]
+    with run_worker(app, concurrency=3):
+        blocker = hold.delay("blocker", 0.8)
+        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
+        waiter = hold.delay("waiter", 0)
+        meta = wait_until(
+            lambda: (m := app.backend.get_task_meta(waiter.id))["status"] == "RETRY" and m,
+            10,
+            message="the waiter's state never said it waits",
+        )
+        assert isinstance(app.backend.exception_to_python(meta["result"]), PoolFullError)
+        assert waiter.get(timeout=30) == "waiter"
+        assert blocker.get(timeout=30) == "blocker"
+    countdowns = [countdown for task_id, countdown in waits if task_id == waiter.id]
+    assert len(countdowns) >= 2
+    assert all(0 < countdown <= 0.1 for countdown in countdowns)
+    sent = publications.count(waiter.id)
+    assert sent == 1 if in_process else sent >= 2
+    assert [label for label, _ in env.probe().starts()] == ["blocker", "waiter"]
+    assert env.probe().max_concurrency() == 1
+
+
+@pytest.mark.parametrize(
+    ("in_process", "options"),
+    [(0.3, {}), (10.0, {"time_limit": 3})],
+    ids=["setting", "time-limit"],
+)
+def test_waiting_in_the_process_is_bounded_per_execution(
+    env, run_worker, publications, in_process, options
+):
+    """A waiter spends at most ``pools_wait_in_process_seconds`` in all in its process (0.3 s),
+    and at most a tenth of its time limit (a 3 s limit: 0.3 s of a 10 s budget), then is sent
+    again: during a 2 s hold it is sent again several times, where an unbounded wait would have
+    kept its one message."""
+    _full_pool(env)
+    app = env.app(pools_wait_in_process_seconds=in_process, pools_retry_backoff_max=0.1)
+    hold = app.tasks["t.hold"]
+    with run_worker(app, concurrency=3):
+        blocker = hold.delay("blocker", 2.0)
+        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
+        waiter = hold.apply_async(("waiter", 0), **options)
+        assert waiter.get(timeout=30) == "waiter"
+        assert blocker.get(timeout=30) == "blocker"
+    assert publications.count(waiter.id) >= 3
+    assert env.probe().max_concurrency() == 1
+
+
+def test_a_copy_waiting_in_its_process_does_not_keep_a_dead_holders_slot(env, run_worker):
+    """A slot held under a task's id by an execution that died on another host (its message then
+    delivered here again) is not renewed by this worker, where the copy waits in its process as
+    a running task of that id: the slot's lease lapses and the copy runs, as it does when it
+    waits in the broker."""
+    manager = _full_pool(env)
+    manager.store.acquire(
+        INSTANCE,
+        "the-id",
+        lease=2,
+        info={"task_name": "t.hold", "instance": INSTANCE, "hostname": "gone", "pid": 1},
+    )
+    app = env.app(lease_seconds=1.5)  # this worker renews its running tasks' slots every 0.5 s
+    with run_worker(app, concurrency=2):
+        copy = app.tasks["t.hold"].apply_async(("copy", 0), task_id="the-id")
+        assert copy.get(timeout=25) == "copy"
+    assert [label for label, _ in env.probe().starts()] == ["copy"]
