@@ -120,5 +120,10 @@ def store_started(task: Any, request: Any) -> None:
 
 
 def _tracked(task: Any, request: Any) -> bool:
-    """Whether Celery stores this execution's ``STARTED`` state (so a wait must say otherwise)."""
-    return bool(task.track_started and not request.ignore_result and not request.is_eager)
+    """Whether Celery stores this execution's ``STARTED`` state (so a wait must say otherwise):
+    ``task_track_started``, outside eager mode, unless results are ignored (the request's
+    ``ignore_result`` when its message says, else the task's)."""
+    ignore = request.ignore_result
+    if ignore is None:
+        ignore = task.ignore_result
+    return bool(task.track_started and not ignore and not request.is_eager)

@@ -25,8 +25,10 @@ slot_acquired = Signal(
     name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited", "first"}
 )
 
-#: The pool was full and the task waits: sent again after ``countdown`` seconds, or parked for a
-#: hand-off (``countdown`` None). ``waited``: seconds so far; ``deadline``: when it gives up.
+#: The pool was full and the task waits: asks again after ``countdown`` seconds (in its worker
+#: process when the countdown fits in ``pools_wait_in_process_seconds``, else sent again), or
+#: parked for a hand-off (``countdown`` None). ``waited``: seconds so far; ``deadline``: when it
+#: gives up.
 slot_waiting = Signal(
     name="slot_waiting",
     providing_args={"pool", "instance", "task_id", "waited", "countdown", "deadline"},

@@ -277,6 +277,8 @@ class PooledTask(Task):  # type: ignore[misc]
                 raise Ignore()
             case Unassigned():
                 self._unassigned(ext, caller, state)
+                if execution.waited_here:  # its pool went while it waited here: it runs now
+                    store_started(self, execution.request)
                 return None
             case Park():
                 self._park(ext, execution, decision, state)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -40,7 +41,7 @@ from celery.signals import (
 from celery.worker import state as worker_state
 
 from .background import Periodic
-from .context import PoolsExtension, get_extension, is_pooled
+from .context import get_extension, is_pooled
 from .errors import PoolBackendError
 from .models import AbandonedSlot
 from .waiting import WaitState, due_here
@@ -52,6 +53,7 @@ __all__ = [
     "connect_worker_signals",
     "declare_pools",
     "freeze_before_fork",
+    "slots_held_here",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,32 +91,41 @@ class LeaseKeeper(Periodic):
         requests = {
             req.id: req for req in list(worker_state.active_requests) if is_pooled(req.task)
         }
-        held = _held_by_them(requests, ext.store.held_pools(list(requests)), ext)
+        held = ext.store.held_pools(list(requests))
+        held = slots_held_here(
+            list(worker_state.active_requests), held, ext.store.holder_processes(held)
+        )
         renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
         self._report_suspicious(requests, held, ext.settings.suspicious_hold_seconds)
-        self._abandon_ended(set(requests))
+        self._abandon_ended()
         return renewed
 
-    def _ended(self, active: set[str]) -> list[Any]:
+    def _ended(self) -> list[Any]:
         """The watched requests that started in a process of this worker and have ended since;
-        the others stay watched (an ETA task not started yet, for an hour at most)."""
+        the others stay watched (an ETA task not started yet, for an hour at most). A request
+        is itself, not its task id: a copy of the task running or waiting here (its message
+        delivered again) does not hide that the execution before it ended."""
         watched, self._watched = self._watched, {}
-        live = active | {req.id for req in list(worker_state.reserved_requests)}
+        live = {
+            id(req)
+            for requests in (worker_state.active_requests, worker_state.reserved_requests)
+            for req in list(requests)
+        }
         now, ended = time.monotonic(), []
         for key, (req, since) in watched.items():
-            if req.id not in live and req.worker_pid is not None:
+            if key not in live and req.worker_pid is not None:
                 ended.append(req)
-            elif req.id in live or now - since < 3600:
+            elif key in live or now - since < 3600:
                 self._watched.setdefault(key, (req, since))
         return ended
 
-    def _abandon_ended(self, active: set[str]) -> None:
+    def _abandon_ended(self) -> None:
         """Abandon the slots that ended executions still hold in their process: they ended
         without releasing (an execution that released holds none; a copy holding a slot in
         another process is left alone). Celery sends no signal for a killed child with
         ``acks_late`` and ``task_reject_on_worker_lost``: this is how its slot is found."""
         ext = get_extension(self.app)
-        ended = self._ended(active)
+        ended = self._ended()
         still = ext.store.held_pools(list({req.id for req in ended}))
         for req in ended:
             if req.id not in still:
@@ -372,20 +383,30 @@ def connect_worker_signals(app: Any) -> None:
     )
 
 
-def _held_by_them(
-    requests: dict[str, Any], held: dict[str, str], ext: PoolsExtension
+def slots_held_here(
+    running: list[Any], held: dict[str, str], holders: dict[str, tuple[str, int | None]]
 ) -> dict[str, str]:
-    """The slots of ``held`` (token -> pool) that ``requests`` (this worker's running tasks, by
-    id) hold themselves: a slot held under a running task's id by another execution of it (one
-    that died elsewhere, its message delivered here again, waiting as a copy) is not renewed, so
-    its lease lapses and the copy goes on. A slot whose holder recorded no process is kept."""
-    holders = ext.store.holder_processes(held)
-    mine = {}
-    for token, pool in held.items():
-        request, holder = requests[token], holders.get(token)
-        if holder is None or holder == (request.hostname or "", request.worker_pid):
-            mine[token] = pool
-    return mine
+    """The slots of ``held`` (token -> pool) held by executions running in this worker.
+
+    ``running`` are the worker's active requests; ``holders`` names the process each slot was
+    taken in, as its holder recorded it (hostname, pid). A slot is this worker's when some
+    running request of its task id has the holder's hostname and runs in the holder's process:
+    the request's ``worker_pid`` (a prefork child), or this process (threads and solo pools, and
+    gevent and eventlet, whose ``worker_pid`` is a greenlet's id). A slot held under a running
+    task's id by another execution of it (one that died elsewhere, its message delivered here
+    again and waiting as a copy) is not this worker's: its lease lapses and the copy goes on. A
+    slot whose holder recorded no process is kept.
+    """
+    processes: dict[str, set[tuple[str, int | None]]] = {}
+    here = os.getpid()
+    for req in running:
+        where = processes.setdefault(req.id, set())
+        where.update({(req.hostname or "", req.worker_pid), (req.hostname or "", here)})
+    return {
+        token: pool
+        for token, pool in held.items()
+        if token not in holders or holders[token] in processes.get(token, ())
+    }
 
 
 def _report_abandoned(task_name: str, pool: str, slot: AbandonedSlot) -> None:

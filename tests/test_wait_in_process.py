@@ -4,14 +4,17 @@ and a tenth of the task's time limits. Real Redis, in-process worker (threads po
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery.signals import before_task_publish
 
 from celery_pools import PoolFullError, signals
+from celery_pools.worker import slots_held_here
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -127,14 +130,49 @@ def test_a_copy_waiting_in_its_process_does_not_keep_a_dead_holders_slot(env, ru
     a running task of that id: the slot's lease lapses and the copy runs, as it does when it
     waits in the broker."""
     manager = _full_pool(env)
-    manager.store.acquire(
-        INSTANCE,
-        "the-id",
-        lease=2,
-        info={"task_name": "t.hold", "instance": INSTANCE, "hostname": "gone", "pid": 1},
-    )
     app = env.app(lease_seconds=1.5)  # this worker renews its running tasks' slots every 0.5 s
     with run_worker(app, concurrency=2):
+        manager.store.acquire(
+            INSTANCE,
+            "the-id",
+            lease=2,
+            info={"task_name": "t.hold", "instance": INSTANCE, "hostname": "gone", "pid": 1},
+        )
         copy = app.tasks["t.hold"].apply_async(("copy", 0), task_id="the-id")
         assert copy.get(timeout=25) == "copy"
     assert [label for label, _ in env.probe().starts()] == ["copy"]
+
+
+def test_a_worker_renews_the_slots_its_own_processes_hold_and_no_others():
+    """Which held slots a worker renews, by the process each holder recorded: a prefork child's
+    pid, this process for threads, solo and green pools (whose ``worker_pid`` is a greenlet's
+    id), any one of two running requests of one id; not a slot held under a running task's id in
+    another child or on another host (a copy waits here for a dead execution's slot)."""
+    here = os.getpid()
+
+    def running(task_id: str, pid: int) -> Any:
+        return SimpleNamespace(id=task_id, hostname="w1@h", worker_pid=pid)
+
+    requests = [
+        running("prefork", 101),
+        running("green", 140_001),  # gevent / eventlet: id(greenlet)
+        running("copy-in-another-child", 202),
+        running("elsewhere", 303),
+        running("twice", 404),
+        running("twice", 505),
+        running("unrecorded", 606),
+    ]
+    held = {request.id: "api" for request in requests}
+    holders = {
+        "prefork": ("w1@h", 101),
+        "green": ("w1@h", here),
+        "copy-in-another-child": ("w1@h", 999),
+        "elsewhere": ("w2@h", 303),
+        "twice": ("w1@h", 505),
+    }
+    assert slots_held_here(requests, held, holders) == {
+        "prefork": "api",
+        "green": "api",
+        "twice": "api",
+        "unrecorded": "api",
+    }

@@ -75,7 +75,7 @@ class StoreReading(StoreBase):
     def holder_processes(self, held: Mapping[str, str]) -> dict[str, tuple[str, int | None]]:
         """Which process holds each slot of ``held`` (token -> pool): its holder's (hostname,
         pid) as the holder recorded them when it took the slot; tokens whose slot is no longer
-        held, or whose record says neither, are left out."""
+        held, or whose record says neither (or cannot be read), are left out."""
         tokens = list(held)
         if not tokens:
             return {}
@@ -86,10 +86,13 @@ class StoreReading(StoreBase):
             records = pipe.execute()
         found: dict[str, tuple[str, int | None]] = {}
         for token, raw in zip(tokens, records, strict=True):
-            record = json.loads(raw) if raw else {}
-            hostname, pid = record.get("hostname"), record.get("pid")
-            if hostname or pid is not None:
-                found[token] = (str(hostname or ""), int(pid) if pid is not None else None)
+            try:
+                record = json.loads(raw) if raw else {}
+                hostname, pid = record.get("hostname"), record.get("pid")
+                if hostname or pid is not None:
+                    found[token] = (str(hostname or ""), int(pid) if pid is not None else None)
+            except (TypeError, ValueError, AttributeError):  # unreadable: says no process
+                continue
         return found
 
     def handoff_pools(self) -> list[str]:
