@@ -103,19 +103,23 @@ class LeaseKeeper(Periodic):
     def _ended(self) -> list[Any]:
         """The watched requests that started in a process of this worker and have ended since;
         the others stay watched (an ETA task not started yet, for an hour at most). A request
-        is itself, not its task id: a copy of the task running or waiting here (its message
-        delivered again) does not hide that the execution before it ended."""
+        is itself, not its task id: a copy of the task running or waiting here in another
+        process (its message delivered again) does not hide that the execution before it ended;
+        one in the same process does (it may hold the slot now, under the same pid), until it
+        ends too."""
         watched, self._watched = self._watched, {}
-        live = {
-            id(req)
-            for requests in (worker_state.active_requests, worker_state.reserved_requests)
-            for req in list(requests)
-        }
+        live: set[int] = set()
+        running: set[tuple[str, int | None]] = set()
+        for requests in (worker_state.active_requests, worker_state.reserved_requests):
+            for req in list(requests):
+                live.add(id(req))
+                running.add((req.id, req.worker_pid))
         now, ended = time.monotonic(), []
         for key, (req, since) in watched.items():
-            if key not in live and req.worker_pid is not None:
+            over = key not in live and (req.id, req.worker_pid) not in running
+            if over and req.worker_pid is not None:
                 ended.append(req)
-            elif key in live or now - since < 3600:
+            elif not over or now - since < 3600:
                 self._watched.setdefault(key, (req, since))
         return ended
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from celery.signals import before_task_publish
+from celery.worker import state as worker_state
 
 from celery_pools import PoolFullError, signals
-from celery_pools.worker import slots_held_here
+from celery_pools.worker import LeaseKeeper, slots_held_here
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -176,3 +177,26 @@ def test_a_worker_renews_the_slots_its_own_processes_hold_and_no_others():
         "twice": "api",
         "unrecorded": "api",
     }
+
+
+class _Request:
+    """A running request as the lease keeper sees it (hashable, as Celery's are)."""
+
+    def __init__(self, task_id: str, pid: int | None) -> None:
+        self.id, self.worker_pid = task_id, pid
+
+
+@pytest.mark.parametrize(("copy_pid", "ended"), [(202, True), (101, False)])
+def test_an_ended_execution_is_found_beside_a_copy_of_its_task(env, copy_pid, ended):
+    """A watched execution that ended is found ended (so the slot it left is abandoned) though a
+    copy of its task runs here in another process; with the copy in the same process, which may
+    hold the slot now under the same pid, it stays watched until the copy ends."""
+    keeper = LeaseKeeper(env.app())
+    first, copy = _Request("t", 101), _Request("t", copy_pid)
+    keeper.watch(first)
+    worker_state.active_requests.add(copy)
+    try:
+        assert keeper._ended() == ([first] if ended else [])
+    finally:
+        worker_state.active_requests.discard(copy)
+    assert keeper._ended() == ([] if ended else [first])
