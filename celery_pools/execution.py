@@ -20,6 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import states
+from celery.utils.time import maybe_iso8601
+
+try:  # Celery 5.7: the request's explicit ignore_result, else the task's
+    from celery.app.task import get_actual_ignore_result
+except ImportError:  # pragma: no cover  (older Celery: either says ignore)
+
+    def get_actual_ignore_result(task: Any, req: Any) -> bool:
+        """Whether the results of ``req`` are ignored: its own flag or its task's."""
+        return bool(getattr(req, "ignore_result", False) or task.ignore_result)
+
 
 from .admission import Caller, Standby, Wait
 from .context import PoolsExtension
@@ -70,9 +80,13 @@ def time_to_wait_here(task: Any, ext: PoolsExtension, execution: Execution, want
 def waits_here(task: Any, ext: PoolsExtension, execution: Execution, countdown: float) -> bool:
     """Whether ``execution`` sleeps out ``countdown`` in its worker process instead of being
     sent again: when the countdown fits in what is left of ``pools_wait_in_process_seconds``
-    (for the whole execution), within :func:`time_to_wait_here`."""
+    (for the whole execution), within :func:`time_to_wait_here`, and the task's ``expires``
+    does not come first (sent again, it is revoked as expired by the worker that receives it,
+    as Celery does with any expired message)."""
     budget = ext.settings.wait_in_process_seconds - execution.waited_here
-    return 0 < countdown <= time_to_wait_here(task, ext, execution, budget)
+    return 0 < countdown <= time_to_wait_here(task, ext, execution, budget) and not _expires_within(
+        execution.request, countdown
+    )
 
 
 def wait_here(task: Any, execution: Execution, wait: Wait) -> None:
@@ -119,11 +133,24 @@ def store_started(task: Any, request: Any) -> None:
         task.backend.store_result(request.id, meta, states.STARTED, request=request)
 
 
+def _expires_within(request: Any, seconds: float) -> bool:
+    """Whether ``request``'s ``expires`` comes within ``seconds`` from now (or cannot be read
+    with a time zone): none means never."""
+    expires = request.expires
+    if not expires:
+        return False
+    try:
+        when = maybe_iso8601(expires)
+    except (TypeError, ValueError):
+        return True
+    if when is None or when.tzinfo is None:
+        return True
+    return bool(when.timestamp() <= time.time() + seconds)
+
+
 def _tracked(task: Any, request: Any) -> bool:
     """Whether Celery stores this execution's ``STARTED`` state (so a wait must say otherwise):
-    ``task_track_started``, outside eager mode, unless results are ignored (the request's
-    ``ignore_result`` when its message says, else the task's)."""
-    ignore = request.ignore_result
-    if ignore is None:
-        ignore = task.ignore_result
-    return bool(task.track_started and not ignore and not request.is_eager)
+    ``task_track_started``, outside eager mode, unless results are ignored (as Celery's tracer
+    decides: the request's ``ignore_result`` when its message says, else the task's)."""
+    ignored = get_actual_ignore_result(task, request)
+    return bool(task.track_started and not ignored and not request.is_eager)

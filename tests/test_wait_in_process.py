@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.exceptions import TaskRevokedError
 from celery.signals import before_task_publish
 from celery.worker import state as worker_state
 
@@ -123,6 +124,24 @@ def test_waiting_in_the_process_is_bounded_per_execution(
         assert blocker.get(timeout=30) == "blocker"
     assert publications.count(waiter.id) >= 3
     assert env.probe().max_concurrency() == 1
+
+
+def test_a_task_whose_expiry_comes_first_is_sent_again_and_expires(env, run_worker):
+    """A waiter with ``expires`` 1 s ahead, behind a 2 s holder, with a budget that would keep
+    it in its process until the holder ends: it is sent again before its expiry instead, and
+    the worker that receives it revokes it as expired, as Celery does; its body never runs."""
+    _full_pool(env)
+    app = env.app(pools_wait_in_process_seconds=5.0, pools_retry_backoff_max=0.1)
+    hold = app.tasks["t.hold"]
+    with run_worker(app, concurrency=3):
+        blocker = hold.delay("blocker", 2.0)
+        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
+        waiter = hold.apply_async(("waiter", 0), expires=1.0)
+        with pytest.raises(TaskRevokedError):
+            waiter.get(timeout=30)
+        assert blocker.get(timeout=30) == "blocker"
+    assert waiter.state == "REVOKED"
+    assert [label for label, _ in env.probe().starts()] == ["blocker"]
 
 
 def test_a_copy_waiting_in_its_process_does_not_keep_a_dead_holders_slot(env, run_worker):
