@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
+from celery.signals import before_task_publish
 
 from celery_pools import PoolManager
 from tests.support.probe import ConcurrencyProbe
+from tests.support.publications import Publications
 from tests.support.redis_server import RedisServer
 from tests.support.worker_process import WorkerProcess
 from tests.workerapp import create_app
@@ -187,3 +189,14 @@ def run_worker() -> Callable[..., AbstractContextManager[Any]]:
             yield worker
 
     return run
+
+
+@pytest.fixture
+def publications() -> Iterator[Publications]:
+    """The task messages this test's process publishes (see :class:`Publications`)."""
+    counter = Publications()
+    before_task_publish.connect(counter, weak=False)
+    try:
+        yield counter
+    finally:
+        before_task_publish.disconnect(counter)

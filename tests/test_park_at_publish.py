@@ -4,14 +4,12 @@ publishing it, so the broker only ever carries messages that hold a slot."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 from celery import Celery, chain, chord, group
-from celery.signals import before_task_publish
 from kombu.exceptions import EncodeError, OperationalError
 
 from celery_pools import PooledTask, PoolTimeoutError, get_extension, producer, signals
@@ -34,32 +32,6 @@ def _queued(env):
         return client.llen(env.queue)
     finally:
         client.close()
-
-
-class _Publications:
-    """Counts every task message published in this process (producers and in-process workers)."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, sender=None, **_):
-        with self._lock:
-            self.names.append(sender)
-
-    def count(self, name: str) -> int:
-        with self._lock:
-            return self.names.count(name)
-
-
-@pytest.fixture
-def publications():
-    counter = _Publications()
-    before_task_publish.connect(counter, weak=False)
-    try:
-        yield counter
-    finally:
-        before_task_publish.disconnect(counter)
 
 
 def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications):

@@ -5,46 +5,19 @@ and a tenth of the task's time limits. Real Redis, in-process worker (threads po
 from __future__ import annotations
 
 import os
-import threading
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery.exceptions import TaskRevokedError
-from celery.signals import before_task_publish
 from celery.worker import state as worker_state
 
 from celery_pools import PoolFullError, signals
 from celery_pools.worker import LeaseKeeper, slots_held_here
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
-
-
-class _Publications:
-    """Counts the task messages published in this process (producer and worker), by task id."""
-
-    def __init__(self) -> None:
-        self._ids: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, sender: Any = None, headers: Any = None, **_: Any) -> None:
-        with self._lock:
-            self._ids[(headers or {}).get("id", "")] += 1
-
-    def count(self, task_id: str) -> int:
-        with self._lock:
-            return self._ids[task_id]
-
-
-@pytest.fixture
-def publications() -> Any:
-    counter = _Publications()
-    before_task_publish.connect(counter, weak=False)
-    try:
-        yield counter
-    finally:
-        before_task_publish.disconnect(counter)
 
 
 @pytest.fixture
@@ -69,6 +42,20 @@ def _full_pool(env: Any) -> Any:
     return manager
 
 
+@contextmanager
+def _behind_a_holder(env: Any, run_worker: Any, in_process: float, hold: float) -> Iterator[Any]:
+    """An in-process worker on a pool of 1 whose slot a task holds for ``hold`` seconds (started
+    when this yields the app), countdowns of 0.1 s at most and ``in_process`` seconds of waiting
+    in the process per execution; the holder's result is checked on the way out."""
+    _full_pool(env)
+    app = env.app(pools_wait_in_process_seconds=in_process, pools_retry_backoff_max=0.1)
+    with run_worker(app, concurrency=3):
+        blocker = app.tasks["t.hold"].delay("blocker", hold)
+        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
+        yield app
+        assert blocker.get(timeout=30) == "blocker"
+
+
 @pytest.mark.parametrize("in_process", [2.0, 0.0])
 def test_a_countdown_near_its_turn_is_waited_in_the_worker_process(
     env, run_worker, publications, waits, in_process
@@ -77,13 +64,8 @@ def test_a_countdown_near_its_turn_is_waited_in_the_worker_process(
     while a 0.8 s holder runs: its one message is all the broker sees (with the budget at 0, every
     countdown is a new message). Either way it waits several times, its state says RETRY while it
     waits, and it runs after the holder, never beside it."""
-    _full_pool(env)
-    app = env.app(pools_wait_in_process_seconds=in_process, pools_retry_backoff_max=0.1)
-    hold = app.tasks["t.hold"]
-    with run_worker(app, concurrency=3):
-        blocker = hold.delay("blocker", 0.8)
-        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
-        waiter = hold.delay("waiter", 0)
+    with _behind_a_holder(env, run_worker, in_process, hold=0.8) as app:
+        waiter = app.tasks["t.hold"].delay("waiter", 0)
         meta = wait_until(
             lambda: (m := app.backend.get_task_meta(waiter.id))["status"] == "RETRY" and m,
             10,
@@ -91,11 +73,10 @@ def test_a_countdown_near_its_turn_is_waited_in_the_worker_process(
         )
         assert isinstance(app.backend.exception_to_python(meta["result"]), PoolFullError)
         assert waiter.get(timeout=30) == "waiter"
-        assert blocker.get(timeout=30) == "blocker"
     countdowns = [countdown for task_id, countdown in waits if task_id == waiter.id]
     assert len(countdowns) >= 2
     assert all(0 < countdown <= 0.1 for countdown in countdowns)
-    sent = publications.count(waiter.id)
+    sent = publications.count_id(waiter.id)
     assert sent == 1 if in_process else sent >= 2
     assert [label for label, _ in env.probe().starts()] == ["blocker", "waiter"]
     assert env.probe().max_concurrency() == 1
@@ -113,16 +94,10 @@ def test_waiting_in_the_process_is_bounded_per_execution(
     and at most a tenth of its time limit (a 3 s limit: 0.3 s of a 10 s budget), then is sent
     again: during a 2 s hold it is sent again several times, where an unbounded wait would have
     kept its one message."""
-    _full_pool(env)
-    app = env.app(pools_wait_in_process_seconds=in_process, pools_retry_backoff_max=0.1)
-    hold = app.tasks["t.hold"]
-    with run_worker(app, concurrency=3):
-        blocker = hold.delay("blocker", 2.0)
-        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
-        waiter = hold.apply_async(("waiter", 0), **options)
+    with _behind_a_holder(env, run_worker, in_process, hold=2.0) as app:
+        waiter = app.tasks["t.hold"].apply_async(("waiter", 0), **options)
         assert waiter.get(timeout=30) == "waiter"
-        assert blocker.get(timeout=30) == "blocker"
-    assert publications.count(waiter.id) >= 3
+    assert publications.count_id(waiter.id) >= 3
     assert env.probe().max_concurrency() == 1
 
 
@@ -130,16 +105,10 @@ def test_a_task_whose_expiry_comes_first_is_sent_again_and_expires(env, run_work
     """A waiter with ``expires`` 1 s ahead, behind a 2 s holder, with a budget that would keep
     it in its process until the holder ends: it is sent again before its expiry instead, and
     the worker that receives it revokes it as expired, as Celery does; its body never runs."""
-    _full_pool(env)
-    app = env.app(pools_wait_in_process_seconds=5.0, pools_retry_backoff_max=0.1)
-    hold = app.tasks["t.hold"]
-    with run_worker(app, concurrency=3):
-        blocker = hold.delay("blocker", 2.0)
-        wait_until(lambda: env.probe().current() == 1, 10, message="blocker never started")
-        waiter = hold.apply_async(("waiter", 0), expires=1.0)
+    with _behind_a_holder(env, run_worker, 5.0, hold=2.0) as app:
+        waiter = app.tasks["t.hold"].apply_async(("waiter", 0), expires=1.0)
         with pytest.raises(TaskRevokedError):
             waiter.get(timeout=30)
-        assert blocker.get(timeout=30) == "blocker"
     assert waiter.state == "REVOKED"
     assert [label for label, _ in env.probe().starts()] == ["blocker"]
 
