@@ -84,9 +84,9 @@ def waits_here(task: Any, ext: PoolsExtension, execution: Execution, countdown: 
     does not come first (sent again, it is revoked as expired by the worker that receives it,
     as Celery does with any expired message)."""
     budget = ext.settings.wait_in_process_seconds - execution.waited_here
-    return 0 < countdown <= time_to_wait_here(task, ext, execution, budget) and not _expires_within(
-        execution.request, countdown
-    )
+    if not 0 < countdown <= time_to_wait_here(task, ext, execution, budget):
+        return False
+    return not _expires_within(execution.request, countdown)
 
 
 def wait_here(task: Any, execution: Execution, wait: Wait) -> None:

@@ -88,13 +88,10 @@ class LeaseKeeper(Periodic):
         (a likely hang or leak); it keeps its slot.
         """
         ext = get_extension(self.app)
-        requests = {
-            req.id: req for req in list(worker_state.active_requests) if is_pooled(req.task)
-        }
+        running = [req for req in list(worker_state.active_requests) if is_pooled(req.task)]
+        requests = {req.id: req for req in running}
         held = ext.store.held_pools(list(requests))
-        held = slots_held_here(
-            list(worker_state.active_requests), held, ext.store.holder_processes(held)
-        )
+        held = slots_held_here(running, held, ext.store.holder_processes(held))
         renewed = ext.store.renew(held, lease=ext.settings.lease_seconds)
         self._report_suspicious(requests, held, ext.settings.suspicious_hold_seconds)
         self._abandon_ended()
@@ -392,7 +389,7 @@ def slots_held_here(
 ) -> dict[str, str]:
     """The slots of ``held`` (token -> pool) held by executions running in this worker.
 
-    ``running`` are the worker's active requests; ``holders`` names the process each slot was
+    ``running`` are the worker's active pooled requests; ``holders`` names the process each slot was
     taken in, as its holder recorded it (hostname, pid). A slot is this worker's when some
     running request of its task id has the holder's hostname and runs in the holder's process:
     the request's ``worker_pid`` (a prefork child), or this process (threads and solo pools, and
