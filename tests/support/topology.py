@@ -43,12 +43,18 @@ class SentinelSet:
 
     ``url`` is the ``sentinel://`` URL of the three; ``master`` and ``replica`` are the servers
     as started (after a failover, ask :meth:`current_master`).
+
+    ``down_after_ms`` is how long a sentinel waits for a PING answer before it takes a server
+    for down. A sentinel PINGs once a second and times a master it has just switched to from
+    the switch: at 1000 ms, a first answer that comes late was enough for one sentinel to fail
+    the new master over again, to the old master restarted as a replica and still syncing
+    (empty), which lost the pools (seen in the failover test). 3000 ms leaves three PINGs.
     """
 
     def __init__(
         self,
         name: str = "pools",
-        down_after_ms: int = 1000,
+        down_after_ms: int = 3000,
         *,
         password: str | None = None,
         sentinel_password: str | None = None,
