@@ -24,7 +24,7 @@ from celery.signals import task_failure, task_success
 from bench.fake_api import call_api
 from bench.recorder import Recorder
 from bench.workerenv import ENV, ETA_TASK_LIMIT_ENV, STANDBY_MAX_ENV
-from celery_pools import PooledTask, signals
+from celery_pools import PooledTask, get_extension, signals
 
 __all__ = ["TRACE_PREFIX", "create_app"]
 
@@ -62,7 +62,8 @@ def create_app(
     eta_task_limit: int | None = None,
     standby_max: int = 0,
 ) -> Celery:
-    """The benchmark app: plain and pooled no-op tasks, a pooled task that works a while, and
+    """The benchmark app: plain and pooled no-op tasks (and a plain one that runs a pooled
+    task's two scripts in its body), a pooled task that works a while, and
     a pooled task that calls a fake API (:mod:`bench.fake_api`); the last two also as plain
     tasks (``bench.work_plain``, ``bench.call_plain``).
 
@@ -87,6 +88,15 @@ def create_app(
         base=PooledTask, name="bench.noop_pooled", connector_instance=_instance_of, shared=False
     )
     def noop_pooled(*, instance: str) -> None:
+        _recorder(instance).done()
+
+    @app.task(name="bench.noop_scripts", bind=True, shared=False)  # type: ignore[untyped-decorator, unused-ignore]
+    def noop_scripts(self: Any, *, instance: str) -> None:
+        # A plain task whose body runs the two scripts of a pooled one, as the overhead
+        # scenario's bare pair does: what the round trips cost inside a worker's process.
+        store = get_extension(app).store
+        token = self.request.id
+        store.release(token, store.acquire(instance, token, lease=60).pool)
         _recorder(instance).done()
 
     # A pooled task bound to its request, its instance from the call.

@@ -74,16 +74,19 @@ def _p50_p99(prefix: str) -> Callable[[dict[str, Any]], str]:
     return read
 
 
-def _extra_by_role(result: dict[str, Any]) -> str:
-    extra = result.get("extra_cpu_by_role_ms") or {}
-    short = {"worker children": "children", "worker main": "main"}
-    return (
-        ", ".join(
-            f"{short.get(role, role.removesuffix(' redis'))} {ms:+.2f}"
-            for role, ms in extra.items()
+def _extra_by_role(key: str) -> Callable[[dict[str, Any]], str]:
+    def cell(result: dict[str, Any]) -> str:
+        extra = result.get(key) or {}
+        short = {"worker children": "children", "worker main": "main"}
+        return (
+            ", ".join(
+                f"{short.get(role, role.removesuffix(' redis'))} {ms:+.2f}"
+                for role, ms in extra.items()
+            )
+            or "-"
         )
-        or "-"
-    )
+
+    return cell
 
 
 def _cpu(result: dict[str, Any]) -> str:
@@ -108,7 +111,10 @@ ROWS: tuple[Row, ...] = (
     Row("overhead", "CPU per task, plain / pooled (ms)", _cpu_per_task),
     Row("overhead", "CPU of acquire + release scripts (ms)", _field("bare_pair_cpu_ms", ".3f")),
     Row("overhead", "extra CPU of a pooled task / scripts", _field("overhead_figure"), "<= 1.5"),
-    Row("overhead", "extra CPU by process (ms per task)", _extra_by_role),
+    Row("overhead", "extra CPU by process (ms per task)", _extra_by_role("extra_cpu_by_role_ms")),
+    Row("overhead", "the scripts in a plain task (ms)", _field("in_task_pair_cpu_ms", ".3f")),
+    Row("overhead", "  by process (ms per task)", _extra_by_role("scripts_extra_cpu_by_role_ms")),
+    Row("overhead", "extra CPU / scripts in a plain task", _field("overhead_figure_in_task")),
     Row("overhead", "machine CPU busy, max of batches", _cpu),
     Row("saturation", "utilisation", _field("utilisation", ".3f"), ">= 0.97"),
     Row("saturation", "makespan", _makespan),

@@ -57,20 +57,23 @@ def _noop_rate(bench: Bench, kind: str, instance: str, tasks: int) -> tuple[floa
 
 
 def run_overhead(bench: Bench) -> dict[str, Any]:
-    """No-op tasks through a plain ``Task`` and through ``PooledTask`` on an ample pool.
+    """No-op tasks through a plain ``Task`` and through ``PooledTask`` on an ample pool, and
+    plain no-op tasks whose body runs the two scripts a pooled task needs (``scripts``: what
+    those round trips cost inside a worker's process, beside the same pair from this process).
 
-    Batches alternate plain, pooled, plain, pooled...; the median rate of each kind is reported.
+    Batches go plain, scripts, pooled, plain, ...; the median of each kind is reported.
     """
     cfg = bench.config
     pool, _ = bench.pool("ample", cfg.overhead_limit, 30, traced=False)
-    rates: dict[str, list[float]] = {"plain": [], "pooled": []}
-    cpu: dict[str, list[Any]] = {"plain": [], "pooled": []}
+    kinds = ("plain", "scripts", "pooled")
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, list[Any]] = {kind: [] for kind in kinds}
     waited: list[int] = []
     for repeat in range(cfg.overhead_repeats):
-        for kind in ("plain", "pooled"):
+        for kind in kinds:
             # A fresh instance per batch, so each batch counts into keys of its own.
             instance = f"ample.{pool}.{kind}.{repeat}"
-            if kind == "pooled":
+            if kind != "plain":
                 bench.manager.assign(instance, pool)
                 before = _waited(bench, pool)
             rate, busy = _noop_rate(bench, kind, instance, cfg.overhead_tasks)
@@ -85,12 +88,13 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
             [r["own_s"] / cfg.overhead_tasks for r in cpu[kind] if r.get("own_s") is not None]
             or [float("nan")]
         )
-        for kind in ("plain", "pooled")
+        for kind in kinds
     }
     bare = _bare_pair_cpu(bench, pool)
+    in_task = per_task["scripts"] - per_task["plain"]
     by_role = {
         kind: _median_roles([r.get("roles_s") or {} for r in cpu[kind]], cfg.overhead_tasks)
-        for kind in ("plain", "pooled")
+        for kind in kinds
     }
     return {
         "plain_cpu_per_task_ms": per_task["plain"] * 1000,
@@ -98,17 +102,27 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         "bare_pair_cpu_ms": bare * 1000,
         # The extra CPU of a pooled task in units of the two scripts it cannot do without.
         "overhead_figure": (per_task["pooled"] - per_task["plain"]) / bare,
+        # The same pair run by a plain task's body in the workers, and the extra CPU of a
+        # pooled task in units of that: what celery-pools adds around its two scripts.
+        "scripts_cpu_per_task_ms": per_task["scripts"] * 1000,
+        "in_task_pair_cpu_ms": in_task * 1000,
+        "overhead_figure_in_task": (per_task["pooled"] - per_task["plain"]) / in_task,
         # Where it goes: CPU ms per task by process role (median batch), and pooled - plain.
         "cpu_by_role_ms": by_role,
         "extra_cpu_by_role_ms": {
             role: by_role["pooled"][role] - by_role["plain"].get(role, 0.0)
             for role in by_role["pooled"]
         },
+        "scripts_extra_cpu_by_role_ms": {
+            role: by_role["scripts"][role] - by_role["plain"].get(role, 0.0)
+            for role in by_role["scripts"]
+        },
         "tasks_per_batch": cfg.overhead_tasks,
         "plain_per_s": plain,
         "pooled_per_s": pooled,
         "plain_batches_per_s": rates["plain"],
         "pooled_batches_per_s": rates["pooled"],
+        "scripts_batches_per_s": rates["scripts"],
         "plain_batches_cpu": cpu["plain"],
         "pooled_batches_cpu": cpu["pooled"],
         "throughput_ratio": pooled / plain,
