@@ -10,7 +10,7 @@ header; the task claims the slot when it starts.
 Every store operation that may hand a slot on answers with its
 :class:`~celery_pools.store.results.Effects`, and :meth:`Dispatcher.settle` is the one place that
 finishes them: it reports the holders reclaimed and publishes the hand-offs. The worker's reaper
-(:class:`celery_pools.worker.HandoffReaper`) uses the same dispatcher to repair what a crash
+(:class:`celery_pools.keepers.HandoffReaper`) uses the same dispatcher to repair what a crash
 leaves behind.
 """
 

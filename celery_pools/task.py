@@ -45,6 +45,7 @@ from .execution import (
 from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
+from .processes import own_start
 from .producer import park_at_publish, withdraw_grant
 from .store import Acquisition, Grant
 from .waiting import HEADER, WaitState
@@ -234,6 +235,7 @@ class PooledTask(Task):  # type: ignore[misc]
                     "instance": caller.instance,
                     "hostname": execution.request.hostname or "",
                     "pid": os.getpid(),
+                    "started": own_start(),  # a pid, not a reused one
                     # Which execution asks: another one of the same task id is a copy.
                     "thread": str(threading.get_ident()),
                 },

@@ -14,14 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "celery_pools"
 #: The layers, lowest first; a module may import from its own layer or those below it. Every
 #: module of the package is in one (a prefix names a subpackage and everything in it).
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "processes"},
     {"models", "ratelimit", "metrics", "waiting", "signals", "background", "local_redis"},
     {"settings"},
     {"store"},
     {"handoff"},
     {"context"},
     {"manager", "portable", "advisor", "exporter", "views", "dashboard"},
-    {"producer", "worker", "admin_tasks", "control"},
+    {"producer", "keepers", "worker", "admin_tasks", "control"},
     {"install"},
     {"admission", "execution", "task"},
     {"cli"},

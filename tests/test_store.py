@@ -6,7 +6,7 @@ import pytest
 
 from celery_pools import PoolConfigError, PoolExistsError, PoolManager, PoolNotFoundError
 from celery_pools.producer import publisher_for
-from celery_pools.store import AcquireStatus
+from celery_pools.store import AcquireStatus, HolderProcess
 
 
 @pytest.fixture
@@ -149,9 +149,27 @@ def test_holder_processes_names_the_process_each_slot_was_taken_in(pools):
     pools.assign("x", "a")
     store = pools.store
     store.acquire("x", "here", lease=30, info={"hostname": "w1@h", "pid": 42})
+    store.acquire("x", "started", lease=30, info={"hostname": "w1@h", "pid": 43, "started": 9})
     store.acquire("x", "unnamed", lease=30)
-    held = {"here": "a", "unnamed": "a", "gone": "a"}
-    assert store.holder_processes(held) == {"here": ("w1@h", 42)}
+    held = {"here": "a", "started": "a", "unnamed": "a", "gone": "a"}
+    assert store.holder_processes(held) == {
+        "here": HolderProcess("w1@h", 42, None),
+        "started": HolderProcess("w1@h", 43, 9),
+    }
+
+
+def test_the_same_pid_started_again_asks_as_a_copy(pools):
+    """One execution per slot: a process of the holder's hostname, pid and thread that started
+    at another time (a restarted container counts its pids the same way again) is a copy, and
+    waits; the holder's own process asking again keeps its slot."""
+    pools.create("a", limit=2)
+    pools.assign("x", "a")
+    store = pools.store
+    holder = {"hostname": "w1@h", "pid": 42, "thread": "1", "started": 1000}
+    assert store.acquire("x", "t", lease=30, info=holder).status is AcquireStatus.OK
+    again = store.acquire("x", "t", lease=30, info={**holder, "started": 2000})
+    assert (again.status, again.reason) == (AcquireStatus.FULL, "copy")
+    assert store.acquire("x", "t", lease=30, info=holder).status is AcquireStatus.OK
 
 
 def test_a_worker_renews_thousands_of_leases_in_one_call(pools):

@@ -5,6 +5,8 @@ and a tenth of the task's time limits. Real Redis, in-process worker (threads po
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -15,7 +17,9 @@ from celery.exceptions import TaskRevokedError
 from celery.worker import state as worker_state
 
 from celery_pools import PoolFullError, signals
-from celery_pools.worker import LeaseKeeper, slots_held_here
+from celery_pools.keepers import LeaseKeeper, slots_held_here
+from celery_pools.processes import process_start
+from celery_pools.store import HolderProcess
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -153,11 +157,11 @@ def test_a_worker_renews_the_slots_its_own_processes_hold_and_no_others():
     ]
     held = {request.id: "api" for request in requests}
     holders = {
-        "prefork": ("w1@h", 101),
-        "green": ("w1@h", here),
-        "copy-in-another-child": ("w1@h", 999),
-        "elsewhere": ("w2@h", 303),
-        "twice": ("w1@h", 505),
+        "prefork": HolderProcess("w1@h", 101),
+        "green": HolderProcess("w1@h", here),
+        "copy-in-another-child": HolderProcess("w1@h", 999),
+        "elsewhere": HolderProcess("w2@h", 303),
+        "twice": HolderProcess("w1@h", 505),
     }
     assert slots_held_here(requests, held, holders) == {
         "prefork": "api",
@@ -165,6 +169,33 @@ def test_a_worker_renews_the_slots_its_own_processes_hold_and_no_others():
         "twice": "api",
         "unrecorded": "api",
     }
+
+
+def test_a_worker_does_not_renew_a_slot_taken_by_an_earlier_process_of_the_same_pid():
+    """A holder record names the process that took the slot by hostname, pid and start: a
+    running process of that pid that started at another time (a restarted container counts its
+    pids the same way again) is not the holder, so the dead holder's slot is not renewed."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = process_start(child.pid)
+        assert started is not None, "this test reads /proc/<pid>/stat"
+        requests = [
+            SimpleNamespace(id=task_id, hostname="w1@h", worker_pid=child.pid)
+            for task_id in ("this-process", "an-earlier-one", "unknown-start")
+        ]
+        held = {request.id: "api" for request in requests}
+        holders = {
+            "this-process": HolderProcess("w1@h", child.pid, started),
+            "an-earlier-one": HolderProcess("w1@h", child.pid, started - 1),
+            "unknown-start": HolderProcess("w1@h", child.pid, None),
+        }
+        assert slots_held_here(requests, held, holders) == {
+            "this-process": "api",
+            "unknown-start": "api",
+        }
+    finally:
+        child.kill()
+        child.wait()
 
 
 class _Request:

@@ -20,6 +20,7 @@ from celery_pools.ratelimit import InstanceRate, RateLimit
 
 from . import replies
 from .base import StoreBase
+from .results import HolderProcess
 
 __all__ = ["StoreReading"]
 
@@ -72,10 +73,11 @@ class StoreReading(StoreBase):
             pools = self.client.hmget(self.keys.held, list(tokens))
         return {token: str(pool) for token, pool in zip(tokens, pools, strict=True) if pool}
 
-    def holder_processes(self, held: Mapping[str, str]) -> dict[str, tuple[str, int | None]]:
-        """Which process holds each slot of ``held`` (token -> pool): its holder's (hostname,
-        pid) as the holder recorded them when it took the slot; tokens whose slot is no longer
-        held, or whose record says neither (or cannot be read), are left out."""
+    def holder_processes(self, held: Mapping[str, str]) -> dict[str, HolderProcess]:
+        """Which process holds each slot of ``held`` (token -> pool): its holder's hostname,
+        pid and start (:mod:`celery_pools.processes`) as the holder recorded them when it took
+        the slot (None where it recorded none); tokens whose slot is no longer held, or whose
+        record names no host and no pid (or cannot be read), are left out."""
         tokens = list(held)
         if not tokens:
             return {}
@@ -84,13 +86,17 @@ class StoreReading(StoreBase):
             for token in tokens:
                 pipe.hget(self.keys.pool(held[token]).holder, token)
             records = pipe.execute()
-        found: dict[str, tuple[str, int | None]] = {}
+        found: dict[str, HolderProcess] = {}
         for token, raw in zip(tokens, records, strict=True):
             try:
                 record = json.loads(raw) if raw else {}
-                hostname, pid = record.get("hostname"), record.get("pid")
+                hostname, pid, started = (record.get(k) for k in ("hostname", "pid", "started"))
                 if hostname or pid is not None:
-                    found[token] = (str(hostname or ""), int(pid) if pid is not None else None)
+                    found[token] = HolderProcess(
+                        str(hostname or ""),
+                        None if pid is None else int(pid),
+                        None if started is None else int(started),
+                    )
             except (TypeError, ValueError, AttributeError):  # unreadable: says no process
                 continue
         return found

@@ -19,6 +19,7 @@ __all__ = [
     "Freed",
     "Grant",
     "Handoff",
+    "HolderProcess",
     "Parking",
     "Reclaimed",
     "Release",
@@ -204,6 +205,16 @@ class Freed:
     hostname: str = ""
     pid: int | None = None
     since: float | None = None
+
+
+@dataclass(frozen=True)
+class HolderProcess:
+    """The process that took a slot, as its holder record says: host, pid and when that
+    process started (:func:`celery_pools.processes.process_start`; None where unknown)."""
+
+    hostname: str
+    pid: int | None
+    started: int | None = None
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@
 --   lease_ms               the holder's lease (ms)
 --   first_ms               when the task first asked (ms, Redis clock); "" the first time
 --   waited_uid             uid of the pool the task last waited in; "" if it has not
---   info                   holder JSON (task_name, instance, hostname, pid, thread: the
---                          execution asking); "since" added
+--   info                   holder JSON (task_name, instance, hostname, pid, started, thread:
+--                          the execution asking; started tells a pid from a reused one);
+--                          "since" added
 --   bounds                 histogram bucket upper bounds (ms, ascending, comma-separated)
 --   unassigned_timeout_ms  wait bound (ms) of an instance with no pool held back by its rate limit
 --                          or a pause
@@ -231,7 +232,8 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
   }
   local asking = cjson.decode(info)
   local blocked_here = record['ready'] and record['hostname'] == asking['hostname']
-    and record['pid'] == asking['pid'] and record['thread'] == asking['thread']
+    and record['pid'] == asking['pid'] and record['started'] == asking['started']
+    and record['thread'] == asking['thread']
   if now >= deadline then
     forget_standby(k, token)
     redis.call('DEL', wake .. token)
@@ -264,8 +266,8 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
     -- stale, and never runs its body). A wake-up left from an earlier block is dropped.
     redis.call('DEL', wake .. token)
     record['ready'], record['until'] = now, now + tonumber(standby_ms)
-    record['hostname'], record['pid'], record['thread'] = asking['hostname'], asking['pid'],
-      asking['thread']
+    record['hostname'], record['pid'], record['started'], record['thread'] =
+      asking['hostname'], asking['pid'], asking['started'], asking['thread']
     redis.call('HSET', standby_entry, token, cjson.encode(record))
     return reply('FULL', limit, in_use, timeout, uid, 0, tonumber(standby_ms), 'standby')
   end
@@ -331,7 +333,7 @@ if redis.call('ZSCORE', holders, token) then
   -- back, its lease lapses or it is abandoned (abandon.lua), then asks under the usual rules.
   local asking = cjson.decode(info)
   if holding['hostname'] ~= asking['hostname'] or holding['pid'] ~= asking['pid']
-      or holding['thread'] ~= asking['thread'] then
+      or holding['started'] ~= asking['started'] or holding['thread'] ~= asking['thread'] then
     first, deadline = now, now + timeout
     wait_here()
     return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'copy')

@@ -9,7 +9,7 @@
 -- A standby stays a waiter (waiters, waiter), and `held` names its pool (so that the worker that
 -- sees its task end finds it, abandon.lua); its record in standby_entry is JSON:
 --   {id, entry (its parked entry JSON), promoted (ms), ready (ms, when its task blocked),
---    until (ms, when its block ends), hostname, pid, thread (the execution that blocks)}
+--    until (ms, when its block ends), hostname, pid, started, thread (the execution that blocks)}
 --
 -- wake_standby(k, token, what): push "go" (a slot was handed to it) or "end" (its pool was cleared
 --   or deleted) to the standby's wake LIST, which expires if nobody takes it.
