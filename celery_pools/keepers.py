@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 1.0
 
 
+def _active() -> list[Any]:
+    """The worker's active requests now (Celery's consumer adds to them as this reads)."""
+    while True:
+        try:
+            return list(worker_state.active_requests)
+        except RuntimeError:  # "changed size during iteration": read again
+            continue
+
+
 class LeaseKeeper(Periodic):
     """Renews, every third of the lease, the leases of slots held by this worker's running tasks,
     and abandons, within a second, the slots of those that ended without releasing and without
@@ -79,7 +88,7 @@ class LeaseKeeper(Periodic):
 
     def _renew(self) -> int:
         ext = get_extension(self.app)
-        running = [req for req in list(worker_state.active_requests) if is_pooled(req.task)]
+        running = [req for req in _active() if is_pooled(req.task)]
         requests = {req.id: req for req in running}
         held = ext.store.held_pools(list(requests))
         held = slots_held_here(running, held, ext.store.holder_processes(held))
@@ -98,7 +107,7 @@ class LeaseKeeper(Periodic):
             request, since = self._received.popleft()
             self._watched[id(request)] = (request, since)
         active, reserved = worker_state.active_requests, worker_state.reserved_requests
-        running = {(req.id, req.worker_pid) for req in list(active)}
+        running = {(req.id, req.worker_pid) for req in _active()}
         now, ended = time.monotonic(), []
         for key, (req, since) in list(self._watched.items()):
             if req in active or req in reserved or (req.id, req.worker_pid) in running:
