@@ -106,7 +106,9 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
         # pooled task in units of that: what celery-pools adds around its two scripts.
         "scripts_cpu_per_task_ms": per_task["scripts"] * 1000,
         "in_task_pair_cpu_ms": in_task * 1000,
-        "overhead_figure_in_task": (per_task["pooled"] - per_task["plain"]) / in_task,
+        "overhead_figure_in_task": (
+            (per_task["pooled"] - per_task["plain"]) / in_task if in_task > 0 else float("nan")
+        ),
         # Where it goes: CPU ms per task by process role (median batch), and pooled - plain.
         "cpu_by_role_ms": by_role,
         "extra_cpu_by_role_ms": {

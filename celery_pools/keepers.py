@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery.worker import state as worker_state
 
@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 
 # How often the lease keeper looks for executions that ended without releasing (seconds).
 _SWEEP_INTERVAL = 1.0
+
+
+class _Ended(NamedTuple):
+    """An execution that ended (its request let go of): what abandoning its slot needs."""
+
+    task_id: str
+    pid: int
+    hostname: str
+    task_name: str
+    ended: float  # when it was found ended (monotonic)
 
 
 def _active() -> list[Any]:
@@ -67,6 +77,9 @@ class LeaseKeeper(Periodic):
         # The pooled requests this worker received and has not seen end (this thread's own):
         # id(request) -> (request, when received, monotonic).
         self._watched: dict[int, tuple[Any, float]] = {}
+        # Ended executions whose slots Redis could not be asked about: asked again every
+        # second for a third of the lease (by then their lease has lapsed on its own).
+        self._unsettled: list[_Ended] = []
 
     def watch(self, request: Any) -> None:
         """Follow ``request`` (a pooled task this worker received) until it ends. Any thread."""
@@ -124,28 +137,36 @@ class LeaseKeeper(Periodic):
         without releasing (an execution that released holds none; a copy holding a slot in
         another process is left alone). Celery sends no signal for a killed child with
         ``acks_late`` and ``task_reject_on_worker_lost``: this is how its slot is found."""
-        ended = self._ended()
+        now = time.monotonic()
+        ended = self._unsettled + [
+            _Ended(req.id, req.worker_pid, req.hostname or "", req.task_name, now)
+            for req in self._ended()
+        ]
+        self._unsettled = []
         if not ended:
             return
         ext = get_extension(self.app)
         try:
-            still = ext.store.held_pools(list({req.id for req in ended}))
-            for req in ended:
-                if req.id not in still:
+            still = ext.store.held_pools(list({end.task_id for end in ended}))
+            for end in ended:
+                if end.task_id not in still:
                     continue
                 outcome = ext.store.abandon(
-                    req.id, grace=ext.settings.abandoned_grace, why="lost", pid=req.worker_pid
+                    end.task_id,
+                    grace=ext.settings.abandoned_grace,
+                    why="lost",
+                    pid=end.pid,
+                    hostname=end.hostname,
                 )
                 if outcome is not None:
                     ext.dispatcher.settle(outcome.effects)
                     if outcome.slot is not None:
-                        report_abandoned(req.task_name, outcome.pool, outcome.slot)
+                        report_abandoned(end.task_name, outcome.pool, outcome.slot)
         except PoolBackendError as exc:
-            # Looked at again in a second (abandoning twice is harmless); the renewal warns
-            # about an unreachable Redis every third of the lease, not this every second.
-            now = time.monotonic()
-            for req in ended:
-                self._watched[id(req)] = (req, now)
+            # The renewal warns about an unreachable Redis every third of the lease; these are
+            # asked about again next second while their lease runs (a slot already abandoned
+            # is no longer held, and is skipped).
+            self._unsettled = [end for end in ended if now - end.ended < self.lease_interval]
             logger.debug("celery-pools: could not abandon the slots of ended tasks: %s", exc)
 
     def _report_suspicious(

@@ -85,9 +85,18 @@ def test_an_abandoned_slot_comes_free_when_its_grace_ends(env, manager):
 
 
 def test_abandon_acts_only_on_the_process_that_ended(manager):
+    """Given a pid (and a worker's hostname), abandoning leaves alone a slot held by another
+    process, or by a process of the same pid on another host (a copy of the task there)."""
     _hold(manager, "copy", {**HOLDER, "pid": 5151})
     assert manager.store.abandon("copy", grace=30, why="lost", pid=4242).slot is None
+    elsewhere = manager.store.abandon("copy", grace=30, why="lost", pid=5151, hostname="w2@h")
+    assert elsewhere is not None
+    assert elsewhere.slot is None
     assert [h.task_id for h in manager.status("api").holders] == ["copy"]
+    ended = manager.store.abandon("copy", grace=30, why="lost", pid=5151, hostname="w1@h")
+    assert ended is not None
+    assert ended.slot is not None
+    assert manager.status("api").holders == []
 
 
 def test_a_grace_of_zero_and_an_unclaimed_hand_off_give_the_slot_back(manager):

@@ -28,6 +28,7 @@ def _check_available(scenario: str, result: dict[str, Any]) -> None:
     elif scenario == "overhead":
         assert result["plain_per_s"] > 0
         assert result["pooled_per_s"] > 0
+        assert all(rate > 0 for rate in result["scripts_batches_per_s"])
         assert result["throughput_ratio"] > 0
     else:
         assert result["finished"], result

@@ -21,6 +21,7 @@ from celery_pools.keepers import LeaseKeeper, slots_held_here
 from celery_pools.processes import process_start
 from celery_pools.store import HolderProcess
 from tests.support.polling import wait_until
+from tests.support.redis_server import free_port
 from tests.workerapp import INSTANCE
 
 
@@ -203,6 +204,7 @@ class _Request:
 
     def __init__(self, task_id: str, pid: int | None) -> None:
         self.id, self.worker_pid = task_id, pid
+        self.hostname, self.task_name = "w1@h", "t.call_api"
 
 
 @pytest.mark.parametrize(("copy_pid", "ended"), [(202, True), (101, False)])
@@ -219,3 +221,21 @@ def test_an_ended_execution_is_found_beside_a_copy_of_its_task(env, copy_pid, en
     finally:
         worker_state.active_requests.discard(copy)
     assert keeper._ended() == ([] if ended else [first])
+
+
+def test_an_ended_execution_is_asked_about_again_while_redis_is_unreachable(env):
+    """With the pools' Redis unreachable, an execution found ended is asked about again each
+    second while its lease runs, and let go of after a third of the lease (its lease lapses
+    on its own by then)."""
+    env.pools_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    keeper = LeaseKeeper(env.app())
+    keeper.watch(_Request("t", 101))
+    keeper._abandon_ended()
+    assert [(end.task_id, end.pid, end.hostname) for end in keeper._unsettled] == [
+        ("t", 101, "w1@h")
+    ]
+    keeper._abandon_ended()  # still unreachable, still within the lease
+    assert [end.task_id for end in keeper._unsettled] == ["t"]
+    keeper.lease_interval = 0.0
+    keeper._abandon_ended()
+    assert keeper._unsettled == []

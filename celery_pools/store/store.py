@@ -259,13 +259,14 @@ class RedisPoolStore(StoreReading):
         return self.release(token, pool) if pool else None
 
     def abandon(
-        self, token: str, *, grace: float, why: str, pid: int | None = None
+        self, token: str, *, grace: float, why: str, pid: int | None = None, hostname: str = ""
     ) -> Abandonment | None:
         """``token``'s execution ended without releasing its slot (its process was killed, a
         hard time limit, ``revoke(terminate=True)``): keep the slot taken for ``grace`` seconds,
         since the call it made may still be in flight, then free it. A hand-off the task never
-        claimed, or any slot when ``grace`` is 0, is given back at once. With ``pid``, only a
-        slot held by that process. None if it holds no slot.
+        claimed, or any slot when ``grace`` is 0, is given back at once. With ``pid`` (and
+        ``hostname``), only a slot held by that process (of that worker). None if it holds no
+        slot.
         """
         pool = self.held_pools([token]).get(token)
         if not pool:
@@ -276,6 +277,7 @@ class RedisPoolStore(StoreReading):
             "grace_ms": ms(grace),
             "why": why,
             "pid": "" if pid is None else str(pid),
+            "hostname": hostname,
             "bounds": BUCKET_BOUNDS_ARG,
             "stale_ms": ms(STALE_HANDOFF_SECONDS),
         }

@@ -4,9 +4,9 @@
 -- slots until now + grace, when the next acquire or hand-off frees it (lib/lapsed.lua); until then
 -- it counts as in use. A copy of the task (a redelivered message) is a new request: it waits for,
 -- or takes, another slot. A task handed a slot that it never claimed made no call: its slot is
--- given back at once, as release.lua does, and so is every slot when grace_ms is 0. Given a pid,
--- it only acts on a slot held by that process (the caller saw that process's execution end; the
--- same task id may hold a slot elsewhere now, as a copy).
+-- given back at once, as release.lua does, and so is every slot when grace_ms is 0. Given a pid
+-- (and a hostname), it only acts on a slot held by that process (the caller saw that process's
+-- execution end; the same task id may hold a slot elsewhere now, as a copy).
 --
 -- Stats fields touched: abandoned, released and the hold-time histogram "hold:*".
 --
@@ -39,6 +39,7 @@
 --   grace_ms  how long the slot stays taken (ms); 0 gives it back at once
 --   why       how the execution ended ("WorkerLostError", "TimeLimitExceeded", ...)
 --   pid       the process whose execution ended ("" for whichever holds the slot)
+--   hostname  the worker it ran in ("" for any; only with pid)
 --   bounds    histogram bucket upper bounds (ms, ascending, comma-separated)
 --   stale_ms  how long the id of a standby that ended stays in stale (ms)
 
@@ -49,14 +50,20 @@
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs, abandoned,
   abandoned_holder, standby, standby_entry, wake, parked, stale = unpack(KEYS)
-local token, pool, grace_ms, why, pid, bounds, stale_ms = unpack(ARGV)
+local token, pool, grace_ms, why, pid, hostname, bounds, stale_ms = unpack(ARGV)
+
+-- Whether a holder or standby record names the process whose execution ended.
+local function that_process(record)
+  return pid == '' or (tostring(record['pid']) == pid
+    and (hostname == '' or record['hostname'] == hostname))
+end
 
 local now = redis_clock()
 if redis.call('ZSCORE', standby, token) then
   -- A standby holds no slot and its body never ran: revoked, it never runs; its execution
   -- ended otherwise (its process died), it goes back to its place in the FIFO, to run once.
   local record = cjson.decode(redis.call('HGET', standby_entry, token))
-  if pid ~= '' and tostring(record['pid']) ~= pid then
+  if not that_process(record) then
     return {'NOT_HELD', now, '', 0, 0}
   end
   local k = {
@@ -71,7 +78,7 @@ if redis.call('ZSCORE', standby, token) then
   return {'REQUEUED', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
 end
 local info = redis.call('HGET', holder, token) or ''
-if pid ~= '' and (info == '' or tostring(cjson.decode(info)['pid']) ~= pid) then
+if pid ~= '' and (info == '' or not that_process(cjson.decode(info))) then
   return {'NOT_HELD', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
 end
 local claimed = redis.call('HEXISTS', handoffs, token) == 0
