@@ -115,19 +115,22 @@ class LeaseKeeper(Periodic):
         an hour at most). A request is itself, not its task id: a copy of the task running or
         waiting here in another process (its message delivered again) does not hide that the
         execution before it ended; one in the same process does (it may hold the slot now,
-        under the same pid), until it ends too."""
+        under the same pid), until it ends too. One that ran in this process (threads and solo
+        pools) is let go of without being returned: its own release ran, and a later request of
+        its id here has the same pid, whose slot must not be taken for its."""
         while self._received:
             request, since = self._received.popleft()
             self._watched[id(request)] = (request, since)
         active, reserved = worker_state.active_requests, worker_state.reserved_requests
         running = {(req.id, req.worker_pid) for req in _active()}
-        now, ended = time.monotonic(), []
+        now, here, ended = time.monotonic(), os.getpid(), []
         for key, (req, since) in list(self._watched.items()):
             if req in active or req in reserved or (req.id, req.worker_pid) in running:
                 continue
             if req.worker_pid is not None:
                 del self._watched[key]
-                ended.append(req)
+                if req.worker_pid != here:
+                    ended.append(req)
             elif now - since >= 3600:  # not started (an ETA task, revoked or expired?)
                 del self._watched[key]
         return ended
@@ -148,8 +151,10 @@ class LeaseKeeper(Periodic):
         ext = get_extension(self.app)
         try:
             still = ext.store.held_pools(list({end.task_id for end in ended}))
+            # A request of the same id that started in that process since (a retry) holds it.
+            running = {(req.id, req.worker_pid) for req in _active()}
             for end in ended:
-                if end.task_id not in still:
+                if end.task_id not in still or (end.task_id, end.pid) in running:
                     continue
                 outcome = ext.store.abandon(
                     end.task_id,

@@ -223,6 +223,16 @@ def test_an_ended_execution_is_found_beside_a_copy_of_its_task(env, copy_pid, en
     assert keeper._ended() == ([] if ended else [first])
 
 
+def test_an_execution_that_ended_in_the_workers_own_process_is_let_go_of(env):
+    """In threads and solo pools a task runs in the worker's own process, where its release
+    always runs: the keeper lets go of it without abandoning anything, so a retry of the same id
+    (same pid) that takes a slot meanwhile keeps it."""
+    keeper = LeaseKeeper(env.app())
+    keeper.watch(_Request("retried", os.getpid()))
+    assert keeper._ended() == []
+    assert keeper._watched == {}
+
+
 def test_an_ended_execution_is_asked_about_again_while_redis_is_unreachable(env):
     """With the pools' Redis unreachable, an execution found ended is asked about again each
     second while its lease runs, and let go of after a third of the lease (its lease lapses
