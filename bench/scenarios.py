@@ -75,7 +75,7 @@ def run_overhead(bench: Bench) -> dict[str, Any]:
             instance = f"ample.{pool}.{kind}.{repeat}"
             if kind != "plain":
                 bench.manager.assign(instance, pool)
-                before = _waited(bench, pool)
+            before = _waited(bench, pool) if kind == "pooled" else 0
             rate, busy = _noop_rate(bench, kind, instance, cfg.overhead_tasks)
             rates[kind].append(rate)
             cpu[kind].append(busy)
