@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery.worker import state as worker_state
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # How often the lease keeper looks for executions that ended without releasing (seconds).
 _SWEEP_INTERVAL = 1.0
+# How long it remembers where an execution it let go of ran, for Celery's ending signals, which
+# come after the result backend has stored the failure and the task's on_failure has run.
+_LET_GO_SECONDS = 10.0
 
 
 class _Ended(NamedTuple):
@@ -44,13 +48,18 @@ class _Ended(NamedTuple):
     ended: float  # when it was found ended (monotonic)
 
 
-def _active() -> list[Any]:
-    """The worker's active requests now (Celery's consumer adds to them as this reads)."""
+def _snapshot(items: Iterable[Any]) -> list[Any]:
+    """A list of ``items``, which another thread may change as this reads."""
     while True:
         try:
-            return list(worker_state.active_requests)
+            return list(items)
         except RuntimeError:  # "changed size during iteration": read again
             continue
+
+
+def _active() -> list[Any]:
+    """The worker's active requests now (Celery's consumer adds to them as this reads)."""
+    return _snapshot(worker_state.active_requests)
 
 
 class LeaseKeeper(Periodic):
@@ -80,10 +89,35 @@ class LeaseKeeper(Periodic):
         # Ended executions whose slots Redis could not be asked about: asked again every
         # second for a third of the lease (by then their lease has lapsed on its own).
         self._unsettled: list[_Ended] = []
+        # The executions let go of in the last _LET_GO_SECONDS, for ended_processes (this
+        # thread may let go of one before Celery's signal about it asks): task id -> their
+        # last let go of (monotonic) and their processes, and the ids in that order, with when.
+        self._let_go: dict[str, tuple[float, tuple[tuple[int, str], ...]]] = {}
+        self._let_go_order: deque[tuple[float, str]] = deque()
 
     def watch(self, request: Any) -> None:
         """Follow ``request`` (a pooled task this worker received) until it ends. Any thread."""
         self._received.append((request, time.monotonic()))
+
+    def ended_processes(self, task_id: str) -> list[tuple[int, str]]:
+        """The processes, as (pid, worker hostname), where executions of ``task_id`` that this
+        worker received ran and have ended (their requests are no longer active, and no request
+        of that id runs there now), each request's ``worker_pid`` first, then this process
+        (threads, solo, gevent and eventlet pools run tasks here; the last two name a greenlet
+        as ``worker_pid``). Any thread: Celery's ending signals ask as a request ends, which
+        this thread may have let go of already (it remembers those for ten seconds)."""
+        # This thread adds a request to _let_go before it stops watching it, and moves it to
+        # _watched before it takes it off _received: read in the other order, none is missed.
+        requests = _snapshot(self._received) + _snapshot(self._watched.values())
+        found = list(self._let_go.get(task_id, (0.0, ()))[1])
+        active = worker_state.active_requests
+        for request, _ in requests:
+            if request.id == task_id and request.worker_pid is not None and request not in active:
+                found.append((request.worker_pid, request.hostname or ""))
+        here = os.getpid()
+        running = {req.worker_pid for req in _active() if req.id == task_id}
+        ordered = found + [(here, hostname) for _, hostname in found]
+        return [where for where in dict.fromkeys(ordered) if where[0] not in running]
 
     def tick(self) -> int:
         """Abandon the slots of executions that ended without releasing; every third of the
@@ -119,8 +153,9 @@ class LeaseKeeper(Periodic):
         pools) is let go of without being returned: its own release ran, and a later request of
         its id here has the same pid, whose slot must not be taken for its."""
         while self._received:
-            request, since = self._received.popleft()
+            request, since = self._received[0]
             self._watched[id(request)] = (request, since)
+            self._received.popleft()
         active, reserved = worker_state.active_requests, worker_state.reserved_requests
         running = {(req.id, req.worker_pid) for req in _active()}
         now, here, ended = time.monotonic(), os.getpid(), []
@@ -128,11 +163,19 @@ class LeaseKeeper(Periodic):
             if req in active or req in reserved or (req.id, req.worker_pid) in running:
                 continue
             if req.worker_pid is not None:
+                where = (req.worker_pid, req.hostname or "")
+                before = self._let_go.get(req.id, (now, ()))[1]
+                self._let_go[req.id] = (now, (*before, where))
+                self._let_go_order.append((now, req.id))
                 del self._watched[key]
                 if req.worker_pid != here:
                     ended.append(req)
             elif now - since >= 3600:  # not started (an ETA task, revoked or expired?)
                 del self._watched[key]
+        while self._let_go_order and now - self._let_go_order[0][0] >= _LET_GO_SECONDS:
+            task_id = self._let_go_order.popleft()[1]
+            if now - self._let_go.get(task_id, (now, ()))[0] >= _LET_GO_SECONDS:
+                del self._let_go[task_id]
         return ended
 
     def _abandon_ended(self) -> None:

@@ -1,4 +1,5 @@
-"""Which operating-system process is which: a pid, and when that process started.
+"""Which operating-system process is which: a pid, when that process started, and whether it is
+being ended.
 
 A pid names a process only while it lives; a restarted container on the same hostname counts
 its pids the same way again. A slot's holder record keeps, beside hostname and pid, when its
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["own_start", "process_start"]
+from billiard import common as billiard_common
+
+__all__ = ["being_terminated", "own_start", "process_start"]
 
 # This process's start, read once per process (a forked child reads its own).
 _own: tuple[int, int | None] | None = None
@@ -36,3 +39,14 @@ def own_start() -> int | None:
     if _own is None or _own[0] != pid:
         _own = (pid, process_start(pid))
     return _own[1]
+
+
+def being_terminated() -> bool:
+    """Whether this process is being ended by a terminate signal: billiard's handler in a pool
+    process (the SIGTERM of a hard time limit, a terminate, a cold shutdown) has fired and
+    raised ``SystemExit`` so that ``finally`` blocks run before the process exits (a SIGKILL
+    follows). False for a ``SystemExit`` that task code raised itself."""
+    fired = getattr(billiard_common, "terminate_handler_fired", None)
+    if fired is not None:
+        return bool(fired())
+    return bool(billiard_common._should_have_exited[0])  # billiard before 4.3

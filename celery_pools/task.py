@@ -1,7 +1,8 @@
 """``PooledTask``: a Celery task base class that holds a pool slot while its body runs.
 
 The class carries out what :mod:`celery_pools.admission` decides: it asks the store for a slot,
-sends the signals, reschedules or parks the task, and releases the slot however the body ends.
+sends the signals, reschedules or parks the task, and releases the slot however the body ends,
+except when its process is ended under it (then the worker abandons the slot: :mod:`.endings`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .execution import (
 from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
-from .processes import own_start
+from .processes import being_terminated, own_start
 from .producer import park_at_publish, withdraw_grant
 from .store import Acquisition, Grant
 from .waiting import HEADER, WaitState
@@ -92,7 +93,9 @@ class PooledTask(Task):  # type: ignore[misc]
     When the pool is full the body does not run: the task is sent again with a countdown
     (state ``RETRY``, reason :class:`~celery_pools.errors.PoolFullError`) without spending its
     ``max_retries``, until a slot is free or the pool's timeout passes, when it fails with
-    :class:`~celery_pools.errors.PoolTimeoutError`. The slot is released however the body ends.
+    :class:`~celery_pools.errors.PoolTimeoutError`. The slot is released however the body ends;
+    when its process is ended under it (``SystemExit``: a hard time limit, a terminate), the
+    worker abandons it instead, since its call may still be in flight.
 
     Calling the task object directly (``push_order(1)``) runs the body as a plain function,
     without a slot, as Celery does for every task called directly. ``apply()`` and eager mode
@@ -181,6 +184,14 @@ class PooledTask(Task):  # type: ignore[misc]
         slot = self._enter(request, args, kwargs)
         try:
             return super().__call__(*args, **kwargs)
+        except SystemExit:
+            # The process is being ended under the body: billiard turns the SIGTERM of a hard
+            # time limit or a terminate into SystemExit (a SIGKILL follows). The call may still
+            # be in flight at the server: the worker's main process abandons the slot (its
+            # grace keeps it taken); released here, the next call would start beside it.
+            if being_terminated():
+                slot = None
+            raise
         finally:
             if slot is not None:
                 self._leave(slot)

@@ -2,12 +2,11 @@
 
 - :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
   warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
-  missing, and starts the worker's lease keeper and hand-off reaper (:mod:`.keepers`).
-- Signal handlers for a task that ended where its own process could not release its slot: a
-  hard time limit, ``revoke(terminate=True)``, a child process killed. Its call to the external
-  system may still be in flight (a server keeps serving a request whose client died), so the slot
-  is abandoned, not released: it stays taken for ``pools_abandoned_grace_seconds``. A task revoked
-  before it started made no call: its slot (a hand-off or grant) is released.
+  missing, and starts the worker's lease keeper and hand-off reaper (:mod:`.keepers`) and the
+  thread that settles the slots of tasks ending in the main process (:mod:`.endings`: a hard
+  time limit, ``revoke(terminate=True)``, a child process killed, a revoke before the start).
+  In a warm shutdown the lease keeper and that thread go on until the worker has waited for its
+  running tasks: their slots stay theirs while they finish.
 - Each new prefork child connects to the pools' Redis and to the broker as it starts
   (:func:`connect_ahead`), not in its first pooled task or its first hand-off.
 - Before the prefork pool forks its first child, the main process's objects are frozen out of
@@ -24,37 +23,38 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery import bootsteps
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.signals import (
-    task_failure,
     task_received,
-    task_revoked,
     worker_before_create_process,
     worker_process_init,
+    worker_shutdown,
 )
 
 from .context import get_extension, is_pooled
+from .endings import EndingsThread
 from .errors import PoolBackendError
-from .keepers import HandoffReaper, LeaseKeeper, report_abandoned
+from .keepers import HandoffReaper, LeaseKeeper
 from .waiting import WaitState, due_here
 
 __all__ = [
     "PoolsWorkerStep",
-    "connect_worker_signals",
     "declare_pools",
     "freeze_before_fork",
 ]
 
 logger = logging.getLogger(__name__)
 
-# How tasks end in the main process, without their own code running to the end.
-_MAIN_PROCESS_ENDINGS = (TimeLimitExceeded, WorkerLostError)
+# How long a stopping worker waits for the endings reported while it drained to be settled.
+_SETTLE_AT_EXIT = 5.0
 
 
 class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """The worker bootstep celery-pools adds to every worker of an app that uses it."""
 
     label = "celery-pools"
+    # Started after the pool, so stopped before it: the pool's stop is where a warm shutdown
+    # waits for the running tasks, and stop() keeps their leases renewed until they end.
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
@@ -66,8 +66,12 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         # Steps are built before any starts: before the pool forks its first child.
         if ext.settings.freeze_gc:
             _ForkFreeze.armed = True
+            worker_before_create_process.connect(
+                _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
+            )
         self.keeper: LeaseKeeper | None = None
         self.reaper: HandoffReaper | None = None
+        self.endings: EndingsThread | None = None
         # Weak: a worker that fails before it starts never stops its steps; this one then goes
         # with it rather than on pinging from every child forked later in the process.
         worker_process_init.connect(
@@ -105,6 +109,8 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.keeper = LeaseKeeper(worker.app)
         task_received.connect(self._received, weak=False, dispatch_uid=f"celery_pools.{id(self)}")
         self.keeper.start()
+        self.endings = EndingsThread(worker.app, self.keeper, worker.hostname)
+        self.endings.start()
         self.reaper = HandoffReaper(worker.app, ext.settings.reaper_interval)
         self.reaper.start()
 
@@ -115,14 +121,40 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             _countdown_on_this_clock(request, get_extension(self.app).store.clock.offset)
 
     def stop(self, worker: Any) -> None:
-        """Stop renewing leases and reaping hand-offs."""
-        task_received.disconnect(dispatch_uid=f"celery_pools.{id(self)}")
-        worker_process_init.disconnect(dispatch_uid=f"celery_pools.child.{id(self)}")
-        for thread in (self.keeper, self.reaper):
-            if thread is not None:
-                thread.stop()
+        """A warm shutdown: stop reaping hand-offs now; renew leases and settle endings until
+        the worker has waited for its running tasks (Celery's pool stops after this step, and
+        waits for them), then stop (``worker_shutdown``) and let the queued endings settle."""
+        self._disconnect()
+        if self.reaper is not None:
+            self.reaper.stop()
+
+        def after_the_pool(sender: Any = None, **_: Any) -> None:
+            if sender is worker:
+                worker_shutdown.disconnect(dispatch_uid=f"celery_pools.shutdown.{id(self)}")
+                self._stop_threads(settle_for=_SETTLE_AT_EXIT)
+
+        worker_shutdown.connect(
+            after_the_pool, weak=False, dispatch_uid=f"celery_pools.shutdown.{id(self)}"
+        )
+
+    def terminate(self, worker: Any) -> None:
+        """A cold shutdown (its pool's processes are ended under their tasks): stop now."""
+        self._disconnect()
+        worker_shutdown.disconnect(dispatch_uid=f"celery_pools.shutdown.{id(self)}")
+        self._stop_threads(settle_for=0.0)
 
     shutdown = stop
+
+    def _disconnect(self) -> None:
+        task_received.disconnect(dispatch_uid=f"celery_pools.{id(self)}")
+        worker_process_init.disconnect(dispatch_uid=f"celery_pools.child.{id(self)}")
+
+    def _stop_threads(self, *, settle_for: float) -> None:
+        for thread in (self.reaper, self.keeper, self.endings):
+            if thread is not None:
+                thread.stop()
+        if self.endings is not None and self.endings.is_alive() and settle_for:
+            self.endings.join(settle_for)
 
 
 def connect_ahead(app: Any) -> None:
@@ -181,72 +213,6 @@ def declare_pools(app: Any) -> list[str]:
         for instance in spec.instances:
             store.assign(instance, name, if_unassigned=True)
     return created
-
-
-def connect_worker_signals(app: Any) -> None:
-    """Abandon (or release) slots of pooled tasks of ``app`` that end in the worker's main
-    process, and freeze the main process's objects before its first fork (``pools_freeze_gc``)."""
-
-    def end(task_id: str | None, task: Any, why: str, *, started: bool) -> None:
-        if not task_id or getattr(task, "app", None) is not app or not is_pooled(task):
-            return
-        ext = get_extension(app)
-        dispatcher = ext.dispatcher
-        grace = ext.settings.abandoned_grace if started else 0.0
-        try:
-            ended = dispatcher.store.abandon(task_id, grace=grace, why=why)
-        except PoolBackendError as exc:
-            logger.warning(
-                "celery-pools: could not release the slot of %s[%s] after %s (%s); it is "
-                "reclaimed when its lease lapses",
-                task.name,
-                task_id,
-                why,
-                exc,
-            )
-            return
-        if ended is None:
-            return
-        dispatcher.settle(ended.effects)
-        if ended.slot is not None:
-            report_abandoned(task.name, ended.pool, ended.slot)
-        elif ended.released:
-            logger.info(
-                "celery-pools: released the slot of %s[%s] in pool %r after %s",
-                task.name,
-                task_id,
-                ended.pool,
-                why,
-            )
-
-    def off_loop(task_id: str | None, task: Any, why: str, *, started: bool) -> None:
-        # These signals come on the worker's event loop: a call to a pools' Redis that is down
-        # must not stall it (the consumer would hold messages it has taken from the broker).
-        threading.Thread(
-            target=end,
-            args=(task_id, task, why),
-            kwargs={"started": started},
-            name="celery-pools-ending",
-            daemon=True,
-        ).start()
-
-    def on_failure(
-        sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
-    ) -> None:
-        if isinstance(exception, _MAIN_PROCESS_ENDINGS):
-            off_loop(task_id, sender, type(exception).__name__, started=True)
-
-    def on_revoked(
-        sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
-    ) -> None:
-        why = "revoke(terminate=True)" if terminated else "revoke"
-        off_loop(getattr(request, "id", None), sender, why, started=bool(terminated))
-
-    task_failure.connect(on_failure, weak=False, dispatch_uid=f"celery_pools.failure.{id(app)}")
-    task_revoked.connect(on_revoked, weak=False, dispatch_uid=f"celery_pools.revoked.{id(app)}")
-    worker_before_create_process.connect(
-        _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
-    )
 
 
 class _ForkFreeze:

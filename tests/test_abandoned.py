@@ -99,6 +99,21 @@ def test_abandon_acts_only_on_the_process_that_ended(manager):
     assert manager.status("api").holders == []
 
 
+def test_abandon_on_a_worker_or_before_the_start_leaves_another_execution_alone(manager):
+    """Given only a worker's hostname, abandoning leaves alone a slot held on another worker;
+    for a task revoked before it started (``unclaimed``), a slot its id holds as a running
+    execution is left alone (an unclaimed hand-off is given back: test_handoff.py)."""
+    _hold(manager, "copy")
+    elsewhere = manager.store.abandon("copy", grace=30, why="lost", hostname="w2@h")
+    assert (elsewhere.elsewhere, elsewhere.slot, elsewhere.released) == (True, None, False)
+    revoked = manager.store.abandon("copy", grace=0, why="revoke", unclaimed=True)
+    assert (revoked.elsewhere, revoked.slot, revoked.released) == (True, None, False)
+    assert [h.task_id for h in manager.status("api").holders] == ["copy"]
+    here = manager.store.abandon("copy", grace=30, why="lost", hostname="w1@h")
+    assert (here.elsewhere, here.slot.task_id) == (False, "copy")
+    assert manager.status("api").holders == []
+
+
 def test_a_grace_of_zero_and_an_unclaimed_hand_off_give_the_slot_back(manager):
     _hold(manager, "dead")
     ended = manager.store.abandon("dead", grace=0, why="lost")

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"handoff"},
     {"context"},
     {"manager", "portable", "advisor", "exporter", "views", "dashboard"},
-    {"producer", "keepers", "worker", "admin_tasks", "control"},
+    {"producer", "keepers", "endings", "worker", "admin_tasks", "control"},
     {"install"},
     {"admission", "execution", "task"},
     {"cli"},

@@ -355,12 +355,28 @@ def test_releasing_a_task_handed_its_slot_before_it_started_drops_its_reservatio
         "revoked"
     ]
     assert store.client.hkeys(handing) == ["revoked"]
-    released = store.release_token("revoked")
+    released = store.abandon("revoked", grace=0, why="revoke", unclaimed=True)
     assert released is not None
     assert released.released
     assert store.client.exists(handing) == 0
     manager.delete("api")
     assert store.pop_expired() == []
+
+
+def test_an_execution_that_ends_before_claiming_its_hand_off_gives_it_back_at_once(env):
+    """A hand-off carries no process (nobody has taken it up): an ending of its task that names
+    the process it ran in (a hard time limit before the claim) gives it back at once, as no
+    call runs under it, rather than leaving it idle until the hand-off lapses."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "killed", lease=30)
+    store.park("killed", pool="api", first=full.first, entry='{"info":{}}')
+    store.release("holder", "api", parked_likely=True)
+    ended = store.abandon("killed", grace=30, why="TimeLimitExceeded", pid=4242, hostname="w@h")
+    assert ended is not None
+    assert (ended.released, ended.slot, ended.elsewhere) == (True, None, False)
+    assert manager.status("api").in_use == 0
 
 
 def test_a_rate_limited_instance_sharing_a_busy_hand_off_pool_is_not_starved(env, run_worker):

@@ -249,3 +249,29 @@ def test_an_ended_execution_is_asked_about_again_while_redis_is_unreachable(env)
     keeper.lease_interval = 0.0
     keeper._abandon_ended()
     assert keeper._unsettled == []
+
+
+def test_where_an_ended_execution_ran_is_known_before_and_after_the_keeper_lets_go(env):
+    """Celery's ending signals ask where an execution ran after its request has left the active
+    ones: the keeper answers whether or not it has let go of the request yet (it remembers for
+    ten seconds), its process first, then the worker's own (threads and green pools), and
+    never a process where a request of that id runs now (a retry there takes its own slot)."""
+    keeper = LeaseKeeper(env.app())
+    here = os.getpid()
+    keeper.watch(_Request("t", 101))
+    assert keeper.ended_processes("t") == [(101, "w1@h"), (here, "w1@h")]
+    assert keeper._ended()  # let go of: remembered
+    assert keeper._watched == {}
+    assert keeper.ended_processes("t") == [(101, "w1@h"), (here, "w1@h")]
+    assert keeper.ended_processes("other") == []
+    retry = _Request("t", 101)
+    worker_state.active_requests.add(retry)
+    try:
+        assert keeper.ended_processes("t") == [(here, "w1@h")]
+    finally:
+        worker_state.active_requests.discard(retry)
+    when, processes = keeper._let_go["t"]
+    keeper._let_go["t"] = (when - 10.0, processes)
+    keeper._let_go_order[0] = (when - 10.0, "t")
+    keeper._ended()
+    assert keeper.ended_processes("t") == []

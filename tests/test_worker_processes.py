@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -144,6 +145,50 @@ def test_a_holder_that_ends_without_releasing_keeps_its_slot_through_the_grace(e
     )
 
 
+def _held_by_the_copy(manager, task_id):
+    status = manager.status("api")
+    holders = [(h.task_id, h.hostname) for h in status.holders]
+    return holders == [(task_id, "copy@elsewhere")] and status.abandoned == []
+
+
+def test_a_time_limit_leaves_alone_the_slot_a_copy_of_its_task_holds_elsewhere(env):
+    """A hard time limit abandons only the slot of the process it killed: when the task's id
+    holds a slot as a copy on another worker by then, that slot is the copy's (its call runs)."""
+    manager = _pool(env, limit=2)
+    app = env.app()
+    worker = env.worker(concurrency=1)
+    (child,) = worker.child_pids()
+    victim = app.tasks["t.yield_to_copy"].apply_async(("victim", 30), time_limit=2)
+    worker.wait_for_log(
+        rf"t\.yield_to_copy\[{victim.id}\] ended \(TimeLimitExceeded\) holding no slot; its id "
+        r"holds one of pool 'api' as another execution",
+        timeout=30,
+    )
+    # Its process, told to end (SIGTERM, then SIGKILL), does not release the copy's slot either.
+    wait_until(lambda: child not in worker.child_pids(), 10, message="the child never ended")
+    assert _held_by_the_copy(manager, victim.id)
+
+
+def test_a_revoke_before_the_start_leaves_alone_the_slot_a_copy_holds_elsewhere(env):
+    """A task revoked before it started made no call: only what was handed to it and never
+    taken up is released, never the slot its id holds as a running copy on another worker."""
+    manager = _pool(env, limit=2)
+    app = env.app()
+    worker = env.worker(concurrency=1)
+    task_id = "revoked-with-a-running-copy"
+    copy = {"task_name": "t.hold", "instance": INSTANCE, "hostname": "copy@elsewhere", "pid": 1}
+    manager.store.acquire(INSTANCE, task_id, lease=60, info=copy)
+    assert app.control.revoke(task_id, reply=True, timeout=10)
+    app.tasks["t.hold"].apply_async(("revoked", 0), task_id=task_id)
+    worker.wait_for_log(
+        rf"t\.hold\[{task_id}\] ended \(revoke\) holding no slot; its id holds one of pool "
+        r"'api' as another execution",
+        timeout=30,
+    )
+    assert _held_by_the_copy(manager, task_id)
+    assert not _started(env, "revoked")
+
+
 def test_release_frees_an_abandoned_slot_at_once(env):
     env.extra_worker_env["CP_ABANDONED_GRACE_SECONDS"] = "120"
     manager = _pool(env, limit=1)
@@ -170,6 +215,29 @@ def test_warm_shutdown_lets_the_task_finish_and_release(env):
     wait_until(lambda: _started(env, "finishing"), 30, message="task never started")
     worker.stop(timeout=30)
     assert task.get(timeout=10) == "finishing"
+    assert manager.status("api").in_use == 0
+
+
+def test_a_warm_shutdown_keeps_the_slots_of_the_tasks_it_waits_for(env):
+    """A worker told to stop lets its running tasks finish, and their slots stay theirs until
+    then (their leases renewed): no task of another worker starts beside them."""
+    env.lease_seconds = 2.0
+    manager = _pool(env, limit=1)
+    app = env.app()
+    stopping = env.worker(concurrency=1, queues=f"{env.queue}-stopping")
+    long_task = app.tasks["t.hold"].apply_async(("long", 6.0), queue=f"{env.queue}-stopping")
+    wait_until(lambda: _started(env, "long"), 30, message="long task never started")
+    env.worker(concurrency=2)
+    other = app.tasks["t.hold"].delay("other", 0)
+    wait_until(lambda: manager.status("api").waiting == 1, 30, message="other never waited")
+    stopper = threading.Thread(target=stopping.stop, kwargs={"timeout": 60})
+    stopper.start()
+    try:
+        assert long_task.get(timeout=30) == "long"
+        assert other.get(timeout=30) == "other"
+    finally:
+        stopper.join(60)
+    assert env.probe().max_concurrency() == 1
     assert manager.status("api").in_use == 0
 
 

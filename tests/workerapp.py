@@ -144,6 +144,26 @@ def create_app(  # noqa: PLR0915  (one test task after another)
         return label
 
     @app.task(
+        base=PooledTask,
+        connector_instance=INSTANCE,
+        bind=True,
+        name="t.yield_to_copy",
+        shared=False,
+    )
+    def yield_to_copy(self: Any, label: str, seconds: float) -> str:
+        """Give this execution's slot to a copy of the task on another worker (as if its
+        message had been delivered there again and taken the slot), then sleep: a hard time
+        limit ends it without its own release."""
+        store = get_extension(self.app).store
+        task_id = self.request.id
+        store.release(task_id, store.held_pools([task_id])[task_id])
+        copy = {"task_name": self.name, "instance": INSTANCE, "hostname": "copy@elsewhere"}
+        store.acquire(INSTANCE, task_id, lease=60, info={**copy, "pid": 1})
+        with probe().track(label):
+            time.sleep(seconds)
+        return label
+
+    @app.task(
         base=PooledTask, connector_instance=INSTANCE, bind=True, name="t.backoff", shared=False
     )
     def backoff(self: Any, label: str, seconds: float) -> float:

@@ -186,11 +186,14 @@ class Abandonment(_Settled):
 
     ``slot`` is the abandoned slot, kept taken until its grace ends; None when the token held no
     slot, or held one it never used (a hand-off it had not claimed), which was given back at once
-    (``released``).
+    (``released``), or stood by (dropped if revoked, else back in the FIFO). ``elsewhere``: the
+    token holds a slot or stands by as an execution other than the one named (a copy of its
+    message), or, for a task revoked before it started, as any execution: left alone.
     """
 
     slot: AbandonedSlot | None = None
     released: bool = False
+    elsewhere: bool = False
 
 
 @dataclass(frozen=True)

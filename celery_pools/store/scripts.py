@@ -82,7 +82,10 @@ SCRIPTS: dict[str, Script] = {
                 "abandoned", "abandoned_holder", "standby", "standby_entry", "wake", "parked",
                 "stale",
             ),
-            args=("token", "pool", "grace_ms", "why", "pid", "hostname", "bounds", "stale_ms"),
+            args=(
+                "token", "pool", "grace_ms", "why", "pid", "hostname", "unclaimed", "bounds",
+                "stale_ms",
+            ),
         ),
         Script(
             "free",

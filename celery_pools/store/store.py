@@ -253,21 +253,23 @@ class RedisPoolStore(StoreReading):
             reclaimed=effects.reclaimed,
         )
 
-    def release_token(self, token: str) -> Release | None:
-        """Release whatever slot ``token`` holds, wherever it is; None if it holds none."""
-        pool = self.held_pools([token]).get(token)
-        return self.release(token, pool) if pool else None
-
     def abandon(
-        self, token: str, *, grace: float, why: str, pid: int | None = None, hostname: str = ""
+        self,
+        token: str,
+        *,
+        grace: float,
+        why: str,
+        pid: int | None = None,
+        hostname: str = "",
+        unclaimed: bool = False,
     ) -> Abandonment | None:
-        """``token``'s execution ended without releasing its slot (its process was killed, a
-        hard time limit, ``revoke(terminate=True)``): keep the slot taken for ``grace`` seconds,
-        since the call it made may still be in flight, then free it. A hand-off the task never
-        claimed, or any slot when ``grace`` is 0, is given back at once. With ``pid`` (and
-        ``hostname``), only a slot held by that process (of that worker). None if it holds no
-        slot.
-        """
+        """``token``'s execution ended without releasing its slot (killed, a hard time limit,
+        ``revoke(terminate=True)``): keep the slot taken for ``grace`` seconds (its call may
+        still be in flight), then free it. A hand-off never claimed, or any slot when ``grace``
+        is 0, is given back at once. With ``pid`` and/or ``hostname``, only a slot held by that
+        process and/or on that worker; with ``unclaimed`` (revoked before it started), only a
+        slot handed over and not claimed, or a standby whose task has not blocked. None if it
+        holds no slot."""
         pool = self.held_pools([token]).get(token)
         if not pool:
             return None
@@ -278,6 +280,7 @@ class RedisPoolStore(StoreReading):
             "why": why,
             "pid": "" if pid is None else str(pid),
             "hostname": hostname,
+            "unclaimed": "1" if unclaimed else "",
             "bounds": BUCKET_BOUNDS_ARG,
             "stale_ms": ms(STALE_HANDOFF_SECONDS),
         }
@@ -289,6 +292,7 @@ class RedisPoolStore(StoreReading):
             reclaimed=effects.reclaimed,
             slot=replies.abandoned(token, info) if status == "ABANDONED" else None,
             released=status == "RELEASED",
+            elsewhere=status == "ELSEWHERE",
         )
 
     def free(self, token: str, *, force: bool = False) -> Freed:

@@ -4,14 +4,18 @@
 -- slots until now + grace, when the next acquire or hand-off frees it (lib/lapsed.lua); until then
 -- it counts as in use. A copy of the task (a redelivered message) is a new request: it waits for,
 -- or takes, another slot. A task handed a slot that it never claimed made no call: its slot is
--- given back at once, as release.lua does, and so is every slot when grace_ms is 0. Given a pid
--- (and a hostname), it only acts on a slot held by that process (the caller saw that process's
--- execution end; the same task id may hold a slot elsewhere now, as a copy).
+-- given back at once, as release.lua does, and so is every slot when grace_ms is 0. What no
+-- execution has taken up yet (a hand-off or a grant not claimed, a standby whose task has not
+-- blocked) any ending of the task id gives back. Given a pid and/or a hostname, it acts on a slot
+-- taken up only where that process and/or that worker holds it (the caller saw that process's
+-- execution end; the same task id may hold a slot elsewhere now, as a copy). With unclaimed (a
+-- task revoked before it started) it acts on nothing taken up (pid and hostname are not used).
 --
 -- Stats fields touched: abandoned, released and the hold-time histogram "hold:*".
 --
 -- Reply: {status, now, holder JSON or "", parked, until}: status "ABANDONED" when the slot is kept
--- until `until` (ms), "RELEASED" when it was given back, "NOT_HELD" when the token held none;
+-- until `until` (ms), "RELEASED" when it was given back, "NOT_HELD" when the token held none,
+-- "ELSEWHERE" when it holds one (or stands by) as an execution this ending does not name;
 -- for a standby (lib/standby.lua), which holds no slot, "DROPPED" (revoked: it never runs) or
 -- "REQUEUED" (back at its place in the FIFO); parked is how many tasks wait in the hand-off FIFO
 -- or stand by (the caller then runs handoff.lua).
@@ -38,8 +42,9 @@
 --   pool      the pool's name
 --   grace_ms  how long the slot stays taken (ms); 0 gives it back at once
 --   why       how the execution ended ("WorkerLostError", "TimeLimitExceeded", ...)
---   pid       the process whose execution ended ("" for whichever holds the slot)
---   hostname  the worker it ran in ("" for any; only with pid)
+--   pid        the process whose execution ended ("" for any)
+--   hostname   the worker it ran in ("" for any)
+--   unclaimed  "1": only a slot or standby that no execution has taken up yet; "" for any
 --   bounds    histogram bucket upper bounds (ms, ascending, comma-separated)
 --   stale_ms  how long the id of a standby that ended stays in stale (ms)
 
@@ -50,13 +55,26 @@
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs, abandoned,
   abandoned_holder, standby, standby_entry, wake, parked, stale = unpack(KEYS)
-local token, pool, grace_ms, why, pid, hostname, bounds, stale_ms = unpack(ARGV)
+local token, pool, grace_ms, why, pid, hostname, unclaimed, bounds, stale_ms = unpack(ARGV)
 
--- Whether a holder or standby record names the process whose execution ended.
-local function that_process(record)
-  return pid == '' or (tostring(record['pid']) == pid
-    and (hostname == '' or record['hostname'] == hostname))
+-- Whether a record was handed over and not taken up by any execution yet: a hand-off or a grant
+-- not claimed, a standby whose task has not blocked. No call runs under it.
+local function untaken(record)
+  return record['ready'] == nil and record['claimed'] == nil
+    and (record['handoff'] ~= nil or record['id'] ~= nil)
 end
+
+-- Whether a holder or standby record is one this ending may act on: one not taken up yet (any
+-- ending of the task id may give it back), else, unless unclaimed, the process whose execution
+-- ended, on its worker.
+local function that_process(record)
+  if untaken(record) then
+    return true
+  end
+  return unclaimed ~= '1' and (pid == '' or tostring(record['pid']) == pid)
+    and (hostname == '' or record['hostname'] == hostname)
+end
+local any_process = pid == '' and hostname == '' and unclaimed ~= '1'
 
 local now = redis_clock()
 if redis.call('ZSCORE', standby, token) then
@@ -64,7 +82,7 @@ if redis.call('ZSCORE', standby, token) then
   -- ended otherwise (its process died), it goes back to its place in the FIFO, to run once.
   local record = cjson.decode(redis.call('HGET', standby_entry, token))
   if not that_process(record) then
-    return {'NOT_HELD', now, '', 0, 0}
+    return {'ELSEWHERE', now, '', 0, 0}
   end
   local k = {
     held = held, waiters = waiters, waiter = waiter, stats = stats, queue = queue,
@@ -78,8 +96,11 @@ if redis.call('ZSCORE', standby, token) then
   return {'REQUEUED', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
 end
 local info = redis.call('HGET', holder, token) or ''
-if pid ~= '' and (info == '' or not that_process(cjson.decode(info))) then
-  return {'NOT_HELD', now, '', redis.call('ZCARD', queue) + redis.call('ZCARD', standby), 0}
+if info == '' and not any_process and unclaimed ~= '1' then
+  return {'NOT_HELD', now, '', 0, 0}  -- given back since; a waiter entry may be a copy's
+end
+if info ~= '' and not any_process and not that_process(cjson.decode(info)) then
+  return {'ELSEWHERE', now, '', 0, 0}
 end
 local claimed = redis.call('HEXISTS', handoffs, token) == 0
 local grace = tonumber(grace_ms)
