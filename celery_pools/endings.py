@@ -7,10 +7,10 @@ stops a task before it starts.
   for ``pools_abandoned_grace_seconds``. Only a slot held by the process the execution ran in,
   on this worker, is touched (the lease keeper knows which process that was): the same task id
   may hold a slot elsewhere by then, as a copy of its message delivered again, and its call must
-  keep counting.
-- A task revoked before it started made no call: what was handed to it and not taken up (a
-  hand-off, a grant, a standby whose task has not blocked) is released at once. A slot its id
-  holds as a running execution elsewhere is left alone.
+  keep counting. A hand-off it had not claimed yet is left to lapse and be handed out again.
+- A task revoked before it started made no call: what its message was handed and nobody took up
+  (the hand-off, grant or standby whose id the message carries) is released at once. A slot its
+  id holds as a running execution elsewhere is left alone.
 
 Celery reports these endings on the worker's event loop, where a call to a pools' Redis that is
 down must not stall it (the consumer would hold the messages it has taken from the broker). They
@@ -30,6 +30,7 @@ from celery.signals import task_failure, task_revoked
 from .context import get_extension, is_pooled
 from .errors import PoolBackendError
 from .keepers import LeaseKeeper, report_abandoned
+from .waiting import WaitState
 
 __all__ = ["EndingsThread"]
 
@@ -48,6 +49,7 @@ class _Ending(NamedTuple):
     started: bool  # its body may have run (so may its call)
     # Where it ran, as (pid, worker hostname): found by the lease keeper as the signal came.
     processes: tuple[tuple[int, str], ...]
+    handoff: str  # the hand-off id its message carried ("" for none)
 
 
 class EndingsThread(threading.Thread):
@@ -89,14 +91,20 @@ class EndingsThread(threading.Thread):
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
     ) -> None:
         why = "revoke(terminate=True)" if terminated else "revoke"
-        self._report(getattr(request, "id", None), sender, why, started=bool(terminated))
+        # The request is a Context of the message's headers, as attributes.
+        handoff = WaitState.from_headers(getattr(request, "__dict__", None)).handoff
+        self._report(
+            getattr(request, "id", None), sender, why, started=bool(terminated), handoff=handoff
+        )
 
-    def _report(self, task_id: str | None, task: Any, why: str, *, started: bool) -> None:
+    def _report(
+        self, task_id: str | None, task: Any, why: str, *, started: bool, handoff: str = ""
+    ) -> None:
         # On the event loop: ask the keeper where the execution ran now, before it lets go.
         if not task_id or getattr(task, "app", None) is not self.app or not is_pooled(task):
             return
         processes = self.keeper.ended_processes(task_id) if started else []
-        self._endings.put(_Ending(task_id, task.name, why, started, tuple(processes)))
+        self._endings.put(_Ending(task_id, task.name, why, started, tuple(processes), handoff))
 
     def run(self) -> None:
         while (ending := self._endings.get()) is not None:
@@ -122,6 +130,7 @@ class EndingsThread(threading.Thread):
                     why=ending.why,
                     pid=pid,
                     hostname=hostname,
+                    handoff=ending.handoff,
                     unclaimed=not ending.started,
                 )
             except PoolBackendError as exc:

@@ -351,11 +351,11 @@ def test_releasing_a_task_handed_its_slot_before_it_started_drops_its_reservatio
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
     full = store.acquire(INSTANCE, "revoked", lease=30)
     store.park("revoked", pool="api", first=full.first, entry='{"info":{}}')
-    assert [h.token for h in store.release("holder", "api", parked_likely=True).handoffs] == [
-        "revoked"
-    ]
+    (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
     assert store.client.hkeys(handing) == ["revoked"]
-    released = store.abandon("revoked", grace=0, why="revoke", unclaimed=True)
+    released = store.abandon(
+        "revoked", grace=0, why="revoke", handoff=handoff.handoff_id, unclaimed=True
+    )
     assert released is not None
     assert released.released
     assert store.client.exists(handing) == 0
@@ -363,20 +363,58 @@ def test_releasing_a_task_handed_its_slot_before_it_started_drops_its_reservatio
     assert store.pop_expired() == []
 
 
-def test_an_execution_that_ends_before_claiming_its_hand_off_gives_it_back_at_once(env):
-    """A hand-off carries no process (nobody has taken it up): an ending of its task that names
-    the process it ran in (a hard time limit before the claim) gives it back at once, as no
-    call runs under it, rather than leaving it idle until the hand-off lapses."""
+def test_only_a_revoke_of_the_message_carrying_a_hand_off_gives_it_back_before_its_claim(env):
+    """A hand-off nobody has claimed runs no call, but an execution of its task that ended is
+    no sign it is dead: the one that parked the task (its message carried no hand-off id, or an
+    older one) ended long ago, and one that carried it may have sent its message on (a retry
+    while Redis was unreachable carries the same id). Those endings leave it alone: it lapses
+    and is handed out again. A revoke of the message carrying its id gives it back at once."""
     manager = _pool(env, limit=1)
     store = manager.store
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
-    full = store.acquire(INSTANCE, "killed", lease=30)
-    store.park("killed", pool="api", first=full.first, entry='{"info":{}}')
-    store.release("holder", "api", parked_likely=True)
-    ended = store.abandon("killed", grace=30, why="TimeLimitExceeded", pid=4242, hostname="w@h")
-    assert ended is not None
+    full = store.acquire(INSTANCE, "revoked", lease=30)
+    store.park("revoked", pool="api", first=full.first, entry='{"info":{}}')
+    (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
+    endings = [
+        {"why": "lost", "handoff": ""},
+        {"why": "TimeLimitExceeded", "handoff": handoff.handoff_id},
+        {"why": "revoke", "handoff": "revoked.0", "unclaimed": True},
+    ]
+    for ending in endings:
+        left = store.abandon("revoked", grace=30, pid=4242, hostname="w@h", **ending)
+        assert (left.released, left.slot, left.elsewhere) == (False, None, True), ending
+    assert [h.task_id for h in manager.status("api").holders] == ["revoked"]
+    ended = store.abandon(
+        "revoked", grace=0, why="revoke", handoff=handoff.handoff_id, unclaimed=True
+    )
     assert (ended.released, ended.slot, ended.elsewhere) == (True, None, False)
     assert manager.status("api").in_use == 0
+
+
+def test_a_standby_not_blocked_yet_is_left_alone_by_every_ending_but_its_revoke(env):
+    """A parked task promoted to standby has its message on the way and no process yet: the
+    lease keeper's sweep of the execution that parked it (same task id) must not send it back
+    to the FIFO, which would make its message stale on arrival; neither must the ending of an
+    execution of its own message that sent the message on. A revoke of that message drops it."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    store.standby_max = 1
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "waiting", lease=30)
+    _, effects = store.park("waiting", pool="api", first=full.first, entry='{"info":{}}')
+    (standby,) = effects.handoffs
+    assert standby.standby
+    for handoff in ("", standby.handoff_id):
+        left = store.abandon(
+            "waiting", grace=30, why="lost", pid=4242, hostname="w@h", handoff=handoff
+        )
+        assert left.elsewhere
+    assert manager.status("api").standbys == 1
+    revoked = store.abandon(
+        "waiting", grace=0, why="revoke", handoff=standby.handoff_id, unclaimed=True
+    )
+    assert not revoked.elsewhere
+    assert (manager.status("api").standbys, manager.status("api").waiting) == (0, 0)
 
 
 def test_a_rate_limited_instance_sharing_a_busy_hand_off_pool_is_not_starved(env, run_worker):

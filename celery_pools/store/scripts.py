@@ -83,8 +83,8 @@ SCRIPTS: dict[str, Script] = {
                 "stale",
             ),
             args=(
-                "token", "pool", "grace_ms", "why", "pid", "hostname", "unclaimed", "bounds",
-                "stale_ms",
+                "token", "pool", "grace_ms", "why", "pid", "hostname", "handoff", "unclaimed",
+                "bounds", "stale_ms",
             ),
         ),
         Script(

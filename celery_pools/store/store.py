@@ -131,12 +131,9 @@ class RedisPoolStore(StoreReading):
     # -- associations -----------------------------------------------------------------------
 
     def assign(self, instance: str, pool: str, *, if_unassigned: bool = False) -> str | None:
-        """Associate ``instance`` with ``pool``.
-
-        Returns the pool the instance had before (None if none). With ``if_unassigned`` an
-        instance that already has a pool keeps it. Raises :class:`PoolNotFoundError` if ``pool``
-        does not exist.
-        """
+        """Associate ``instance`` with ``pool``; return the pool it had before (None if none).
+        With ``if_unassigned`` an instance that already has a pool keeps it. Raises
+        :class:`PoolNotFoundError` if ``pool`` does not exist."""
 
         def attempt(believed: str) -> tuple[str, str] | Moved:
             values = {
@@ -261,15 +258,16 @@ class RedisPoolStore(StoreReading):
         why: str,
         pid: int | None = None,
         hostname: str = "",
+        handoff: str = "",
         unclaimed: bool = False,
     ) -> Abandonment | None:
         """``token``'s execution ended without releasing its slot (killed, a hard time limit,
         ``revoke(terminate=True)``): keep the slot taken for ``grace`` seconds (its call may
-        still be in flight), then free it. A hand-off never claimed, or any slot when ``grace``
-        is 0, is given back at once. With ``pid`` and/or ``hostname``, only a slot held by that
-        process and/or on that worker; with ``unclaimed`` (revoked before it started), only a
-        slot handed over and not claimed, or a standby whose task has not blocked. None if it
-        holds no slot."""
+        still be in flight), then free it; any slot when ``grace`` is 0 is given back at once.
+        With ``pid`` and/or ``hostname``, only a slot held by that process and/or on that
+        worker. With ``unclaimed`` (revoked before it started), only a hand-off, grant or
+        standby not taken up, whose id its message carried (``handoff``), given back at once.
+        None if it holds no slot."""
         pool = self.held_pools([token]).get(token)
         if not pool:
             return None
@@ -280,6 +278,7 @@ class RedisPoolStore(StoreReading):
             "why": why,
             "pid": "" if pid is None else str(pid),
             "hostname": hostname,
+            "handoff": handoff,
             "unclaimed": "1" if unclaimed else "",
             "bounds": BUCKET_BOUNDS_ARG,
             "stale_ms": ms(STALE_HANDOFF_SECONDS),

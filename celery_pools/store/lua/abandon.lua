@@ -6,10 +6,14 @@
 -- or takes, another slot. A task handed a slot that it never claimed made no call: its slot is
 -- given back at once, as release.lua does, and so is every slot when grace_ms is 0. What no
 -- execution has taken up yet (a hand-off or a grant not claimed, a standby whose task has not
--- blocked) any ending of the task id gives back. Given a pid and/or a hostname, it acts on a slot
--- taken up only where that process and/or that worker holds it (the caller saw that process's
--- execution end; the same task id may hold a slot elsewhere now, as a copy). With unclaimed (a
--- task revoked before it started) it acts on nothing taken up (pid and hostname are not used).
+-- blocked) only a revoke of the message that carried its hand-off id gives back (unclaimed):
+-- any other ending leaves it alone, since the execution that ended may have sent its message on
+-- (a retry while Redis was unreachable carries the same hand-off id) or be the one that parked
+-- the task; a hand-off not taken up lapses and is handed out again (handoff.lua). Given a pid
+-- and/or a hostname, it acts on a slot taken up only where that process and/or that worker
+-- holds it (the caller saw that process's execution end; the same task id may hold a slot
+-- elsewhere now, as a copy). With unclaimed (a task revoked before it started) it acts on
+-- nothing taken up (pid and hostname are not used).
 --
 -- Stats fields touched: abandoned, released and the hold-time histogram "hold:*".
 --
@@ -44,6 +48,7 @@
 --   why       how the execution ended ("WorkerLostError", "TimeLimitExceeded", ...)
 --   pid        the process whose execution ended ("" for any)
 --   hostname   the worker it ran in ("" for any)
+--   handoff    the hand-off id the revoked message carried ("" for none; only with unclaimed)
 --   unclaimed  "1": only a slot or standby that no execution has taken up yet; "" for any
 --   bounds    histogram bucket upper bounds (ms, ascending, comma-separated)
 --   stale_ms  how long the id of a standby that ended stays in stale (ms)
@@ -55,7 +60,8 @@
 
 local held, holders, holder, waiters, waiter, stats, queue, handoffs, abandoned,
   abandoned_holder, standby, standby_entry, wake, parked, stale = unpack(KEYS)
-local token, pool, grace_ms, why, pid, hostname, unclaimed, bounds, stale_ms = unpack(ARGV)
+local token, pool, grace_ms, why, pid, hostname, handoff, unclaimed, bounds, stale_ms =
+  unpack(ARGV)
 
 -- Whether a record was handed over and not taken up by any execution yet: a hand-off or a grant
 -- not claimed, a standby whose task has not blocked. No call runs under it.
@@ -64,17 +70,20 @@ local function untaken(record)
     and (record['handoff'] ~= nil or record['id'] ~= nil)
 end
 
--- Whether a holder or standby record is one this ending may act on: one not taken up yet (any
--- ending of the task id may give it back), else, unless unclaimed, the process whose execution
--- ended, on its worker.
+local any_process = pid == '' and hostname == '' and handoff == '' and unclaimed ~= '1'
+
+-- Whether a holder or standby record is one this ending may act on: any, for an ending that
+-- names no execution; one not taken up yet, if the message revoked carried its hand-off id;
+-- else, unless unclaimed, the process whose execution ended, on its worker.
 local function that_process(record)
-  if untaken(record) then
+  if any_process then
     return true
+  elseif untaken(record) then
+    return unclaimed == '1' and handoff ~= '' and (record['handoff'] or record['id']) == handoff
   end
   return unclaimed ~= '1' and (pid == '' or tostring(record['pid']) == pid)
     and (hostname == '' or record['hostname'] == hostname)
 end
-local any_process = pid == '' and hostname == '' and unclaimed ~= '1'
 
 local now = redis_clock()
 if redis.call('ZSCORE', standby, token) then
@@ -99,7 +108,7 @@ local info = redis.call('HGET', holder, token) or ''
 if info == '' and not any_process and unclaimed ~= '1' then
   return {'NOT_HELD', now, '', 0, 0}  -- given back since; a waiter entry may be a copy's
 end
-if info ~= '' and not any_process and not that_process(cjson.decode(info)) then
+if info ~= '' and not that_process(cjson.decode(info)) then
   return {'ELSEWHERE', now, '', 0, 0}
 end
 local claimed = redis.call('HEXISTS', handoffs, token) == 0
