@@ -162,8 +162,8 @@ class EndingsThread(threading.Thread):
                 )
             return
         logger.info(
-            "celery-pools: %s[%s] ended (%s) holding no slot; its id holds one of pool %r as "
-            "another execution (a copy of its message), left alone",
+            "celery-pools: %s[%s] ended (%s) holding no slot; its id holds one of pool %r that "
+            "this execution had not taken up (a copy's, or a hand-off on its way), left alone",
             ending.task_name,
             ending.task_id,
             ending.why,

@@ -188,7 +188,8 @@ class Abandonment(_Settled):
     slot, or held one it never used (a hand-off it had not claimed), which was given back at once
     (``released``), or stood by (dropped if revoked, else back in the FIFO). ``elsewhere``: the
     token holds a slot or stands by as an execution other than the one named (a copy of its
-    message), or, for a task revoked before it started, as any execution: left alone.
+    message, or a hand-off or standby not taken up that the ending may not give back), or, for
+    a task revoked before it started, as any execution: left alone.
     """
 
     slot: AbandonedSlot | None = None
