@@ -12,9 +12,10 @@ stops a task before it starts.
   (the hand-off, grant or standby whose id the message carries) is released at once. A slot its
   id holds as a running execution elsewhere is left alone.
 
-Celery reports these endings on the worker's event loop, where a call to a pools' Redis that is
-down must not stall it (the consumer would hold the messages it has taken from the broker). They
-are queued to one thread, which settles them in the order they came.
+Celery reports these endings on the worker's event loop (or a pool's own threads), where a call
+to a pools' Redis that is down must not stall it (the consumer would hold the messages it has
+taken from the broker). They are queued to one thread, which settles them in the order they
+came.
 """
 
 from __future__ import annotations

@@ -188,7 +188,8 @@ class PooledTask(Task):  # type: ignore[misc]
             # The process is being ended under the body: billiard turns the SIGTERM of a hard
             # time limit or a terminate into SystemExit (a SIGKILL follows). The call may still
             # be in flight at the server: the worker's main process abandons the slot (its
-            # grace keeps it taken); released here, the next call would start beside it.
+            # grace keeps it taken; in a cold shutdown, its lease); released here, the next
+            # call would start beside it.
             if being_terminated():
                 slot = None
             raise

@@ -368,7 +368,8 @@ def test_only_a_revoke_of_the_message_carrying_a_hand_off_gives_it_back_before_i
     no sign it is dead: the one that parked the task (its message carried no hand-off id, or an
     older one) ended long ago, and one that carried it may have sent its message on (a retry
     while Redis was unreachable carries the same id). Those endings leave it alone: it lapses
-    and is handed out again. A revoke of the message carrying its id gives it back at once."""
+    and is handed out again. A revoke of the message carrying its id gives it back at once, and
+    no other copy of that message runs (a worker that missed the revoke)."""
     manager = _pool(env, limit=1)
     store = manager.store
     assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
@@ -389,6 +390,8 @@ def test_only_a_revoke_of_the_message_carrying_a_hand_off_gives_it_back_before_i
     )
     assert (ended.released, ended.slot, ended.elsewhere) == (True, None, False)
     assert manager.status("api").in_use == 0
+    copy = store.acquire(INSTANCE, "revoked", lease=30, handoff=handoff.handoff_id)
+    assert copy.status is AcquireStatus.STALE
 
 
 def test_a_standby_not_blocked_yet_is_left_alone_by_every_ending_but_its_revoke(env):

@@ -3,10 +3,10 @@
 -- in flight, so its slot stays taken for a grace. The slot moves from the holders to the abandoned
 -- slots until now + grace, when the next acquire or hand-off frees it (lib/lapsed.lua); until then
 -- it counts as in use. A copy of the task (a redelivered message) is a new request: it waits for,
--- or takes, another slot. A task handed a slot that it never claimed made no call: its slot is
--- given back at once, as release.lua does, and so is every slot when grace_ms is 0. What no
+-- or takes, another slot. Every slot is given back at once when grace_ms is 0. What no
 -- execution has taken up yet (a hand-off or a grant not claimed, a standby whose task has not
--- blocked) only a revoke of the message that carried its hand-off id gives back (unclaimed):
+-- blocked) made no call; only a revoke of the message that carried its hand-off id gives it back
+-- at once (unclaimed), and marks that id stale, so no other copy of the message runs:
 -- any other ending leaves it alone, since the execution that ended may have sent its message on
 -- (a retry while Redis was unreachable carries the same hand-off id) or be the one that parked
 -- the task; a hand-off not taken up lapses and is handed out again (handoff.lua). Given a pid
@@ -51,7 +51,7 @@
 --   handoff    the hand-off id the revoked message carried ("" for none; only with unclaimed)
 --   unclaimed  "1": only a slot or standby that no execution has taken up yet; "" for any
 --   bounds    histogram bucket upper bounds (ms, ascending, comma-separated)
---   stale_ms  how long the id of a standby that ended stays in stale (ms)
+--   stale_ms  how long the id of a standby that ended or of a revoked hand-off stays stale (ms)
 
 -- include: lib/clock.lua
 -- include: lib/histogram.lua
@@ -125,6 +125,9 @@ end
 local since = info ~= '' and tonumber(cjson.decode(info)['since']) or now
 observe(stats, 'hold', now - since, bounds)
 if not claimed or grace <= 0 then
+  if unclaimed == '1' and handoff ~= '' then
+    redis.call('ZADD', stale, now + tonumber(stale_ms), handoff)
+  end
   redis.call('HINCRBY', stats, 'released', 1)
   return {'RELEASED', now, info, waiting, 0}
 end
