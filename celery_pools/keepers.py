@@ -62,6 +62,14 @@ def _active() -> list[Any]:
     return _snapshot(worker_state.active_requests)
 
 
+def _starting() -> set[str]:
+    """The task ids of the requests this worker has reserved that no process has accepted yet:
+    one may be starting in the process where an earlier execution of its id ended (its next
+    message: a hand-off, a retry), and take a slot there under the same pid before Celery
+    records where it runs."""
+    return {req.id for req in _snapshot(worker_state.reserved_requests) if req.worker_pid is None}
+
+
 class LeaseKeeper(Periodic):
     """Renews, every third of the lease, the leases of slots held by this worker's running tasks,
     and abandons, within a second, the slots of those that ended without releasing and without
@@ -194,10 +202,16 @@ class LeaseKeeper(Periodic):
         ext = get_extension(self.app)
         try:
             still = ext.store.held_pools(list({end.task_id for end in ended}))
-            # A request of the same id that started in that process since (a retry) holds it.
+            # A request of the same id that started in that process since (a retry) holds it;
+            # one not placed yet may be starting there: asked about again next second, for a
+            # third of the lease (a request that waits longer waits for a free process).
             running = {(req.id, req.worker_pid) for req in _active()}
+            starting = _starting()
             for end in ended:
                 if end.task_id not in still or (end.task_id, end.pid) in running:
+                    continue
+                if end.task_id in starting and now - end.ended < self.lease_interval:
+                    self._unsettled.append(end)
                     continue
                 outcome = ext.store.abandon(
                     end.task_id,

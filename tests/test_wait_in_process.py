@@ -223,6 +223,37 @@ def test_an_ended_execution_is_found_beside_a_copy_of_its_task(env, copy_pid, en
     assert keeper._ended() == ([] if ended else [first])
 
 
+@pytest.mark.parametrize(("next_pid", "ended"), [(202, True), (101, False)])
+def test_an_ended_execution_waits_while_the_next_of_its_id_is_being_placed(env, next_pid, ended):
+    """The next message of a task (its hand-off, its retry) may start in the process where the
+    execution before it ended, and claim a slot there under the same pid before Celery records
+    where it runs: while a request of its id is reserved and no process has accepted it, the
+    slot of the ended execution is not abandoned (it is asked about again next second). Once
+    the request is placed in another process, it is; placed in that process, it is its own."""
+    manager = env.manager()
+    manager.create("api", limit=1)
+    manager.assign(INSTANCE, "api")
+    holder = {"task_name": "t.call_api", "instance": INSTANCE, "hostname": "w1@h", "pid": 101}
+    manager.store.acquire(INSTANCE, "t", lease=60, info=holder)  # as the next one claims it
+    keeper = LeaseKeeper(env.app())
+    first, following = _Request("t", 101), _Request("t", None)
+    keeper.watch(first)
+    worker_state.reserved_requests.add(following)
+    try:
+        keeper._abandon_ended()
+        assert [h.task_id for h in manager.status("api").holders] == ["t"]
+        assert keeper._unsettled  # asked about again next second
+        following.worker_pid = next_pid
+        worker_state.active_requests.add(following)
+        keeper._abandon_ended()
+    finally:
+        worker_state.reserved_requests.discard(following)
+        worker_state.active_requests.discard(following)
+    status = manager.status("api")
+    assert [h.task_id for h in status.holders] == ([] if ended else ["t"])
+    assert [a.task_id for a in status.abandoned] == (["t"] if ended else [])
+
+
 def test_an_execution_that_ended_in_the_workers_own_process_is_let_go_of(env):
     """In threads and solo pools a task runs in the worker's own process, where its release
     always runs: the keeper lets go of it without abandoning anything, so a retry of the same id
