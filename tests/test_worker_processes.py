@@ -161,7 +161,7 @@ def test_a_time_limit_leaves_alone_the_slot_a_copy_of_its_task_holds_elsewhere(e
     victim = app.tasks["t.yield_to_copy"].apply_async(("victim", 30), time_limit=2)
     worker.wait_for_log(
         rf"t\.yield_to_copy\[{victim.id}\] ended \(TimeLimitExceeded\) holding no slot; its id "
-        r"holds one of pool 'api' as another execution",
+        r"holds one of pool 'api' that this execution had not taken up",
         timeout=30,
     )
     # Its process, told to end (SIGTERM, then SIGKILL), does not release the copy's slot either.
@@ -182,7 +182,7 @@ def test_a_revoke_before_the_start_leaves_alone_the_slot_a_copy_holds_elsewhere(
     app.tasks["t.hold"].apply_async(("revoked", 0), task_id=task_id)
     worker.wait_for_log(
         rf"t\.hold\[{task_id}\] ended \(revoke\) holding no slot; its id holds one of pool "
-        r"'api' as another execution",
+        r"'api' that this execution had not taken up",
         timeout=30,
     )
     assert _held_by_the_copy(manager, task_id)
