@@ -70,7 +70,7 @@ local function untaken(record)
     and (record['handoff'] ~= nil or record['id'] ~= nil)
 end
 
-local any_process = pid == '' and hostname == '' and handoff == '' and unclaimed ~= '1'
+local any_process = pid == '' and hostname == '' and unclaimed ~= '1'
 
 -- Whether a holder or standby record is one this ending may act on: any, for an ending that
 -- names no execution; one not taken up yet, if the message revoked carried its hand-off id;
