@@ -63,6 +63,7 @@ InstanceResolver = Callable[[tuple[Any, ...], dict[str, Any]], str]
 class _Slot:
     pool: str
     caller: Caller
+    execution: dict[str, Any]  # who holds it (hostname, pid, started, thread): who gives it back
     handed: bool = False  # claimed through a hand-off: others are likely parked behind it
 
 
@@ -235,6 +236,14 @@ class PooledTask(Task):  # type: ignore[misc]
         backoff = Backoff(settings.retry_backoff_min, settings.retry_backoff_max)
         if state.fail:
             self._fail(caller, admission.parked_ending(state, caller))
+        # Which execution asks: another one of the same task id is a copy. A pid's start time
+        # tells it from a reused one.
+        named = {
+            "hostname": execution.request.hostname or "",
+            "pid": os.getpid(),
+            "started": own_start(),
+            "thread": str(threading.get_ident()),
+        }
         try:
             acq = ext.store.acquire(
                 caller.instance,
@@ -242,15 +251,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 lease=settings.lease_seconds,
                 first=state.first,
                 waited_uid=state.uid,
-                info={
-                    "task_name": self.name,
-                    "instance": caller.instance,
-                    "hostname": execution.request.hostname or "",
-                    "pid": os.getpid(),
-                    "started": own_start(),  # a pid, not a reused one
-                    # Which execution asks: another one of the same task id is a copy.
-                    "thread": str(threading.get_ident()),
-                },
+                info={"task_name": self.name, "instance": caller.instance, **named},
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
@@ -281,7 +282,7 @@ class PooledTask(Task):  # type: ignore[misc]
                     waited=decision.waited,
                     first=decision.first,
                 )
-                return _Slot(decision.pool, caller, decision.handed)
+                return _Slot(decision.pool, caller, named, decision.handed)
             case Stale():
                 logger.info(
                     "celery-pools: ignoring a stale copy of %s: its hand-off lapsed, or its slot "
@@ -438,7 +439,7 @@ class PooledTask(Task):  # type: ignore[misc]
         dispatcher = get_extension(self.app).dispatcher
         try:
             released = dispatcher.store.release(
-                slot.caller.token, slot.pool, parked_likely=slot.handed
+                slot.caller.token, slot.pool, parked_likely=slot.handed, execution=slot.execution
             )
         except PoolBackendError as exc:
             logger.warning(
@@ -451,4 +452,17 @@ class PooledTask(Task):  # type: ignore[misc]
             )
             return
         dispatcher.settle(released.effects)
+        if released.elsewhere:
+            # Its lease lapsed while the body ran (the worker's main process could not renew
+            # it), and another execution of the task id took the slot since: it is theirs.
+            logger.warning(
+                "celery-pools: the slot of task %s[%s] in pool %r lapsed while it ran and is "
+                "held by another execution of it now; left to that one (a lease of %s s was "
+                "not renewed in time: see pools_lease_seconds)",
+                self.name,
+                slot.caller.token,
+                slot.pool,
+                get_extension(self.app).settings.lease_seconds,
+            )
+            return
         self._signal(signals.slot_released, slot.caller, slot.pool, held=released.held)

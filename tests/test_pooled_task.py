@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from celery_pools import (
     UnassignedInstanceError,
     signals,
 )
+from celery_pools.store import AcquireStatus
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -174,18 +176,20 @@ def test_a_copy_of_a_running_task_waits_for_it_to_end(env, run_worker, wait):
     manager.update("api", wait=wait)
     app = env.app()
     hold = app.tasks["t.hold"]
+    # An id of its own: a result stored under an id an earlier test used would answer get().
+    task_id = f"same-{uuid.uuid4()}"
     with run_worker(app, concurrency=4):
-        original = hold.apply_async(("original", 1.5), task_id="same-id")
+        original = hold.apply_async(("original", 1.5), task_id=task_id)
         wait_until(lambda: env.probe().current() == 1, 10, message="original never started")
-        hold.apply_async(("copy", 0.1), task_id="same-id")
+        hold.apply_async(("copy", 0.1), task_id=task_id)
         wait_until(
-            lambda: [w.task_id for w in manager.status("api").waiters] == ["same-id"],
+            lambda: [w.task_id for w in manager.status("api").waiters] == [task_id],
             10,
             message="the copy never waited",
         )
         status = manager.status("api")
         assert ([h.task_id for h in status.holders], status.in_use, status.free) == (
-            ["same-id"],
+            [task_id],
             1,
             1,
         )
@@ -204,6 +208,47 @@ def test_a_copy_of_a_running_task_waits_for_it_to_end(env, run_worker, wait):
         ("end", "copy"),
     ]
     assert env.probe().max_concurrency() == 1
+
+
+def test_a_task_whose_lease_lapsed_leaves_its_slot_to_the_copy_that_took_it(
+    env, run_worker, caplog
+):
+    """A running task's lease lapsed (its worker could not renew it in time) and a copy of it
+    on another worker took the slot: when the first one ends, the slot stays the copy's, and
+    the next task does not start beside the copy's call but waits for it to end."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    app = env.app()
+    hold = app.tasks["t.hold"]
+    copy = {"hostname": "w2@elsewhere", "pid": 1, "started": 1, "thread": "1"}
+    with caplog.at_level(logging.WARNING, logger="celery_pools"), run_worker(app, concurrency=2):
+        # An id of its own: a result stored under an id an earlier test used would answer get().
+        task_id = f"lapsed-{uuid.uuid4()}"
+        original = hold.apply_async(("original", 1.0), task_id=task_id)
+        wait_until(lambda: env.probe().current() == 1, 10, message="original never started")
+
+        def copy_takes_the_slot() -> bool:
+            # Its lease lapsed (scored as expired; the worker's keeper may renew it meanwhile,
+            # then the copy waits and tries again).
+            store.client.zadd(store.keys.pool("api").holders, {task_id: 0}, xx=True)
+            taken = store.acquire(INSTANCE, task_id, lease=60, info=copy)
+            return taken.status is AcquireStatus.OK
+
+        wait_until(copy_takes_the_slot, 10, message="the copy never took the lapsed slot")
+        assert original.get(timeout=30) == "original"
+        third = hold.delay("third", 0.0)
+        wait_until(
+            lambda: [w.task_id for w in manager.status("api").waiters] == [third.id],
+            10,
+            message="the next task did not wait for the copy's slot",
+        )
+        assert [(h.task_id, h.hostname) for h in manager.status("api").holders] == [
+            (task_id, "w2@elsewhere")
+        ]
+        assert "third" not in {label for label, _ in env.probe().starts()}
+        assert store.release(task_id, "api", execution=copy).released  # the copy's call ends
+        assert third.get(timeout=30) == "third"
+    assert any("held by another execution" in r.getMessage() for r in caplog.records)
 
 
 def test_unassigned_instance_runs_unlimited_and_warns_once(env, run_worker, caplog):

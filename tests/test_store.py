@@ -7,6 +7,7 @@ import pytest
 from celery_pools import PoolConfigError, PoolExistsError, PoolManager, PoolNotFoundError
 from celery_pools.producer import publisher_for
 from celery_pools.store import AcquireStatus, HolderProcess
+from tests.support.polling import wait_until
 
 
 @pytest.fixture
@@ -170,6 +171,33 @@ def test_the_same_pid_started_again_asks_as_a_copy(pools):
     again = store.acquire("x", "t", lease=30, info={**holder, "started": 2000})
     assert (again.status, again.reason) == (AcquireStatus.FULL, "copy")
     assert store.acquire("x", "t", lease=30, info=holder).status is AcquireStatus.OK
+
+
+def test_a_release_gives_back_only_the_slot_its_own_execution_holds(pools):
+    """The lease of a running execution lapsed (its worker's main process could not renew it)
+    and a copy of its task took the slot: the first execution's release, as its body ends,
+    leaves the copy's slot alone (else a third call would start beside the copy's)."""
+    pools.create("a", limit=1)
+    pools.assign("x", "a")
+    store = pools.store
+    first = {"hostname": "w1@h", "pid": 42, "thread": "1", "started": 1000}
+    copy = {**first, "hostname": "w2@h"}
+    assert store.acquire("x", "t", lease=0.05, info=first).status is AcquireStatus.OK
+    wait_until(
+        lambda: store.acquire("x", "t", lease=30, info=copy).status is AcquireStatus.OK,
+        10,
+        message="the copy never took the lapsed slot",
+    )
+    left = store.release("t", "a", execution=first)
+    assert (left.released, left.elsewhere) == (False, True)
+    status = pools.status("a")
+    assert [(h.task_id, h.hostname) for h in status.holders] == [("t", "w2@h")]
+    assert store.acquire("x", "third", lease=30).status is AcquireStatus.FULL
+    given = store.release("t", "a", execution=copy)
+    assert (given.released, given.elsewhere) == (True, False)
+    assert store.acquire("x", "third", lease=30).status is AcquireStatus.OK
+    # Named by nobody (an operator's forced release), it goes whoever holds it.
+    assert store.release("third", "a").released
 
 
 def test_a_worker_renews_thousands_of_leases_in_one_call(pools):

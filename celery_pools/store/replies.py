@@ -94,16 +94,17 @@ def acquisition(reply: Sequence[Any], pool: str) -> Acquisition | Moved:
     )
 
 
-def release(reply: Sequence[Any]) -> tuple[bool, float | None, int]:
-    """release.lua's reply: whether a slot was given back, how long it was held (None if
-    unknown) and how many tasks are parked in the pool."""
+def release(reply: Sequence[Any]) -> tuple[str, float | None, int]:
+    """release.lua's reply: its status (RELEASED, NOT_HELD, ELSEWHERE), how long the slot was
+    held when given back (None if unknown or not given back) and how many tasks are parked in
+    the pool."""
     status, now, info, parked = reply
     held = None
-    if info:
+    if info and status == "RELEASED":
         since = json.loads(info).get("since")
         if isinstance(since, int | float):
             held = max(0.0, seconds(now - since))
-    return status == "RELEASED", held, int(parked)
+    return str(status), held, int(parked)
 
 
 def abandoned(token: str, raw: str | None) -> AbandonedSlot:

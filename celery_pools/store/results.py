@@ -174,10 +174,13 @@ class Parking(_Settled):
 
 @dataclass(frozen=True)
 class Release(_Settled):
-    """The answer to a release: whether a slot was given back and how long it was held."""
+    """The answer to a release: whether a slot was given back and how long it was held;
+    ``elsewhere``: the token holds its slot as another execution than the one that asked (it
+    was left alone)."""
 
     released: bool
     held: float | None = None
+    elsewhere: bool = False
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ SCRIPTS: dict[str, Script] = {
                 "held", "holders", "holder", "waiters", "waiter", "stats", "queue", "handoffs",
                 "standby",
             ),
-            args=("token", "pool", "bounds"),
+            args=("token", "pool", "bounds", "execution"),
         ),
         Script(
             "abandon",

@@ -11,13 +11,12 @@ from typing import Any
 from celery_pools.errors import PoolNotFoundError, SlotInUseError, SlotNotFoundError
 from celery_pools.metrics import BUCKET_BOUNDS_ARG
 from celery_pools.models import DEFAULT_TIMEOUT, Pool
-from celery_pools.ratelimit import RateLimit
 
 from . import replies
 from .base import ms
 from .connect import connect
 from .keys import KeySpace
-from .reading import StoreReading
+from .limits import StoreLimits
 from .replies import Moved
 from .results import (
     Abandonment,
@@ -48,7 +47,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class RedisPoolStore(StoreReading):
+class RedisPoolStore(StoreLimits):
     """Atomic operations on pool state in one Redis database.
 
     Thread-safe; share one store per process. ``client`` must decode responses (use
@@ -221,21 +220,32 @@ class RedisPoolStore(StoreReading):
 
         return self._moved(instance, attempt)
 
-    def release(self, token: str, pool: str, *, parked_likely: bool = False) -> Release:
+    def release(
+        self,
+        token: str,
+        pool: str,
+        *,
+        parked_likely: bool = False,
+        execution: Mapping[str, Any] | None = None,
+    ) -> Release:
         """Give back ``token``'s slot of ``pool`` (and its waiter entry). Idempotent.
 
-        When tasks are parked in the pool, free slots then go to the oldest of them: the returned
-        :class:`Release` lists the hand-offs the caller must publish. With ``parked_likely`` (the
-        task was itself handed its slot) the hand-off runs in the same round trip; otherwise a
-        second round trip runs it only when tasks are parked, so the countdown path stays at one.
+        ``execution`` (hostname, pid, started, thread, as its acquire's ``info`` named them):
+        the slot is given back only if ``token`` holds it as that execution; held by another
+        one (a copy that took it after this one's lease lapsed) it is left alone
+        (``Release.elsewhere``). When tasks are parked in the pool, free slots then go to the
+        oldest of them: the returned :class:`Release` lists the hand-offs the caller must
+        publish. With ``parked_likely`` (the task was itself handed its slot) the hand-off runs
+        in the same round trip; otherwise a second round trip runs it only when tasks are
+        parked, so the countdown path stays at one.
         """
-        calls = [
-            self._call("release", {"token": token, "pool": pool, "bounds": BUCKET_BOUNDS_ARG}, pool)
-        ]
+        named = json.dumps(dict(execution)) if execution else ""
+        values = {"token": token, "pool": pool, "bounds": BUCKET_BOUNDS_ARG, "execution": named}
+        calls = [self._call("release", values, pool)]
         if parked_likely:
             calls.append(self._handoff_call(pool))
         answers = self._pipeline(calls, f"release a slot of pool {pool!r}")
-        released, held, parked = replies.release(answers[0])
+        status, held, parked = replies.release(answers[0])
         if parked_likely:
             effects = replies.effects(answers[1], pool)
         elif parked:
@@ -243,7 +253,8 @@ class RedisPoolStore(StoreReading):
         else:
             effects = Effects(pool)
         return Release(
-            released=released,
+            released=status == "RELEASED",
+            elsewhere=status == "ELSEWHERE",
             held=held,
             pool=pool,
             handoffs=effects.handoffs,
@@ -327,7 +338,8 @@ class RedisPoolStore(StoreReading):
                 task_id=token,
                 pool=held,
             )
-        self._run("release", {"token": token, "pool": held, "bounds": BUCKET_BOUNDS_ARG}, held)
+        values = {"token": token, "pool": held, "bounds": BUCKET_BOUNDS_ARG, "execution": ""}
+        self._run("release", values, held)
         return holder
 
     def renew(self, held: dict[str, str], *, lease: float) -> int:
@@ -473,27 +485,3 @@ class RedisPoolStore(StoreReading):
                     self.keys.sent_back if sent_back else self.keys.expired,
                     *(_json(record) for record in records),
                 )
-
-    # -- rate limits ------------------------------------------------------------------------
-
-    def set_rate_limit(self, instance: str, rate: RateLimit) -> None:
-        """Give ``instance`` a rate limit (replacing any); obeyed by the next acquisition."""
-        with self._backend(f"set the rate limit of instance {instance!r}"):
-            self.client.hset(self.keys.rates, instance, rate.encode())
-
-    def remove_rate_limit(self, instance: str) -> bool:
-        """Remove the instance's rate limit; return whether it had one."""
-        with self._backend(f"remove the rate limit of instance {instance!r}"):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hdel(self.keys.rates, instance)
-            pipe.hdel(self.keys.rate_state, instance)
-            removed, _ = pipe.execute()
-        return bool(removed)
-
-    def pause(self, instance: str, seconds: float) -> float:
-        """Pause ``instance`` for every worker for ``seconds`` (0 lifts the pause).
-
-        Returns when the pause ends (Unix seconds, Redis clock; 0 when not paused).
-        """
-        reply = self._run("pause", {"instance": instance, "pause_ms": ms(seconds)})
-        return replies.seconds(reply[2])

@@ -86,6 +86,7 @@
 --   handoff_lease_ms       the hand-off lease (ms) of a slot a standby takes
 
 -- include: lib/clock.lua
+-- include: lib/execution.lua
 -- include: lib/gcra.lua
 -- include: lib/histogram.lua
 -- include: lib/lapsed.lua
@@ -231,9 +232,7 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
     standby = standby, standby_entry = standby_entry, wake = wake,
   }
   local asking = cjson.decode(info)
-  local blocked_here = record['ready'] and record['hostname'] == asking['hostname']
-    and record['pid'] == asking['pid'] and record['started'] == asking['started']
-    and record['thread'] == asking['thread']
+  local blocked_here = record['ready'] and same_execution(record, asking)
   if now >= deadline then
     forget_standby(k, token)
     redis.call('DEL', wake .. token)
@@ -266,8 +265,7 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
     -- stale, and never runs its body). A wake-up left from an earlier block is dropped.
     redis.call('DEL', wake .. token)
     record['ready'], record['until'] = now, now + tonumber(standby_ms)
-    record['hostname'], record['pid'], record['started'], record['thread'] =
-      asking['hostname'], asking['pid'], asking['started'], asking['thread']
+    name_execution(record, asking)
     redis.call('HSET', standby_entry, token, cjson.encode(record))
     return reply('FULL', limit, in_use, timeout, uid, 0, tonumber(standby_ms), 'standby')
   end
@@ -331,9 +329,7 @@ if redis.call('ZSCORE', holders, token) then
   -- message delivered again past the broker's visibility timeout, or by a worker that died
   -- running it) is a copy: it waits by countdown, as a new request, until the slot is given
   -- back, its lease lapses or it is abandoned (abandon.lua), then asks under the usual rules.
-  local asking = cjson.decode(info)
-  if holding['hostname'] ~= asking['hostname'] or holding['pid'] ~= asking['pid']
-      or holding['started'] ~= asking['started'] or holding['thread'] ~= asking['thread'] then
+  if not same_execution(holding, cjson.decode(info)) then
     first, deadline = now, now + timeout
     wait_here()
     return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'copy')
