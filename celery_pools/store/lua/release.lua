@@ -43,18 +43,17 @@ local now = redis_clock()
 local function parked()
   return redis.call('ZCARD', queue) + redis.call('ZCARD', standby)
 end
-if execution ~= '' then
-  local holding = redis.call('HGET', holder, token)
-  if holding and not same_execution(cjson.decode(holding), cjson.decode(execution)) then
-    return {'ELSEWHERE', now, holding, parked()}
-  end
+local holding = redis.call('HGET', holder, token)
+local record = holding and cjson.decode(holding)
+if record and execution ~= '' and not same_execution(record, cjson.decode(execution)) then
+  return {'ELSEWHERE', now, holding, parked()}
 end
 local info, released = give_back({
   held = held, holders = holders, holder = holder, waiters = waiters, waiter = waiter,
   handoffs = handoffs,
 }, token, pool)
-if released == 1 and info ~= '' then
-  local held_ms = now - (tonumber(cjson.decode(info)['since']) or now)
+if released == 1 and record then
+  local held_ms = now - (tonumber(record['since']) or now)
   observe(stats, 'hold', held_ms, bounds)
   average(stats, 'hold_avg_ms', held_ms)
   redis.call('HINCRBY', stats, 'released', 1)
