@@ -25,6 +25,7 @@ __all__ = [
     "order_inversions",
     "percentile",
     "utilisation",
+    "utilisation_between",
 ]
 
 
@@ -69,6 +70,25 @@ def utilisation(events: Iterable[Event], limit: int) -> Utilisation:
             last = max(last, event.at)
     makespan = last - first if last > first else 0.0
     return Utilisation(busy=busy, makespan=makespan, limit=limit)
+
+
+def utilisation_between(
+    events: Iterable[Event], limit: int, start: float, end: float
+) -> float | None:
+    """The utilisation of a pool of ``limit`` slots between ``start`` and ``end`` (the records'
+    clock): the bodies' running time inside that window over ``limit`` x its length. None for
+    an empty window."""
+    if end <= start:
+        return None
+    starts: dict[str, float] = {}
+    busy = 0.0
+    for event in events:
+        if event.kind == "s":
+            starts[event.task_id] = event.at
+        elif event.task_id in starts:
+            began = starts.pop(event.task_id)
+            busy += max(0.0, min(event.at, end) - max(began, start))
+    return busy / (limit * (end - start))
 
 
 @dataclass(frozen=True)

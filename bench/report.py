@@ -118,6 +118,7 @@ ROWS: tuple[Row, ...] = (
     Row("overhead", "machine CPU busy, max of batches", _cpu),
     Row("saturation", "utilisation", _field("utilisation", ".3f"), ">= 0.97"),
     Row("saturation", "makespan", _makespan),
+    Row("saturation", "utilisation after publication", _field("steady_utilisation", ".3f")),
     Row("saturation", "hand-off latency p50 (ms)", _field("handoff_p50_ms", ".1f"), "<= 1"),
     Row("saturation", "hand-off latency p99 (ms)", _field("handoff_p99_ms", ".1f"), "<= 10"),
     Row("saturation", "body end to next start p50 / p99 (ms)", _p50_p99("gap")),

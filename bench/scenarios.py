@@ -24,6 +24,7 @@ from bench.measure import (
     order_inversions,
     percentile,
     utilisation,
+    utilisation_between,
 )
 from bench.modes import UNPOOLED
 from bench.recorder import Recorder
@@ -191,6 +192,9 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     events = recorder.events()
     use = utilisation(events, limit)
     starts = [e.at for e in events if e.kind == "s"]
+    # After the burst: from the end of publication (the producer then stops taking a core of
+    # its own) to the last start (after it no work waits, and idle slots are the tail).
+    steady = utilisation_between(events, limit, published + publish_s, max(starts, default=0.0))
     ends = [e.at for e in events if e.kind == "e"]
     # A plain task's slot is given back as its body ends (the reference).
     releases = ends if bench.mode == UNPOOLED else [r.at for r in recorder.releases()]
@@ -210,6 +214,7 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "completed": recorder.done_count(),
         "failed": recorder.failed_count(),
         "utilisation": use.ratio,
+        "steady_utilisation": steady,
         "busy_slot_seconds": use.busy,
         "makespan_s": use.makespan,
         "ideal_makespan_s": tasks * cfg.saturation_seconds / limit,

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 from bench.config import BenchConfig
+from bench.measure import utilisation_between
 from bench.peers.scenario import cases
+from bench.recorder import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +40,8 @@ def _check_available(scenario: str, result: dict[str, Any]) -> None:
         assert 1 <= result["max_concurrency"] <= result["limit"]
     if scenario == "saturation":
         assert 0 < result["utilisation"] <= 1
+        steady = result["steady_utilisation"]
+        assert steady is None or 0 <= steady <= 1
         assert result["handoff_p50_ms"] is not None
         assert result["handoff_p50_ms"] <= result["handoff_p99_ms"]
         assert result["order_inversions"] >= 0
@@ -102,6 +106,22 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
     assert reference["messages_per_task"] >= 1
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "concurrency.png").stat().st_size > 0
+
+
+def test_utilisation_between_counts_only_the_bodies_running_time_inside_the_window() -> None:
+    # Two slots, a window from 1.0 to 3.0: a runs 0.5-1.5 (0.5 inside), b 1.0-3.5 (2.0
+    # inside), c 2.0-2.5 (0.5 inside) and d, still running, is not counted.
+    events = [
+        Event("s", "a", 0.5, 1),
+        Event("s", "b", 1.0, 2),
+        Event("e", "a", 1.5, 1),
+        Event("s", "c", 2.0, 2),
+        Event("e", "c", 2.5, 1),
+        Event("s", "d", 2.6, 2),
+        Event("e", "b", 3.5, 1),
+    ]
+    assert utilisation_between(events, 2, 1.0, 3.0) == pytest.approx(3.0 / 4.0)
+    assert utilisation_between(events, 2, 3.0, 3.0) is None
 
 
 def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None:
