@@ -224,7 +224,7 @@ def test_a_task_whose_lease_lapsed_leaves_its_slot_to_the_copy_that_took_it(
     with caplog.at_level(logging.WARNING, logger="celery_pools"), run_worker(app, concurrency=2):
         # An id of its own: a result stored under an id an earlier test used would answer get().
         task_id = f"lapsed-{uuid.uuid4()}"
-        original = hold.apply_async(("original", 1.0), task_id=task_id)
+        original = hold.apply_async(("original", 3.0), task_id=task_id)
         wait_until(lambda: env.probe().current() == 1, 10, message="original never started")
 
         def copy_takes_the_slot() -> bool:
@@ -235,6 +235,7 @@ def test_a_task_whose_lease_lapsed_leaves_its_slot_to_the_copy_that_took_it(
             return taken.status is AcquireStatus.OK
 
         wait_until(copy_takes_the_slot, 10, message="the copy never took the lapsed slot")
+        assert env.probe().current() == 1, "the original ended before the copy took its slot"
         assert original.get(timeout=30) == "original"
         third = hold.delay("third", 0.0)
         wait_until(
