@@ -76,8 +76,8 @@ def utilisation_between(
     events: Iterable[Event], limit: int, start: float, end: float
 ) -> float | None:
     """The utilisation of a pool of ``limit`` slots between ``start`` and ``end`` (the records'
-    clock): the bodies' running time inside that window over ``limit`` x its length. None for
-    an empty window."""
+    clock): the running time inside that window of the bodies whose end was recorded, over
+    ``limit`` x its length. None for an empty window."""
     if end <= start:
         return None
     starts: dict[str, float] = {}

@@ -110,7 +110,7 @@ def test_quick_benchmark_runs_every_scenario_and_reports_sane_figures(tmp_path: 
 
 def test_utilisation_between_counts_only_the_bodies_running_time_inside_the_window() -> None:
     # Two slots, a window from 1.0 to 3.0: a runs 0.5-1.5 (0.5 inside), b 1.0-3.5 (2.0
-    # inside), c 2.0-2.5 (0.5 inside) and d, still running, is not counted.
+    # inside), c 2.0-2.5 (0.5 inside); d has no end recorded and is not counted.
     events = [
         Event("s", "a", 0.5, 1),
         Event("s", "b", 1.0, 2),
