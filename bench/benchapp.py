@@ -7,8 +7,9 @@ setting is Celery's and celery-pools' default, the same for every scenario and w
 Tasks take their connector instance as the keyword argument ``instance``. Instances whose name
 starts with :data:`TRACE_PREFIX` are traced: their bodies record start and end, and the pool's
 signals (slot acquired, waiting, released) are recorded, all through :class:`Recorder` on the
-benchmark's own Redis. Other instances (the overhead scenario's) record only a finished count,
-so the measurement does not weigh on what it measures.
+benchmark's own Redis; a slot's acquisition is recorded with its release, so that no record
+lies between a hand-off and the next body's start. Other instances (the overhead scenario's)
+record only a finished count, so the measurement does not weigh on what it measures.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ TRACE_PREFIX = "trace."
 
 
 class _Records:
-    """This process's client of the benchmark's Redis, and a recorder per instance."""
+    """This process's client of the benchmark's Redis, a recorder per instance, and the
+    acquisitions of the slots its tasks hold, recorded when they are released."""
 
     client: redis.Redis | None = None
     recorders: dict[str, Recorder] = {}  # noqa: RUF012  (one per process, never shared)
+    holding: dict[str, tuple[float, float | None]] = {}  # noqa: RUF012  (task id -> waited, first)
 
 
 def _recorder(instance: str) -> Recorder:
@@ -138,14 +141,20 @@ def _connect_signals() -> None:
 
     def on_released(instance: Any = None, task_id: Any = None, **_: Any) -> None:
         if traced(instance):
-            _recorder(instance).released(str(task_id))
+            acquired = _Records.holding.pop(str(task_id), None)
+            if acquired is None:
+                _recorder(instance).released(str(task_id))
+            else:
+                _recorder(instance).held(str(task_id), *acquired)
 
     def on_acquired(
         instance: Any = None, task_id: Any = None, waited: Any = 0, first: Any = None, **_: Any
     ) -> None:
+        # Recorded with the release: a record here would lie between the slot's hand-off and
+        # the body's start, which the reference without a pool does not pay.
         if traced(instance):
             asked = float(first) if isinstance(first, int | float) else None
-            _recorder(instance).acquired(str(task_id), float(waited or 0.0), asked)
+            _Records.holding[str(task_id)] = (float(waited or 0.0), asked)
 
     def on_waiting(instance: Any = None, **_: Any) -> None:
         if traced(instance):

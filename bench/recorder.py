@@ -7,8 +7,9 @@ clock. Records of one run live under ``bench:<instance>:``, the run's connector 
 - ``events``: ``s|<task id>|<sec>|<usec>|<running>`` when a body starts and ``e|...`` when it
   ends, ``running`` being the independent counter after the change;
 - ``releases``: ``<task id>|<sec>|<usec>`` when the pool reports a slot released;
-- ``acquired``: ``<task id>|<sec>|<usec>|<waited>|<first>`` when the pool reports a slot taken
-  (``first``: when the task first asked, as the pool's signal says; empty if it does not say);
+- ``acquired``: ``<task id>|<sec>|<usec>|<waited>|<first>`` for a slot the pool reported taken,
+  recorded with its release (``first``: when the task first asked, as the pool's signal says;
+  empty if it does not say);
 - ``done`` and ``last``: bodies finished, and when the last one finished;
 - ``waits``: times the pool reported a task waiting; ``failed``: failed tasks.
 """
@@ -38,6 +39,12 @@ return n
 _STAMP = """
 local t = redis.call('TIME')
 redis.call('RPUSH', KEYS[1], ARGV[1] .. '|' .. t[1] .. '|' .. t[2] .. ARGV[2])
+"""
+_HELD = """
+local t = redis.call('TIME')
+local stamp = '|' .. t[1] .. '|' .. t[2]
+redis.call('RPUSH', KEYS[1], ARGV[1] .. stamp)
+redis.call('RPUSH', KEYS[2], ARGV[1] .. stamp .. ARGV[2])
 """
 _DONE = """
 redis.call('INCR', KEYS[1])
@@ -70,8 +77,8 @@ class Release:
 
 @dataclass(frozen=True)
 class Acquired:
-    """The pool gave ``task_id`` a slot at ``at``, ``waited`` seconds after it first asked
-    (``first``, when the pool's signal says it)."""
+    """The pool gave ``task_id`` a slot, ``waited`` seconds after it first asked
+    (``first``, when the pool's signal says it); ``at`` is when the record was stamped."""
 
     task_id: str
     at: float
@@ -81,8 +88,9 @@ class Acquired:
     @property
     def first_ask(self) -> float:
         """When the task first asked for a slot: as the pool recorded it (to the millisecond of
-        the pools' Redis clock), else worked out from when this record was stamped, which is a
-        little after the slot was taken."""
+        the pools' Redis clock), else worked out from when this record was stamped, which holds
+        for a record stamped as the slot was taken (this benchmark's are stamped at its release,
+        and carry ``first``: celery-pools' signal always says it)."""
         return self.first if self.first is not None else self.at - self.waited
 
 
@@ -104,6 +112,7 @@ class Recorder:
         self._enter = client.register_script(_ENTER)
         self._exit = client.register_script(_EXIT)
         self._stamp = client.register_script(_STAMP)
+        self._held = client.register_script(_HELD)
         self._done = client.register_script(_DONE)
 
     # -- written by the tasks ---------------------------------------------------------------
@@ -121,10 +130,14 @@ class Recorder:
         """The pool released this task's slot."""
         self._stamp(keys=[self.releases_key], args=[task_id, ""])
 
-    def acquired(self, task_id: str, waited: float, first: float | None = None) -> None:
-        """The pool gave this task a slot after ``waited`` seconds; it first asked at ``first``."""
+    def held(self, task_id: str, waited: float, first: float | None) -> None:
+        """This task held a slot, which the pool gave it after ``waited`` seconds (it first
+        asked at ``first``) and has now released: both records in one call, stamped now, once
+        the slot is given back (so that recording the acquisition does not lie between a
+        hand-off and the next body's start; read by when the task first asked)."""
+        keys = [self.releases_key, self.acquired_key]
         tail = f"|{waited!r}|{'' if first is None else repr(first)}"
-        self._stamp(keys=[self.acquired_key], args=[task_id, tail])
+        self._held(keys=keys, args=[task_id, tail])
 
     def done(self) -> None:
         """A no-op body finished (no start/end events: they would weigh on a no-op)."""
