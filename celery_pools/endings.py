@@ -92,8 +92,10 @@ class EndingsThread(threading.Thread):
         self, sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
     ) -> None:
         why = "revoke(terminate=True)" if terminated else "revoke"
-        # The request is a Context of the message's headers, as attributes.
-        handoff = WaitState.from_headers(getattr(request, "__dict__", None)).handoff
+        # The request is a Context of the message's headers, as attributes. Only a revoke
+        # before the start gives back what its message was handed (abandon's `unclaimed`).
+        headers = None if terminated else getattr(request, "__dict__", None)
+        handoff = WaitState.from_headers(headers).handoff
         self._report(
             getattr(request, "id", None), sender, why, started=bool(terminated), handoff=handoff
         )
