@@ -1,5 +1,6 @@
 """The store's writes of instance limits: rate limits and pauses, obeyed by the next acquisition
-everywhere (acquire.lua reads them; a pause is a script of its own, as a pause only ever grows)."""
+everywhere (acquire.lua reads them). A pause is set by pause.lua, on the Redis clock: a shorter
+one than the pause in force changes nothing, 0 lifts it."""
 
 from __future__ import annotations
 
