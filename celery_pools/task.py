@@ -436,7 +436,8 @@ class PooledTask(Task):  # type: ignore[misc]
         return get_extension(self.app).store.pause(check_instance_name(instance), seconds)
 
     def _leave(self, slot: _Slot) -> None:
-        dispatcher = get_extension(self.app).dispatcher
+        ext = get_extension(self.app)
+        dispatcher = ext.dispatcher
         try:
             released = dispatcher.store.release(
                 slot.caller.token, slot.pool, parked_likely=slot.handed, execution=slot.execution
@@ -462,7 +463,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 self.name,
                 slot.caller.token,
                 slot.pool,
-                get_extension(self.app).settings.lease_seconds,
+                ext.settings.lease_seconds,
             )
             return
         self._signal(signals.slot_released, slot.caller, slot.pool, held=released.held)
