@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import uvicorn
 from celery.bin.base import CLIContext
 from click.testing import CliRunner
@@ -151,7 +152,8 @@ def _gated_app(env: Any, name: str = "t.gated") -> tuple[Any, str]:
     """The test app with a pooled task that holds its slot until the test pushes to its gate."""
     app = env.app()
     gate = f"gate:{env.name}:{uuid.uuid4().hex[:6]}"
-    probe_client = env.probe().client
+    # Its own client: redis-py's default socket timeout (5 s) would end the 60 s BLPOP early.
+    probe_client = redis.Redis.from_url(env.probe_url, socket_timeout=90)
 
     @app.task(base=PooledTask, connector_instance=INSTANCE, name=name, shared=False)
     def gated(label: str) -> str:
@@ -362,6 +364,43 @@ def test_a_bad_value_shows_the_fields_error_and_writes_nothing(env: Any, page: P
         expect(create.locator("[name=name]")).to_have_attribute("aria-invalid", "true")
     assert manager.get("netsuite").limit == 2
     assert [p.name for p in manager.list()] == ["netsuite"]
+
+
+def test_the_sign_in_keeps_what_the_operator_typed_when_the_page_first_renders_its_pool(
+    env: Any, page: Page
+) -> None:
+    manager = env.manager()
+    manager.create("netsuite", limit=2, timeout=30)
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    with _Server(manager, OPERATOR) as server:
+        # The pool's first reading is held back until the operator has typed: its answer
+        # renders the page's actions while the sign-in form is in use.
+        pool_reading = re.compile(r"/api/pools/netsuite$")
+        page.route(pool_reading, hold)
+        page.goto(server.url + "/pools/netsuite")
+        sign_in = page.locator("#sign-in")
+        sign_in.locator("button").click()
+        expect(sign_in.locator(".error")).to_contain_text("operator token")
+        expect(page.locator("#sign-out")).to_have_count(0)
+        sign_in.locator("[name=token]").fill(TOKEN)
+        deadline = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < deadline, "the page never read its pool"
+            page.wait_for_timeout(20)
+        held[0].continue_()
+        page.unroute(pool_reading)
+        expect(page.locator("#summary")).to_contain_text("0 of 2 in use")
+        expect(sign_in.locator("[name=token]")).to_have_value(TOKEN)
+        sign_in.locator("button").click()
+        form = page.locator("#update-pool")
+        form.locator("[name=limit]").fill("4")
+        form.locator("button").click()
+        expect(form).to_have_attribute("data-done", re.compile(r"\d+"))
+    assert manager.get("netsuite").limit == 4
 
 
 def test_clear_in_the_page_ends_real_waiting_tasks_with_pool_cleared_error(

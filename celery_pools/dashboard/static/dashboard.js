@@ -189,7 +189,8 @@ function actionForm(id, children, submit, run) {
   return form;
 }
 
-// The sign-in box in the header: what the server says it takes, a token or a user.
+// The sign-in box in the header: what the server says it takes, a token or a user. A sign-in
+// form already shown is kept as it is, so a re-render never wipes what the operator is typing.
 function renderSignIn(target, info, changed) {
   const box = document.getElementById(target);
   if (info.read_only) {
@@ -202,6 +203,7 @@ function renderSignIn(target, info, changed) {
     box.replaceChildren(el("span", {}, "Signed in as an operator. "), out);
     return;
   }
+  if (box.querySelector("#sign-in")) return;
   const form = el("form", { id: "sign-in", class: "action" },
     field("token", "token", { type: "password", autocomplete: "off" }),
     el("span", {}, " or "),
@@ -212,7 +214,12 @@ function renderSignIn(target, info, changed) {
     event.preventDefault();
     const data = new FormData(form);
     const token = String(data.get("token") || "");
-    const value = token ? `Bearer ${token}` : `Basic ${base64(`${data.get("user")}:${data.get("password")}`)}`;
+    const user = String(data.get("user") || "");
+    if (!token && !user) {
+      showError(form, { field: "token", error: "type the operator token, or a user and password" });
+      return;
+    }
+    const value = token ? `Bearer ${token}` : `Basic ${base64(`${user}:${data.get("password") || ""}`)}`;
     sessionStorage.setItem(AUTH_KEY, value);
     changed();
   });
