@@ -39,7 +39,8 @@ class _Records:
 
     client: redis.Redis | None = None
     recorders: dict[str, Recorder] = {}  # noqa: RUF012  (one per process, never shared)
-    holding: dict[str, tuple[float, float | None]] = {}  # noqa: RUF012  (task id -> waited, first)
+    # task id -> waited, first asked, granted
+    holding: dict[str, tuple[float, float | None, float | None]] = {}  # noqa: RUF012
 
 
 def _recorder(instance: str) -> Recorder:
@@ -148,13 +149,19 @@ def _connect_signals() -> None:
                 _recorder(instance).held(str(task_id), *acquired)
 
     def on_acquired(
-        instance: Any = None, task_id: Any = None, waited: Any = 0, first: Any = None, **_: Any
+        instance: Any = None,
+        task_id: Any = None,
+        waited: Any = 0,
+        first: Any = None,
+        granted: Any = None,
+        **_: Any,
     ) -> None:
         # Recorded with the release: a record here would lie between the slot's hand-off and
         # the body's start, which the reference without a pool does not pay.
         if traced(instance):
             asked = float(first) if isinstance(first, int | float) else None
-            _Records.holding[str(task_id)] = (float(waited or 0.0), asked)
+            given = float(granted) if isinstance(granted, int | float) else None
+            _Records.holding[str(task_id)] = (float(waited or 0.0), asked, given)
 
     def on_waiting(instance: Any = None, **_: Any) -> None:
         if traced(instance):

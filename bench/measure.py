@@ -20,6 +20,7 @@ __all__ = [
     "api_timeline",
     "concurrency_timeline",
     "count_inversions",
+    "grant_inversions",
     "handoff_latencies",
     "milliseconds",
     "order_inversions",
@@ -171,6 +172,16 @@ def order_inversions(acquisitions: Iterable[Acquired], events: Iterable[Event]) 
         if a.waited > 0 and a.task_id in starts
     )
     return count_inversions([start for _, start in waiters]), len(waiters)
+
+
+def grant_inversions(acquisitions: Iterable[Acquired]) -> tuple[int, int]:
+    """``(inversions, waiters)`` among tasks that waited and whose grant time the pool's signal
+    gave: pairs where one asked for a slot first but the pool granted the other's first (both
+    times by the pools' Redis clock, to the millisecond; a tie is no inversion)."""
+    waiters = sorted(
+        (a.first_ask, a.granted) for a in acquisitions if a.waited > 0 and a.granted is not None
+    )
+    return count_inversions([granted for _, granted in waiters]), len(waiters)
 
 
 def concurrency_timeline(events: Sequence[Event]) -> list[tuple[float, int]]:

@@ -78,12 +78,15 @@ class Release:
 @dataclass(frozen=True)
 class Acquired:
     """The pool gave ``task_id`` a slot, ``waited`` seconds after it first asked
-    (``first``, when the pool's signal says it); ``at`` is when the record was stamped."""
+    (``first``, when the pool's signal says it) and granted at ``granted`` (the hand-off or
+    wake-up of a slot handed to it, by the pools' Redis clock, when the signal says it); ``at``
+    is when the record was stamped."""
 
     task_id: str
     at: float
     waited: float
     first: float | None = None
+    granted: float | None = None
 
     @property
     def first_ask(self) -> float:
@@ -130,13 +133,15 @@ class Recorder:
         """The pool released this task's slot."""
         self._stamp(keys=[self.releases_key], args=[task_id, ""])
 
-    def held(self, task_id: str, waited: float, first: float | None) -> None:
-        """This task held a slot, which the pool gave it after ``waited`` seconds (it first
-        asked at ``first``) and has now released: both records in one call, stamped now, once
-        the slot is given back (so that recording the acquisition does not lie between a
-        hand-off and the next body's start; read by when the task first asked)."""
+    def held(
+        self, task_id: str, waited: float, first: float | None, granted: float | None = None
+    ) -> None:
+        """This task held a slot, which the pool granted it at ``granted`` and it took
+        ``waited`` seconds after it first asked (at ``first``), and has now released: both
+        records in one call, stamped now, once the slot is given back (so that recording the
+        acquisition does not lie between a hand-off and the next body's start)."""
         keys = [self.releases_key, self.acquired_key]
-        tail = f"|{waited!r}|{'' if first is None else repr(first)}"
+        tail = "".join(f"|{'' if v is None else repr(v)}" for v in (waited, first, granted))
         self._held(keys=keys, args=[task_id, tail])
 
     def done(self) -> None:
@@ -187,8 +192,8 @@ class Recorder:
         """Every acquisition the pool reported, in the order recorded."""
         rows = (line.split("|") for line in self._lines(self.acquired_key))
         return [
-            Acquired(tid, _seconds(s, us), float(w), float(first) if first else None)
-            for tid, s, us, w, first in rows
+            Acquired(tid, _seconds(s, us), float(w), *(float(v) if v else None for v in rest))
+            for tid, s, us, w, *rest in rows
         ]
 
     def _lines(self, key: str) -> list[str]:

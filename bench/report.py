@@ -47,12 +47,18 @@ def _concurrency(result: dict[str, Any]) -> str:
     return f"{result['max_concurrency']} (limit {result['limit']})"
 
 
-def _inversions(result: dict[str, Any]) -> str:
-    share = result["inversion_fraction"]
-    if share is None:
-        return "-"
-    shown = f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.2%}"
-    return f"{result['order_inversions']} ({shown} of pairs)"
+def _inversions(count: str, fraction: str) -> Callable[[dict[str, Any]], str]:
+    def show(result: dict[str, Any]) -> str:
+        share = result.get(fraction)
+        if share is None:
+            return "-"
+        shown = f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.2%}"
+        return f"{result[count]} ({shown} of pairs)"
+
+    return show
+
+
+_BY_START = _inversions("order_inversions", "inversion_fraction")
 
 
 def _cpu_per_task(result: dict[str, Any]) -> str:
@@ -123,7 +129,13 @@ ROWS: tuple[Row, ...] = (
     Row("saturation", "hand-off latency p99 (ms)", _field("handoff_p99_ms", ".1f"), "<= 10"),
     Row("saturation", "body end to next start p50 / p99 (ms)", _p50_p99("gap")),
     Row("saturation", "broker messages per task", _field("messages_per_task"), "<= 1"),
-    Row("saturation", "order inversions (start order)", _inversions, "0"),
+    Row(
+        "saturation",
+        "order inversions (grant order)",
+        _inversions("grant_inversions", "grant_inversion_fraction"),
+        "0",
+    ),
+    Row("saturation", "order inversions (start order)", _BY_START),
     Row("saturation", "max concurrency", _concurrency, "<= limit"),
     Row("saturation", "machine CPU busy", _cpu),
     Row("calls", "calls (median / mean ms)", _lengths),
@@ -133,7 +145,7 @@ ROWS: tuple[Row, ...] = (
     Row("calls", "API 429s", _field("refused", ".0f"), "0"),
     Row("calls", "hand-off latency p50 / p99 (ms)", _p50_p99("handoff")),
     Row("calls", "broker messages per task", _field("messages_per_task"), "<= 1"),
-    Row("calls", "order inversions (start order)", _inversions),
+    Row("calls", "order inversions (start order)", _BY_START),
     Row("calls", "machine CPU busy", _cpu),
     Row("backlog", "tasks done", _done),
     Row("backlog", "broker messages per task done", _field("messages_per_task"), "<= 1"),

@@ -19,6 +19,7 @@ from bench.measure import (
     api_figures,
     api_timeline,
     concurrency_timeline,
+    grant_inversions,
     handoff_latencies,
     milliseconds,
     order_inversions,
@@ -203,8 +204,11 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     # release and everything around it included (a woken standby often starts before the
     # releasing process records its release, which then counts 0 above).
     gaps = handoff_latencies(ends, starts, limit).latencies
-    inversions, waiters = order_inversions(recorder.acquisitions(), events)
+    acquisitions = recorder.acquisitions()
+    inversions, waiters = order_inversions(acquisitions, events)
     waiter_pairs = waiters * (waiters - 1) // 2
+    by_grant, granted = grant_inversions(acquisitions)
+    granted_pairs = granted * (granted - 1) // 2
     latencies = handoffs.latencies
     return {
         "limit": limit,
@@ -240,6 +244,9 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "order_inversions": inversions,
         # None without waiters (the reference: no task asks a pool, none waits for one)
         "inversion_fraction": inversions / waiter_pairs if waiter_pairs else None,
+        # The same pairs by when the pool granted each slot (its FIFO), not when bodies started.
+        "grant_inversions": by_grant,
+        "grant_inversion_fraction": by_grant / granted_pairs if granted_pairs else None,
         "max_concurrency": max((e.running for e in events), default=0),
         "cpu": busy,
         "timeline": concurrency_timeline(events),

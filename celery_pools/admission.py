@@ -87,12 +87,14 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Run:
-    """The slot is taken: run the body, then release it. ``waited`` seconds since ``first``."""
+    """The slot is taken: run the body, then release it. ``waited`` seconds since ``first``;
+    the pool gave the slot at ``granted``."""
 
     pool: str
     handed: bool
     waited: float
     first: float
+    granted: float
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,13 @@ def admit(acq: Acquisition, state: WaitState, caller: Caller, backoff: Backoff) 
         return Stale()
     if status is AcquireStatus.OK:
         waited = acq.waited if state.first is not None else 0.0
-        return Run(acq.pool, handed=acq.reason == "handoff", waited=waited, first=acq.first)
+        return Run(
+            acq.pool,
+            handed=acq.reason == "handoff",
+            waited=waited,
+            first=acq.first,
+            granted=acq.granted,
+        )
     if status is AcquireStatus.UNASSIGNED:
         return Unassigned()
     if status is AcquireStatus.CLEARED:

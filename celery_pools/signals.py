@@ -20,9 +20,12 @@ from celery.utils.dispatch import Signal
 __all__ = ["slot_acquired", "slot_handoff", "slot_released", "slot_timeout", "slot_waiting"]
 
 #: A slot was taken. ``waited``: seconds since the task first asked for it; ``first``: when it
-#: first asked (epoch seconds, by the Redis server's clock, to the millisecond).
+#: first asked; ``granted``: when the pool gave it the slot (a slot handed to a parked task or a
+#: standby: the hand-off, which its claim follows; else as it was taken). Times are epoch seconds
+#: by the Redis server's clock, to the millisecond.
 slot_acquired = Signal(
-    name="slot_acquired", providing_args={"pool", "instance", "task_id", "waited", "first"}
+    name="slot_acquired",
+    providing_args={"pool", "instance", "task_id", "waited", "first", "granted"},
 )
 
 #: The pool was full and the task waits: asks again after ``countdown`` seconds (in its worker

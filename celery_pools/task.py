@@ -281,6 +281,7 @@ class PooledTask(Task):  # type: ignore[misc]
                     decision.pool,
                     waited=decision.waited,
                     first=decision.first,
+                    granted=decision.granted,
                 )
                 return _Slot(decision.pool, caller, named, decision.handed)
             case Stale():

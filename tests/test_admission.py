@@ -60,10 +60,11 @@ def _acq(status: AcquireStatus, **fields) -> Acquisition:
 
 
 def test_a_slot_taken_runs_the_body_having_waited_only_if_it_waited_before():
-    fresh = admit(_acq(AcquireStatus.OK, first=NOW), WaitState(), CALLER, _backoff())
-    assert fresh == Run("api", handed=False, waited=0.0, first=NOW)
-    again = admit(_acq(AcquireStatus.OK), WaitState(first=NOW - 4.0), CALLER, _backoff())
-    assert again == Run("api", handed=False, waited=4.0, first=NOW - 4.0)
+    fresh = admit(_acq(AcquireStatus.OK, first=NOW, granted=NOW), WaitState(), CALLER, _backoff())
+    assert fresh == Run("api", handed=False, waited=0.0, first=NOW, granted=NOW)
+    state = WaitState(first=NOW - 4.0)
+    again = admit(_acq(AcquireStatus.OK, granted=NOW - 1.0), state, CALLER, _backoff())
+    assert again == Run("api", handed=False, waited=4.0, first=NOW - 4.0, granted=NOW - 1.0)
     handed = admit(_acq(AcquireStatus.OK, reason="handoff"), WaitState(), CALLER, _backoff())
     assert isinstance(handed, Run)
     assert handed.handed

@@ -145,6 +145,29 @@ def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None
     assert order_inversions(acquisitions, late_start) == (1, 2)
 
 
+def test_grant_inversions_order_waiters_by_the_pools_grant_not_by_their_claim() -> None:
+    """Grant order is the pool's: a task handed its slot first counts first even when its claim
+    (and its record) came later; tasks that did not wait, or whose grant is unknown, are left
+    out."""
+    from bench.measure import grant_inversions
+    from bench.recorder import Acquired
+
+    acquisitions = [
+        # a asked first and was granted first, though its claim came 40 ms after b's.
+        Acquired("a", 10.050, 0.550, first=9.500, granted=10.001),
+        Acquired("b", 10.010, 0.509, first=9.501, granted=10.002),
+        Acquired("now", 10.020, 0.0, first=10.020, granted=10.020),
+        Acquired("unknown", 10.030, 0.3, first=9.400),
+    ]
+    assert grant_inversions(acquisitions) == (0, 2)
+    # c asked after a and b, and the pool granted it before both: two pairs out of order.
+    late = [*acquisitions, Acquired("c", 10.060, 0.5, first=9.502, granted=10.000)]
+    assert grant_inversions(late) == (2, 3)
+    # A tie, two slots given by one release to a and b, is no inversion.
+    tie = [Acquired("a", 10.0, 0.5, 9.5, 10.001), Acquired("b", 10.0, 0.5, 9.501, 10.001)]
+    assert grant_inversions(tie) == (0, 2)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_quick_peers_run_every_peer_and_celery_pools_keeps_the_api_under_its_cap(

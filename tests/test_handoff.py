@@ -622,6 +622,34 @@ def test_the_claimed_hand_off_delivered_again_runs_in_its_slot(env):
     )
 
 
+def _redis_now(store):
+    seconds, micros = store.client.time()
+    return seconds + micros / 1e6
+
+
+def test_a_claim_says_when_the_pool_gave_the_slot_not_when_the_task_took_it(env):
+    """An acquisition tells when its slot was given (``granted``): at the hand-off for a parked
+    task, which claims it later, and as it is taken for a slot free at once."""
+    manager = _pool(env, limit=1)
+    store = manager.store
+    taken = store.acquire(INSTANCE, "holder", lease=30)
+    assert taken.status is AcquireStatus.OK
+    assert taken.granted == taken.now
+    full = store.acquire(INSTANCE, "task", lease=30)
+    store.park("task", pool="api", first=full.first, entry='{"info":{}}')
+    before = _redis_now(store)
+    (handoff,) = store.release("holder", "api", parked_likely=True).handoffs
+    after = _redis_now(store)
+    # The claim comes later by the Redis clock, as a worker's would.
+    wait_until(lambda: _redis_now(store) > after + 0.05, 5, message="the Redis clock moving on")
+    claim = store.acquire(INSTANCE, "task", lease=30, handoff=handoff.handoff_id)
+    assert claim.status is AcquireStatus.OK
+    assert before - 0.001 <= claim.granted <= after
+    assert claim.now - claim.granted >= 0.05
+    again = store.acquire(INSTANCE, "task", lease=30, handoff=handoff.handoff_id)
+    assert (again.reentrant, again.granted) == (True, claim.now)
+
+
 @pytest.mark.parametrize("how", ["handed", "granted"])
 def test_a_clear_keeps_a_task_that_was_handed_its_slot_but_not_yet_started(env, how):
     """A clear drops waiting tasks; one already handed (or granted) a slot holds it, like any

@@ -91,6 +91,7 @@ def acquisition(reply: Sequence[Any], pool: str) -> Acquisition | Moved:
         retry_after=seconds(reply[8]),
         reason=str(reply[9]),
         reclaimed=reclaimed(reply[10]),
+        granted=seconds(reply[11]),
     )
 
 

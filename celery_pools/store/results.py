@@ -98,6 +98,9 @@ class Acquisition:
     retry_after: float = 0.0
     reason: str = ""
     reclaimed: tuple[Reclaimed, ...] = ()
+    #: When the slot was given to the task (OK): the hand-off, standby wake-up or grant at
+    #: publication of a slot handed to it, else ``now`` (epoch seconds, the Redis clock).
+    granted: float = 0.0
 
     @property
     def waited(self) -> float:

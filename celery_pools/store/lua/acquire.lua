@@ -16,8 +16,10 @@
 --
 -- Reply: {"MOVED", now, pool} when another pool serves the instance ("" for none): call again with
 -- that pool's keys. Otherwise
---   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, {reclaimed}}
--- with {reclaimed} the holders whose slots were taken back, {task id, holder JSON, ...}:
+--   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, {reclaimed}, granted}
+-- with {reclaimed} the holders whose slots were taken back, {task id, holder JSON, ...}, and
+-- granted when the slot was given to the task (ms): for a slot handed or granted to it, when the
+-- hand-off, the standby's wake-up or the grant at publication gave it; else now:
 --   "OK"          the slot (and token) are taken; reentrant = 1 when the token already held it;
 --                 reason "handoff" when it claimed a slot handed to it after waiting, "granted"
 --                 when the slot was granted to it as it was published
@@ -126,8 +128,9 @@ local function hold_back(rated)
 end
 
 local reclaimed = {}
+local granted = now
 local function reply(status, limit, in_use, timeout, uid, reentrant, retry, reason)
-  return {status, now, first, limit, in_use, timeout, uid, reentrant, retry, reason, reclaimed}
+  return {status, now, first, limit, in_use, timeout, uid, reentrant, retry, reason, reclaimed, granted}
 end
 
 -- A copy of a message whose hand-off lapsed never runs, whenever it arrives and wherever the
@@ -306,6 +309,7 @@ if redis.call('ZSCORE', holders, token) then
     end
     -- Claim the slot handed to this task; remember under which hand-off id, so that the same
     -- message delivered again is known from a stale copy.
+    granted = tonumber(holding['since']) or now
     local claimed = holding_now()
     claimed['claimed'] = handoff_id
     redis.call('DEL', wake .. token)  -- a standby woken just after its block ended
@@ -335,6 +339,7 @@ if redis.call('ZSCORE', holders, token) then
     return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'copy')
   end
   redis.call('ZADD', holders, now + lease, token)
+  granted = tonumber(holding['since']) or now
   return reply('OK', limit, in_use, timeout, uid, 1, 0, '')
 end
 if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', standby, token) then
