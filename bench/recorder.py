@@ -7,9 +7,9 @@ clock. Records of one run live under ``bench:<instance>:``, the run's connector 
 - ``events``: ``s|<task id>|<sec>|<usec>|<running>`` when a body starts and ``e|...`` when it
   ends, ``running`` being the independent counter after the change;
 - ``releases``: ``<task id>|<sec>|<usec>`` when the pool reports a slot released;
-- ``acquired``: ``<task id>|<sec>|<usec>|<waited>|<first>`` for a slot the pool reported taken,
-  recorded with its release (``first``: when the task first asked, as the pool's signal says;
-  empty if it does not say);
+- ``acquired``: ``<task id>|<sec>|<usec>|<waited>|<first>|<granted>`` for a slot the pool
+  reported taken, recorded with its release (``first``: when the task first asked, ``granted``:
+  when the pool gave it the slot, as the pool's signal says; each empty if it does not say);
 - ``done`` and ``last``: bodies finished, and when the last one finished;
 - ``waits``: times the pool reported a task waiting; ``failed``: failed tasks.
 """

@@ -25,6 +25,11 @@ def _pool(env, limit, timeout=30.0, wait="handoff"):
     return manager
 
 
+def _redis_now(store):
+    seconds, micros = store.client.time()
+    return seconds + micros / 1e6
+
+
 def _queued(env):
     """Messages waiting in the test's broker queue (read from the broker, not from the pool)."""
     client = redis.Redis.from_url(env.broker)
@@ -256,15 +261,20 @@ def test_a_grant_whose_answer_was_lost_is_claimed_by_the_message_published_as_us
     taken for a stale copy (it is the only one there is)."""
     manager = _pool(env, limit=1)
     store = manager.store
+    before = _redis_now(store)
     assert publisher_for(store).park(INSTANCE, "lost", entry=lambda: "{}").granted is not None
+    after = _redis_now(store)
+    _wait_for(lambda: _redis_now(store) > after + 0.05, what="the Redis clock to move on")
     claimed = store.acquire(INSTANCE, "lost", lease=30)  # no hand-off id in its headers
     assert (claimed.status.value, claimed.reason) == ("OK", "granted")
+    # The slot was given at publication, not as its message arrived.
+    assert before - 0.001 <= claimed.granted <= after
     assert manager.status("api").in_use == 1
     (metrics,) = store.metrics(["api"])
     assert (metrics.acquired_immediate, metrics.acquired_waited) == (1, 0)
     # A copy delivered again under the same id (a redelivery) takes no second slot.
     again = store.acquire(INSTANCE, "lost", lease=30)
-    assert (again.status.value, again.reentrant) == ("OK", True)
+    assert (again.status.value, again.reentrant, again.granted) == ("OK", True, claimed.granted)
     assert manager.status("api").in_use == 1
 
 

@@ -99,7 +99,8 @@ class Acquisition:
     reason: str = ""
     reclaimed: tuple[Reclaimed, ...] = ()
     #: When the slot was given to the task (OK): the hand-off, standby wake-up or grant at
-    #: publication of a slot handed to it, else ``now`` (epoch seconds, the Redis clock).
+    #: publication of a slot handed to it, else when it took it (epoch seconds, the Redis
+    #: clock). A repeat call of the execution that holds the slot answers what its first did.
     granted: float = 0.0
 
     @property

@@ -213,8 +213,8 @@ function renderSignIn(target, info, changed) {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const data = new FormData(form);
-    const token = String(data.get("token") || "");
-    const user = String(data.get("user") || "");
+    const token = String(data.get("token") || "").trim();
+    const user = String(data.get("user") || "").trim();
     if (!token && !user) {
       showError(form, { field: "token", error: "type the operator token, or a user and password" });
       return;

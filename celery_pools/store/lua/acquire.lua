@@ -19,7 +19,8 @@
 --   {status, now, first, limit, in_use, timeout, uid, reentrant, retry_ms, reason, {reclaimed}, granted}
 -- with {reclaimed} the holders whose slots were taken back, {task id, holder JSON, ...}, and
 -- granted when the slot was given to the task (ms): for a slot handed or granted to it, when the
--- hand-off, the standby's wake-up or the grant at publication gave it; else now:
+-- hand-off, the standby's wake-up or the grant at publication gave it; else when it took it (a
+-- repeat call of the execution that holds it answers what its first call did):
 --   "OK"          the slot (and token) are taken; reentrant = 1 when the token already held it;
 --                 reason "handoff" when it claimed a slot handed to it after waiting, "granted"
 --                 when the slot was granted to it as it was published
@@ -312,6 +313,7 @@ if redis.call('ZSCORE', holders, token) then
     granted = tonumber(holding['since']) or now
     local claimed = holding_now()
     claimed['claimed'] = handoff_id
+    claimed['granted'] = granted
     redis.call('DEL', wake .. token)  -- a standby woken just after its block ended
     redis.call('ZADD', holders, now + lease, token)
     redis.call('HSET', holder, token, cjson.encode(claimed))
@@ -339,7 +341,7 @@ if redis.call('ZSCORE', holders, token) then
     return reply('FULL', limit, in_use, timeout, uid, 0, 0, 'copy')
   end
   redis.call('ZADD', holders, now + lease, token)
-  granted = tonumber(holding['since']) or now
+  granted = tonumber(holding['granted'] or holding['since']) or now
   return reply('OK', limit, in_use, timeout, uid, 1, 0, '')
 end
 if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', standby, token) then
