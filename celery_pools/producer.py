@@ -20,15 +20,25 @@ are published as usual (a countdown pool, no pool) is not asked about again for 
 that leaves slots free lets the next calls to that pool go as usual, for at most 10 seconds: half
 as many as it saw free, not counting the calls this producer published as usual that have not
 reached a worker yet. A call on its way holds no slot, so a grant's count of free slots does not
-see it; the grant also answers how many slots of the pool were taken without waiting so far, and
-the calls that count grew by since the last grant have arrived (another producer's calls count
-too, which only makes the estimate less cautious; a call older than half a second is taken to
-have arrived). So a burst into an empty pool from one producer sends at most limit - 1 calls as
+see it; the grant also answers how many calls published as usual have reached a worker so far,
+and the calls that count grew by since the last grant have arrived (another producer's calls
+count too, which only makes the estimate less cautious; a call older than half a second is taken
+to have arrived). So a burst into an empty pool from one producer sends at most limit - 1 calls as
 usual, not a budget per grant, while steady traffic into an ample pool, whose calls arrive
-between grants, keeps the whole budget. Their worker's acquire takes a free slot only while
-nobody is parked or standing by, so none of them passes a parked task (one that finds the pool
-full parks in its worker); and a pool whose tasks keep waiting is asked with the parked entry at
-once.
+between grants, keeps the whole budget; and a pool whose tasks keep waiting is asked with the
+parked entry at once.
+
+The slots those calls will take are kept for them while they are on their way: each later grant
+or park this producer asks for passes how many may still be on their way (and the pool's count
+of arrived calls when it last read it, so that those that arrived meanwhile are not counted),
+and Redis keeps that many free slots, which no grant and no hand-off, a worker's included, gives
+out until they arrive or their time is up (lib/reserve.lua). Each
+such call carries when it was published, on the Redis clock as reckoned from the pool's last
+answer (:class:`PublishedAsUsual`); its worker's acquire gives it a free slot while tasks are
+parked or stand by only when it was published before all of them, so none of them passes a task
+that asked first, and a burst costs one broker message per task. A call that finds the pool full
+anyway (its slot was kept past ``_IN_FLIGHT_SECONDS``, or another producer's calls took it) parks
+in its worker, behind those that asked before it, and costs one more message.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -48,9 +59,9 @@ from . import signals
 from .context import get_extension
 from .errors import PoolBackendError, PoolConfigError
 from .models import check_wait
-from .store import Grant, Parking, RedisPoolStore
+from .store import Grant, Parking, RedisPoolStore, Reserve
 
-__all__ = ["Publisher", "park_at_publish", "publisher_for", "withdraw_grant"]
+__all__ = ["PublishedAsUsual", "Publisher", "park_at_publish", "publisher_for", "withdraw_grant"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +76,22 @@ _AS_USUAL_SECONDS = 1.0
 # outlast the gaps between calls of a pool with little traffic.
 _AMPLE_SECONDS = 10.0
 # How long a call published as usual is at most taken to be on its way to a worker (not yet
-# holding a slot, so unseen by a grant's count of free slots) when no grant's count of slots
-# taken has shown it arrive.
+# holding a slot, so unseen by a grant's count of free slots) when no grant's count of arrived
+# calls has shown it arrive; also how long its slot is kept for it.
 _IN_FLIGHT_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class PublishedAsUsual:
+    """A call published as usual while its pool was seen ample: its message carries when it was
+    published (``published``, the Redis clock as its producer reckons it, in the wait-state
+    header), so that its worker gives it a free slot ahead of tasks parked after that."""
+
+    published: float
+
+    def header(self) -> dict[str, Any]:
+        """The wait-state header value of its message."""
+        return {"published": self.published}
 
 
 class Publisher:
@@ -85,10 +109,12 @@ class Publisher:
         # slots free beyond its own and nobody waiting.
         self._ample: dict[str, list[float]] = {}
         # Pool -> when (monotonic) each call published as usual and not known to have arrived
-        # was published, oldest first; and the pool's count of slots taken without waiting at
-        # the last grant (see Publisher.park).
+        # was published, oldest first; and the pool's count of calls published as usual that
+        # reached a worker, at the last grant (see Publisher.park).
         self._in_flight: dict[str, collections.deque[float]] = {}
-        self._taken: dict[str, int] = {}
+        self._arrived: dict[str, int] = {}
+        # Pool -> the Redis clock at its last answer, and this process's monotonic clock then.
+        self._clock: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def may_park(self, instance: str, wait: str = "") -> bool:
@@ -120,11 +146,18 @@ class Publisher:
             believed = self.store.pool_of(instance) or ""
         if self._spend_ample(believed):
             # Published as usual: the worker's acquire takes a free slot, one script as in a
-            # countdown pool, and never ahead of a parked task (acquire.lua refuses a hand-off
-            # pool's slot to a newcomer while tasks are parked or stand by: it parks instead).
+            # countdown pool, and never ahead of a task parked before it was published
+            # (acquire.lua gives a hand-off pool's slot to a newcomer while tasks are parked or
+            # stand by only when it was published before all of them: see reckon).
             return Parking(parked=False, pool=believed, reason="ample")
+        # The slots the calls published as usual still on their way will take are not granted
+        # or handed to later calls meanwhile (lib/reserve.lua).
+        reserve = self._reserve(believed)
         if believed not in self._contended:
-            parking = self.store.park_at_publish(instance, token, entry=None, wait=wait, info=info)
+            parking = self.store.park_at_publish(
+                instance, token, entry=None, wait=wait, info=info, reserve=reserve
+            )
+            self._answered(parking)
             if parking.reason == "contended":
                 self._contended.add(parking.pool)
                 parking = None
@@ -132,13 +165,14 @@ class Publisher:
             # Half the slots still free may go to calls published as usual, for a while: the
             # slots free less those the calls it published as usual on their way will take.
             with self._lock:
-                budget = (parking.free - self._on_their_way(parking.pool, parking.taken)) // 2
+                budget = (parking.free - self._on_their_way(parking.pool, parking.arrived)) // 2
                 if budget >= 1:
                     self._ample[parking.pool] = [budget, time.monotonic() + _AMPLE_SECONDS]
         if parking is None:
             parking = self.store.park_at_publish(
-                instance, token, entry=entry(), wait=wait, info=info
+                instance, token, entry=entry(), wait=wait, info=info, reserve=reserve
             )
+            self._answered(parking)
             if parking.position >= 1 and all(h.token != token for h in parking.handoffs):
                 self._contended.add(parking.pool)  # it waits: so will the next ones, for a while
             else:
@@ -154,6 +188,37 @@ class Publisher:
             self._as_usual[instance, wait] = time.monotonic() + _AS_USUAL_SECONDS
         return parking
 
+    def reckon(self, pool: str) -> float | None:
+        """Now on the Redis clock, as reckoned from ``pool``'s last answer to this producer (None
+        if it never answered): the time a call published as usual carries, by which a worker
+        knows it from tasks that parked after it was published."""
+        with self._lock:
+            answered = self._clock.get(pool)
+        if answered is None:
+            return None
+        redis_now, at = answered
+        return redis_now + (time.monotonic() - at)
+
+    def _answered(self, parking: Parking) -> None:
+        if parking.pool and parking.now:
+            with self._lock:
+                self._clock[parking.pool] = (parking.now, time.monotonic())
+
+    def _reserve(self, pool: str) -> Reserve:
+        """The slots to keep for the calls published as usual to ``pool`` that may still be on
+        their way: how many, the pool's count of such calls that arrived when last read, and
+        until the youngest of them is taken to have arrived (see lib/reserve.lua)."""
+        with self._lock:
+            sent = self._in_flight.get(pool)
+            now = time.monotonic()
+            while sent and sent[0] < now - _IN_FLIGHT_SECONDS:
+                sent.popleft()
+            if not sent:
+                return (0, "", 0.0)
+            arrived = self._arrived.get(pool)
+            left = sent[-1] + _IN_FLIGHT_SECONDS - now
+            return (len(sent), "" if arrived is None else arrived, left)
+
     def _spend_ample(self, pool: str) -> bool:
         """Whether a call to ``pool`` may be published as usual, without a grant: a recent grant
         left slots free (spends one of them)."""
@@ -166,18 +231,18 @@ class Publisher:
             self._in_flight.setdefault(pool, collections.deque()).append(time.monotonic())
             return True
 
-    def _on_their_way(self, pool: str, taken: int) -> int:
+    def _on_their_way(self, pool: str, arrived: int) -> int:
         """How many calls this producer published as usual to ``pool`` may not have reached a
-        worker yet, given the pool's count of slots taken without waiting (``taken``) at a grant
-        now: as many fewer as that count grew since the last grant, none older than
-        ``_IN_FLIGHT_SECONDS``. The caller holds the lock."""
-        before = self._taken.get(pool)
-        self._taken[pool] = taken
+        worker yet, given the pool's count of calls published as usual that arrived
+        (``arrived``) at a grant now: as many fewer as that count grew since the last grant,
+        none older than ``_IN_FLIGHT_SECONDS``. The caller holds the lock."""
+        before = self._arrived.get(pool)
+        self._arrived[pool] = arrived
         sent = self._in_flight.get(pool)
         if sent is None:
             return 0
-        arrived = max(0, taken - before) if before is not None else 0
-        for _ in range(min(arrived, len(sent))):
+        came = max(0, arrived - before) if before is not None else 0
+        for _ in range(min(came, len(sent))):
             sent.popleft()
         horizon = time.monotonic() - _IN_FLIGHT_SECONDS
         while sent and sent[0] < horizon:
@@ -208,15 +273,16 @@ def park_at_publish(
     kwargs: Any,
     task_id: str,
     options: dict[str, Any],
-) -> Any | Grant | None:
+) -> Any | Grant | PublishedAsUsual | None:
     """Park ``task``'s call instead of publishing it, when its pool waits by hand-off.
 
     ``options`` are ``apply_async``'s (``link``, ``link_error``, ``shadow``, ``producer`` ... among
     them). Returns the task's ``AsyncResult`` when it was parked (or handed a slot and published);
     a :class:`~celery_pools.store.Grant` when a slot is free and nobody waits: the caller
-    publishes it as usual, with the grant in its headers; None when the caller must publish it as
-    usual, with the same ``task_id``: if Redis parked it but its answer was lost, the copy
-    published as usual is then recognised and never runs twice.
+    publishes it as usual, with the grant in its headers; a :class:`PublishedAsUsual` when the
+    pool is seen ample: the caller publishes it as usual with that header; None when the caller
+    must publish it as usual, with the same ``task_id``: if Redis parked it but its answer was
+    lost, the copy published as usual is then recognised and never runs twice.
     """
     app = task._get_app()
     if app.conf.task_always_eager:
@@ -274,7 +340,8 @@ def park_at_publish(
         return parking.granted
     if not parking.parked:
         dispatcher.settle(parking.effects, producer)
-        return None
+        published = publisher.reckon(parking.pool) if parking.reason == "ample" else None
+        return None if published is None else PublishedAsUsual(published)
     called = prepared[2] if prepared else options
     ignore_result = bool(called.get("ignore_result", task.ignore_result))
     with app.producer_or_acquire(producer) as connected:

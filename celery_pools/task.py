@@ -47,7 +47,7 @@ from .handoff import outside_tasks
 from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
 from .processes import being_terminated, own_start
-from .producer import park_at_publish, withdraw_grant
+from .producer import PublishedAsUsual, park_at_publish, withdraw_grant
 from .store import Acquisition, Grant
 from .waiting import HEADER, WaitState
 
@@ -158,6 +158,8 @@ class PooledTask(Task):  # type: ignore[misc]
         granted = parked if isinstance(parked, Grant) else None
         if granted is not None:  # a slot is free: publish as usual, with the grant
             options["headers"] = {**(options.get("headers") or {}), HEADER: granted.header()}
+        elif isinstance(parked, PublishedAsUsual):  # the pool is seen ample: as usual, stamped
+            options["headers"] = {**(options.get("headers") or {}), HEADER: parked.header()}
         elif parked is not None:
             return parked
         try:
@@ -256,6 +258,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
                 standby=time_to_wait_here(self, ext, execution, ext.settings.standby_seconds),
+                published=state.published if state.first is None else None,
             )
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)

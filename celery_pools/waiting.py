@@ -36,6 +36,9 @@ class WaitState:
     eta: str = ""
     #: When this message is due (a countdown's end), on the Redis clock; None: not delayed.
     due: float | None = None
+    #: When its producer published it as usual, the pool seen ample (Redis clock, as the
+    #: producer reckoned it); None: not so published.
+    published: float | None = None
 
     @classmethod
     def from_headers(cls, headers: Any) -> WaitState:
@@ -48,6 +51,7 @@ class WaitState:
             timeout = raw.get("timeout")
             fail = raw.get("fail")
             due = raw.get("due")
+            published = raw.get("published")
             return cls(
                 first=float(first) if first is not None else None,
                 pool=str(raw.get("pool") or ""),
@@ -58,6 +62,7 @@ class WaitState:
                 fail=dict(fail) if isinstance(fail, dict) else None,
                 eta=str(raw.get("eta") or ""),
                 due=float(due) if due is not None else None,
+                published=float(published) if published is not None else None,
             )
         except (TypeError, ValueError):
             return cls()

@@ -64,25 +64,32 @@ def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications
     assert manager.status("api").in_use == 0
 
 
-def test_a_burst_into_an_empty_pool_sends_few_messages_beyond_its_slots(
-    env, run_worker, monkeypatch
+def test_a_burst_into_an_empty_pool_costs_one_broker_message_per_task(
+    env, run_worker, monkeypatch, publications
 ):
     """The calls a grant lets go as usual are not seen by the next grant's count of free slots
-    until they reach a worker: the producer leaves them out of the next budget, so a burst sends
-    at most limit - 1 of them (each may find the pool full and park in its worker), not a budget
-    per grant (which sent all 30 here)."""
+    until they reach a worker: the producer keeps their slots for them (neither granted nor
+    handed out meanwhile), and each takes its slot ahead of the tasks parked after it was
+    published. So the burst sends one message per slot, parks the rest, and costs one broker
+    message per task in all; without the kept slots, the calls sent as usual found the pool
+    full and were published a second time."""
     monkeypatch.setattr(producer, "_IN_FLIGHT_SECONDS", 60.0)  # however slow this machine is
     limit, calls = 10, 30
     manager = _pool(env, limit=limit)
     app = env.app()
     results = [app.tasks["t.hold"].delay(f"b{i}", 0.02) for i in range(calls)]
-    queued = _queued(env)  # no worker yet: grants and calls published as usual
-    assert limit < queued <= 2 * limit - 1
+    # No worker yet: grants and calls published as usual, one per slot; the rest in Redis.
+    assert _queued(env) == limit
     status = manager.status("api")
-    assert (status.in_use, status.waiting) == (limit, calls - queued)
+    assert status.waiting == calls - limit
+    assert status.in_use < limit  # the calls published as usual hold no slot yet
     with run_worker(app, concurrency=6):
         assert [r.get(timeout=60) for r in results] == [f"b{i}" for i in range(calls)]
+    assert publications.count("t.hold") == calls
     assert env.probe().max_concurrency() <= limit
+    # First come, first served: the calls published as usual did not wait behind later ones.
+    (metrics,) = manager.store.metrics(["api"])
+    assert (metrics.acquired_immediate, metrics.acquired_waited) == (limit, calls - limit)
 
 
 def test_chain_chord_and_callbacks_keep_their_shape_when_parked(env, run_worker):
@@ -253,6 +260,59 @@ def test_a_free_slot_is_granted_without_parking_and_a_lapsed_grant_comes_back(en
     # Its message, arriving late after all, does not run on the lapsed grant: it waits.
     late = store.acquire(INSTANCE, "g1", lease=30, handoff=granted.granted.handoff)
     assert (late.status.value, late.reason) == ("FULL", "handoff")
+
+
+def test_the_slots_kept_for_calls_on_their_way_are_neither_granted_nor_handed_out(env):
+    """A producer that published calls as usual while its pool looked ample keeps as many free
+    slots as those calls have not taken yet: grants and hand-offs give out only the others. Each
+    such call takes a free slot ahead of the tasks that parked after it was published, and a
+    call published after them waits behind them."""
+    manager = _pool(env, limit=3)
+    store = manager.store
+    info = {"instance": INSTANCE}
+    published = _redis_now(store)  # when the producer published two calls as usual
+    on_way = (2, 0, 30.0)  # two on their way; the pool's count of slots taken read 0
+    granted = store.park_at_publish(INSTANCE, "g1", entry=None, info=info, reserve=on_way)
+    assert granted.granted is not None  # 3 free, 2 kept: one to grant
+    refused = store.park_at_publish(INSTANCE, "g2", entry=None, info=info, reserve=on_way)
+    assert (refused.granted, refused.reason) == (None, "contended")
+    parked = store.park_at_publish(INSTANCE, "p1", entry='{"info": {}}', info=info, reserve=on_way)
+    assert (parked.parked, parked.position, parked.handoffs) == (True, 1, ())
+    assert store.hand_off("api").handoffs == ()  # a worker's hand-off keeps them too
+    after = _redis_now(store)
+    _wait_for(lambda: _redis_now(store) > after + 0.002, what="the Redis clock to move on")
+    # A call published after p1 parked must park behind it, though a kept slot is free.
+    late = store.acquire(INSTANCE, "late", lease=30, published=_redis_now(store))
+    assert (late.status.value, late.reason) == ("FULL", "handoff")
+    # The calls on their way arrive: each takes a kept slot, ahead of p1.
+    for token in ("u1", "u2"):
+        arrived = store.acquire(INSTANCE, token, lease=30, published=published)
+        assert arrived.status.value == "OK", token
+    status = manager.status("api")
+    assert (status.in_use, [w.task_id for w in status.waiters]) == (3, ["p1"])
+    # Nothing is kept any more: the next freed slot goes to p1, the oldest in line.
+    (handoff,) = store.release("g1", "api", parked_likely=True).handoffs
+    assert handoff.token == "p1"
+
+
+def test_slots_kept_for_calls_that_never_arrive_go_to_parked_tasks_when_the_reservation_lapses(
+    env,
+):
+    manager = _pool(env, limit=1)
+    store = manager.store
+    info = {"instance": INSTANCE}
+    on_way = (1, 0, 0.3)  # kept for 0.3 s at most
+    parked = store.park_at_publish(INSTANCE, "p1", entry='{"info": {}}', info=info, reserve=on_way)
+    assert (parked.parked, parked.handoffs) == (True, ())
+    handed: list[str] = []
+
+    def lapsed() -> bool:
+        handed.extend(h.token for h in store.hand_off("api").handoffs)
+        return bool(handed)
+
+    _wait_for(lapsed, what="the reservation to lapse")
+    assert handed == ["p1"]
+    assert store.client.hget(store.keys.pool("api").config, "reserve") is None
 
 
 def test_a_grant_whose_answer_was_lost_is_claimed_by_the_message_published_as_usual(env):

@@ -19,7 +19,8 @@ is the key's name in :class:`KeySpace` and in the Lua scripts::
     stale           {celery_pools}:stale                  ZSET  ended hand-off id -> forget at (ms):
                                                                 a message carrying it never runs
     config          {celery_pools}:pool:<name>            HASH  limit, timeout, wait, uid, created,
-                                                                updated, cleared, handoff_seq
+                                                                updated, cleared, handoff_seq,
+                                                                reserve (lib/reserve.lua)
     pool_instances  {celery_pools}:pool:<name>:instances  SET   instances the pool serves
     holders         {celery_pools}:pool:<name>:holders    ZSET  task id -> lease expiry (ms)
     holder          {celery_pools}:pool:<name>:holder     HASH  task id -> JSON (task, instance,

@@ -155,13 +155,14 @@ def effects(reply: Sequence[Any], pool: str) -> Effects:
 
 def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
     """park.lua's reply, for ``pool`` (hand-offs, if pipelined, are decoded apart)."""
-    status = reply[0]
+    status, now = reply[0], seconds(reply[1])
     if status == "MOVED":
         return Moved(str(reply[2]))
     if status == "PARKED":
-        return Parking(parked=True, position=int(reply[2]), pool=pool, deadline=seconds(reply[3]))
+        deadline = seconds(reply[3])
+        return Parking(parked=True, position=int(reply[2]), pool=pool, deadline=deadline, now=now)
     if status == "ALREADY":
-        return Parking(parked=True, position=0, pool=pool)
+        return Parking(parked=True, position=0, pool=pool, now=now)
     if status == "GRANTED":
         grant = Grant(
             pool=pool,
@@ -170,14 +171,13 @@ def parking(reply: Sequence[Any], pool: str) -> Parking | Moved:
             first=seconds(reply[1]),
             handoff=str(reply[2]),
         )
-        return Parking(
-            parked=False, pool=pool, granted=grant, free=int(reply[5]), taken=int(reply[6])
-        )
+        free, arrived = int(reply[5]), int(reply[6])
+        return Parking(parked=False, pool=pool, granted=grant, free=free, arrived=arrived, now=now)
     if status == "AS_USUAL":
-        return Parking(parked=False, pool=pool, reason=str(reply[2]))
+        return Parking(parked=False, pool=pool, reason=str(reply[2]), now=now)
     if status == "CONTENDED":
-        return Parking(parked=False, pool=pool, reason="contended")
-    return Parking(parked=False, pool=pool, reason="gone")  # NOPOOL
+        return Parking(parked=False, pool=pool, reason="contended", now=now)
+    return Parking(parked=False, pool=pool, reason="gone", now=now)  # NOPOOL
 
 
 def position(reply: Sequence[Any]) -> int:

@@ -23,7 +23,14 @@ __all__ = [
     "Parking",
     "Reclaimed",
     "Release",
+    "Reserve",
 ]
+
+#: The free slots a producer parking a call (or asking for a grant) keeps for the calls it
+#: published as usual that may be on their way to a worker: how many, the pool's count of such
+#: calls that arrived (``Parking.arrived``) when it last read it ("" if never), and for how many
+#: seconds at most (see lib/reserve.lua).
+Reserve = tuple[int, int | str, float]
 
 
 class AcquireStatus(str, enum.Enum):
@@ -171,9 +178,11 @@ class Parking(_Settled):
     granted: Grant | None = None
     #: With a grant: how many slots were still free after it.
     free: int = 0
-    #: With a grant: how many slots of the pool were taken without waiting so far (its
-    #: ``acquired_immediate`` counter): the calls published as usual that reached a worker.
-    taken: int = 0
+    #: With a grant: how many calls published as usual have reached a worker so far, in any
+    #: producer (the pool's ``as_usual_arrived`` counter).
+    arrived: int = 0
+    #: When the store answered (Redis clock, seconds; 0.0 when it was not asked).
+    now: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ SCRIPTS: dict[str, Script] = {
             args=(
                 "instance", "believed", "token", "lease_ms", "first_ms", "waited_uid", "info",
                 "bounds", "unassigned_timeout_ms", "wait", "handoff_id", "rate_parked_max",
-                "standby_ms", "stale_ms", "handoff_lease_ms",
+                "standby_ms", "stale_ms", "handoff_lease_ms", "published_ms",
             ),
         ),
         Script(
@@ -136,7 +136,7 @@ SCRIPTS: dict[str, Script] = {
             ),
             args=(
                 "token", "first_ms", "entry_json", "instance", "pool", "wait", "grant_lease_ms",
-                "grant_info", "rate_parked_max",
+                "grant_info", "rate_parked_max", "reserve", "reserve_arrived", "reserve_ms",
             ),
         ),
         Script(
@@ -146,7 +146,9 @@ SCRIPTS: dict[str, Script] = {
                 *_POOL_SLOT, "queue", "parked", "handoffs", "rate_parked", "abandoned",
                 "abandoned_holder", "standby", "standby_entry", "wake",
             ),
-            args=("pool", "handoff_lease_ms", "stale_ms", "standby_max", "standby_block_ms"),
+            args=(
+                "pool", "handoff_lease_ms", "stale_ms", "standby_max", "standby_block_ms",
+            ),
         ),
         Script(
             "ungrant",

@@ -27,6 +27,7 @@ from .results import (
     Freed,
     Parking,
     Release,
+    Reserve,
 )
 from .wire import ScriptCall
 
@@ -184,6 +185,7 @@ class RedisPoolStore(StoreLimits):
         wait: str = "",
         handoff: str = "",
         standby: float | None = None,
+        published: float | None = None,
     ) -> Acquisition:
         """Take a slot of the pool serving ``instance`` (and a rate token) for ``token``, held
         for ``lease`` seconds unless renewed.
@@ -195,7 +197,9 @@ class RedisPoolStore(StoreLimits):
         ``handoff`` is the hand-off id the task's message carries, to claim a slot handed to it.
         ``standby`` is how long this execution may block as a standby (None: the store's
         ``standby_block``); a standby answered FULL with reason "standby" then calls
-        :meth:`block`. One script run, one round trip, unless the instance's pool changed.
+        :meth:`block`. ``published``: when it was published as usual (Redis clock; first attempt
+        only); a hand-off pool's free slot goes to it before tasks in line that asked after.
+        One script run, one round trip, unless the instance's pool changed.
         """
         values = {
             "instance": instance,
@@ -212,6 +216,7 @@ class RedisPoolStore(StoreLimits):
             "standby_ms": ms(self.standby_block if standby is None else standby),
             "stale_ms": ms(STALE_HANDOFF_SECONDS),
             "handoff_lease_ms": ms(self.handoff_lease),
+            "published_ms": "" if published is None else int(published * 1000),  # never later
         }
 
         def attempt(believed: str) -> Acquisition | Moved:
@@ -387,6 +392,9 @@ class RedisPoolStore(StoreLimits):
             "grant_lease_ms": ms(self.handoff_lease),
             "grant_info": "",
             "rate_parked_max": RATE_PARKED_MAX,
+            "reserve": 0,
+            "reserve_arrived": "",
+            "reserve_ms": 0,
         }
 
     def park(self, token: str, *, pool: str, first: float, entry: str) -> tuple[int, Effects]:
@@ -412,6 +420,7 @@ class RedisPoolStore(StoreLimits):
         entry: str | None,
         wait: str = "",
         info: dict[str, Any] | None = None,
+        reserve: Reserve = (0, "", 0.0),
     ) -> Parking:
         """Park a task that is being published, instead of sending its message to the broker,
         when ``instance``'s pool waits by hand-off (``wait`` overrides the pool's mode) and the
@@ -422,7 +431,8 @@ class RedisPoolStore(StoreLimits):
         free slot nobody waits for is granted at once (``granted``, with ``info`` describing the
         holder meanwhile), and a pool whose tasks must park answers ``reason`` "contended".
         An instance with no pool (read again from Redis, never trusted from the cache) answers
-        ``parked`` False at once.
+        ``parked`` False at once. Free slots kept for ``reserve`` (the producer's calls on their
+        way, :data:`~celery_pools.store.results.Reserve`) are neither granted nor handed out.
         """
         if not self._pool_of.get(instance):
             self._pool_of.pop(instance, None)
@@ -436,6 +446,7 @@ class RedisPoolStore(StoreLimits):
                 return Parking(parked=False)
             values = self._park_values(token, first=None, entry=entry or "", pool=believed)
             values.update(instance=instance, wait=wait, grant_info=holder)
+            values.update(reserve=reserve[0], reserve_arrived=reserve[1], reserve_ms=ms(reserve[2]))
             calls = [self._call("park", values, believed)]
             if entry is not None:
                 calls.append(self._handoff_call(believed))

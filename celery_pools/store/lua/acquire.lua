@@ -11,7 +11,7 @@
 --
 -- Stats fields read: hold_avg_ms (release.lua). Stats fields touched: acquired_immediate, acquired_waited, "acquired:<instance>", timeouts,
 -- rate_timeouts, reclaimed, grants_lapsed, handoffs_returned, abandoned_expired, the wait-time
--- histogram "wait:*";
+-- histogram "wait:*", as_usual_arrived (a call published as usual arrived: lib/reserve.lua);
 -- "started" is set (ms) on the first event.
 --
 -- Reply: {"MOVED", now, pool} when another pool serves the instance ("" for none): call again with
@@ -87,6 +87,8 @@
 --   standby_ms             how long this execution may block as a standby (ms)
 --   stale_ms               how long the id of a standby sent back to the FIFO stays stale (ms)
 --   handoff_lease_ms       the hand-off lease (ms) of a slot a standby takes
+--   published_ms           when its producer published it as usual, kept a slot free for it
+--                          (ms, Redis clock, as the producer reckons it); "" when not
 
 -- include: lib/clock.lua
 -- include: lib/execution.lua
@@ -100,7 +102,7 @@ local instances, held, rates, rate_state, paused, config, holders, holder, waite
   wake, parked = unpack(KEYS)
 local instance, believed, token, lease_ms, first_ms, waited_uid, info, bounds,
   unassigned_timeout_ms, wait, handoff_id, rate_parked_max, standby_ms, stale_ms,
-  handoff_lease_ms = unpack(ARGV)
+  handoff_lease_ms, published_ms = unpack(ARGV)
 
 local now = redis_clock()
 local actual = redis.call('HGET', instances, instance) or ''
@@ -358,6 +360,20 @@ if handoff_id ~= '' then
   end
 end
 local queued = mode == 'handoff' and redis.call('ZCARD', queue) + redis.call('ZCARD', standby) or 0
+if first_ms == '' and published_ms ~= '' then
+  -- A call published as usual has arrived: its producer keeps a slot for it no more.
+  redis.call('HINCRBY', stats, 'as_usual_arrived', 1)
+end
+if queued > 0 and first_ms == '' and published_ms ~= '' then
+  -- Published as usual, its producer keeping a slot free for it (park.lua's reserve), before
+  -- anyone now in line asked: it is older than all of them, so a free slot is its own.
+  local place = tonumber(published_ms) * 1000
+  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', standby, 0, 0, 'WITHSCORES')
+  if (#head == 0 or place < tonumber(head[2])) and (#oldest == 0 or place < tonumber(oldest[2])) then
+    queued = 0
+  end
+end
 
 if in_use < limit and queued == 0 then
   local retry, reason = hold_back()

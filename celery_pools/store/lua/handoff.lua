@@ -40,7 +40,9 @@
 --    back to its place in the FIFO.
 --
 -- Stats fields touched: handoffs, handoffs_retried, grants_lapsed, reclaimed, timeouts, sent_back,
--- abandoned_expired, standbys_promoted, standbys_woken, standbys_returned.
+-- abandoned_expired, standbys_promoted, standbys_woken, standbys_returned. Read: as_usual_arrived.
+-- Free slots kept for calls published as usual on their way (the config's "reserve",
+-- lib/reserve.lua) are not handed out.
 --
 -- Reply: {"OK", now, {task id, hand-off id, entry JSON, ...}, {task id, holder JSON, ...},
 -- {task id, standby id, entry JSON, ...}}: the hand-offs to publish now, the holders reclaimed
@@ -55,7 +57,7 @@
 --   expired      {p}:expired                 LIST entries to publish to fail
 --   sent_back    {p}:sent_back               LIST entries to publish to wait
 --   stale        {p}:stale                   ZSET hand-off id -> forget at (ms)
---   config       {p}:pool:<name>             HASH limit, timeout (ms), handoff_seq
+--   config       {p}:pool:<name>             HASH limit, timeout (ms), handoff_seq, reserve
 --   holders      {p}:pool:<name>:holders     ZSET task id -> lease expiry (ms)
 --   holder       {p}:pool:<name>:holder      HASH task id -> holder JSON
 --   waiters      {p}:pool:<name>:waiters     ZSET task id -> deadline (ms)
@@ -82,6 +84,7 @@
 -- include: lib/gcra.lua
 -- include: lib/lapsed.lua
 -- include: lib/standby.lua
+-- include: lib/reserve.lua
 
 local held, rates, rate_state, paused, expired, sent_back, stale, config, holders, holder, waiters,
   waiter, stats, queue, parked, handoffs, rate_parked, abandoned, abandoned_holder, standby,
@@ -163,6 +166,7 @@ for _, token in ipairs(redis.call('ZRANGEBYSCORE', queue, '-inf', (now - timeout
 end
 
 local free = limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned)
+  - kept(config, stats, now)  -- slots kept for calls on their way (lib/reserve.lua)
 local sent, passed_over, checked = 0, 0, 0
 local not_due = {}  -- instances whose next rate token is not due: their tasks are passed over
 while free > 0 and passed_over < 1000 and checked < 100 do

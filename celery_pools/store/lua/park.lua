@@ -13,7 +13,7 @@
 -- - a worker, whose task found the pool full (acquire.lua answered FULL with reason "handoff").
 -- Callers run handoff.lua right after (pipelined), so a free slot goes straight to the oldest task.
 --
--- Stats fields touched: handoffs (a slot granted at publication). Read: acquired_immediate.
+-- Stats fields touched: handoffs (a slot granted at publication). Read: as_usual_arrived.
 --
 -- Reply: {status, now, ...}, status one of
 --   "PARKED"     {position, deadline (ms)}: parked at its place in the FIFO (1 = next) until then
@@ -24,20 +24,21 @@
 --   "AS_USUAL"   {reason}: at publication, publish as usual: "countdown", "limited" (paused),
 --                "rate" (rate-limited with a slot free and nobody waiting, or with enough of its
 --                instance's tasks parked), "held"
---   "GRANTED"    {hand-off id, uid, timeout (ms), free, taken}: at publication, no entry: a slot
---                is granted (a hand-off taken up by the task's claim, which lapses like any other
---                if the task does not start in time); free is how many slots are still free,
---                taken the pool's count of slots taken without waiting (acquired_immediate), by
---                which a producer knows how many of the calls it published as usual have arrived
---   "CONTENDED"  at publication, no entry: the pool is full or tasks wait; call again with the
---                entry
+--   "GRANTED"    {hand-off id, uid, timeout (ms), free, arrived}: at publication, no entry: a
+--                slot is granted (a hand-off taken up by the task's claim, which lapses like any
+--                other if the task does not start in time); free is how many slots are still
+--                free, arrived the pool's count of calls published as usual that reached a worker
+--                (as_usual_arrived, acquire.lua), by which a producer knows how many of the calls
+--                it published as usual have arrived
+--   "CONTENDED"  at publication, no entry: the pool is full (its free slots are all reserved for
+--                calls on their way) or tasks wait; call again with the entry
 --
 -- Keys:
 --   instances    {p}:instances               HASH instance -> pool name
 --   held         {p}:held                    HASH task id -> pool name
 --   rates        {p}:rates                   HASH instance -> encoded rate limit
 --   paused       {p}:paused                  HASH instance -> paused until (ms)
---   config       {p}:pool:<name>             HASH limit, timeout (ms), uid, wait, handoff_seq
+--   config       {p}:pool:<name>             HASH limit, timeout (ms), uid, wait, handoff_seq, reserve
 --   holders      {p}:pool:<name>:holders     ZSET task id -> lease expiry (ms)
 --   holder       {p}:pool:<name>:holder      HASH task id -> holder JSON
 --   waiters      {p}:pool:<name>:waiters     ZSET task id -> deadline (ms)
@@ -63,13 +64,20 @@
 --   grant_lease_ms   at publication: the hand-off lease (ms) of a slot granted
 --   grant_info       at publication: the holder JSON of a slot granted
 --   rate_parked_max  at publication: tasks of one rate-limited instance parked at most
+--   reserve          at publication: the calls this producer published as usual that may be on
+--                    their way to a worker, for which free slots are kept (lib/reserve.lua: no
+--                    grant or hand-off gives them out); 0 when none
+--   reserve_arrived  the pool's count of calls published as usual that arrived, when the producer
+--                    last read it ("" if never): those counted since have arrived
+--   reserve_ms       how long at most the reservation holds (ms)
 
 -- include: lib/clock.lua
+-- include: lib/reserve.lua
 
 local instances, held, rates, paused, config, holders, holder, waiters, waiter, stats, queue,
   parked, handoffs, rate_parked, abandoned, standby = unpack(KEYS)
 local token, first_ms, entry_json, instance, pool, wait, grant_lease_ms, grant_info,
-  rate_parked_max = unpack(ARGV)
+  rate_parked_max, reserve, reserve_arrived, reserve_ms = unpack(ARGV)
 
 local now, now_us = redis_clock()
 local publishing = instance ~= ''
@@ -89,6 +97,7 @@ if not timeout then
   return {'NOPOOL', now}
 end
 local limit = tonumber(cfg[1])
+local kept_now = 0
 if publishing then
   local mode = wait ~= '' and wait or (cfg[4] or 'countdown')
   if mode ~= 'handoff' then
@@ -103,13 +112,21 @@ if publishing then
     -- countdown): a new run, which must wait for the slot to be given back like any other.
     return {'AS_USUAL', now, 'held'}
   end
+  -- The free slots kept for calls published as usual on their way (lib/reserve.lua): this
+  -- producer's, which replace any other's, or another's still holding.
+  if (tonumber(reserve) or 0) > 0 then
+    kept_now = keep(config, stats, reserve, reserve_arrived, now + tonumber(reserve_ms))
+  else
+    kept_now = kept(config, stats, now)
+  end
 end
 if redis.call('ZSCORE', queue, token) or redis.call('ZSCORE', holders, token)
     or redis.call('ZSCORE', standby, token) then
   return {'ALREADY', now}
 end
+-- A slot kept for a call on its way is not free.
 local nobody_waits = redis.call('ZCARD', queue) + redis.call('ZCARD', standby) == 0
-  and redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned) < limit
+  and redis.call('ZCARD', holders) + redis.call('ZCARD', abandoned) + kept_now < limit
 if publishing and redis.call('HEXISTS', rates, instance) == 1 and (nobody_waits
     or tonumber(redis.call('HGET', rate_parked, instance) or '0') >= tonumber(rate_parked_max)) then
   -- Rate-limited, and a slot free with nobody waiting (no grant: it would need the rate token
@@ -134,7 +151,7 @@ if entry_json == '' then
   redis.call('HSET', held, token, pool)
   return {'GRANTED', now, id, cfg[3], timeout,
     limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned),
-    tonumber(redis.call('HGET', stats, 'acquired_immediate') or '0')}
+    tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')}
 end
 local first = tonumber(first_ms) or now
 -- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes

@@ -1,0 +1,48 @@
+-- lib/reserve.lua: a piece, inlined where a script says "-- include: lib/reserve.lua".
+--
+-- Free slots a producer keeps for the calls it published as usual while its pool looked ample,
+-- until they reach a worker (celery_pools.producer): neither a grant at publication nor a
+-- hand-off gives them out meanwhile. The reservation is the pool's config field "reserve",
+-- "<calls>|<arrived>|<until ms>": that many calls were on their way when the pool's count of calls
+-- published as usual that reached a worker (stats field as_usual_arrived, acquire.lua) read
+-- <arrived>; those counted since have arrived (another producer's arriving meanwhile count too,
+-- which only keeps fewer slots). It lapses at <until ms>; a later reservation of any producer
+-- replaces it.
+--
+-- keep(config, stats, on_way, arrived, until_ms): record a producer's reservation: `on_way` calls
+--   as it counts them, `arrived` the count when it last read it ("" if never: none are taken off).
+--   Returns how many slots it keeps now.
+-- kept(config, stats, now): how many slots the pool's reservation keeps now (0 if none or lapsed).
+local function reservation_left(calls, before, stats)
+  local count = tonumber(calls) or 0
+  before = tonumber(before)
+  if count > 0 and before then
+    local arrived = tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')
+    count = count - math.max(0, arrived - before)
+  end
+  return math.max(0, count)
+end
+
+local function keep(config, stats, on_way, arrived, until_ms)
+  local count = reservation_left(on_way, arrived, stats)
+  if count > 0 then
+    local now_arrived = redis.call('HGET', stats, 'as_usual_arrived') or '0'
+    redis.call('HSET', config, 'reserve', count .. '|' .. now_arrived .. '|' .. until_ms)
+  else
+    redis.call('HDEL', config, 'reserve')
+  end
+  return count
+end
+
+local function kept(config, stats, now)
+  local raw = redis.call('HGET', config, 'reserve')
+  if not raw then
+    return 0
+  end
+  local calls, before, until_ms = string.match(raw, '^(%d+)|(%d+)|(%d+)$')
+  if not until_ms or tonumber(until_ms) <= now then
+    redis.call('HDEL', config, 'reserve')
+    return 0
+  end
+  return reservation_left(calls, before, stats)
+end
