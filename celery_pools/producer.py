@@ -36,9 +36,12 @@ out until they arrive or their time is up (lib/reserve.lua). Each
 such call carries when it was published, on the Redis clock as reckoned from the pool's last
 answer (:class:`PublishedAsUsual`); its worker's acquire gives it a free slot while tasks are
 parked or stand by only when it was published before all of them, so none of them passes a task
-that asked first, and a burst costs one broker message per task. A call that finds the pool full
-anyway (its slot was kept past ``_IN_FLIGHT_SECONDS``, or another producer's calls took it) parks
-in its worker, behind those that asked before it, and costs one more message.
+that asked first (the time it carries is reckoned from the pool's last answer, so it is early
+by that answer's trip at most, a millisecond or so), and a burst from one producer costs one
+broker message per task. A call that finds the pool full anyway costs one more message and parks
+in its worker, at its arrival's place: it arrived after its slot stopped being kept
+(``_IN_FLIGHT_SECONDS``), another producer's reservation replaced this one's (the pool keeps
+one), or its pool's workers run an earlier version, whose acquire does not count the arrivals.
 """
 
 from __future__ import annotations
@@ -208,16 +211,15 @@ class Publisher:
         """The slots to keep for the calls published as usual to ``pool`` that may still be on
         their way: how many, the pool's count of such calls that arrived when last read, and
         until the youngest of them is taken to have arrived (see lib/reserve.lua)."""
+        # Read, not pruned: _on_their_way pops the arrived calls oldest first, then the aged.
         with self._lock:
-            sent = self._in_flight.get(pool)
             now = time.monotonic()
-            while sent and sent[0] < now - _IN_FLIGHT_SECONDS:
-                sent.popleft()
-            if not sent:
+            young = [at for at in self._in_flight.get(pool, ()) if at >= now - _IN_FLIGHT_SECONDS]
+            if not young:
                 return (0, "", 0.0)
             arrived = self._arrived.get(pool)
-            left = sent[-1] + _IN_FLIGHT_SECONDS - now
-            return (len(sent), "" if arrived is None else arrived, left)
+            left = young[-1] + _IN_FLIGHT_SECONDS - now
+            return (len(young), "" if arrived is None else arrived, left)
 
     def _spend_ample(self, pool: str) -> bool:
         """Whether a call to ``pool`` may be published as usual, without a grant: a recent grant

@@ -258,7 +258,11 @@ class PooledTask(Task):  # type: ignore[misc]
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
                 standby=time_to_wait_here(self, ext, execution, ext.settings.standby_seconds),
-                published=state.published if state.first is None else None,
+                # Only as the call first runs: a retry (Task.retry copies the request's headers)
+                # is a new request, not the call published then.
+                published=state.published
+                if state.first is None and not execution.request.retries
+                else None,
             )
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)

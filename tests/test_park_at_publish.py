@@ -14,7 +14,7 @@ from kombu.exceptions import EncodeError, OperationalError
 
 from celery_pools import PooledTask, PoolTimeoutError, get_extension, producer, signals
 from celery_pools.producer import publisher_for
-from celery_pools.store import RedisPoolStore
+from celery_pools.store import AcquireStatus, RedisPoolStore
 from tests.workerapp import INSTANCE
 
 
@@ -293,6 +293,32 @@ def test_the_slots_kept_for_calls_on_their_way_are_neither_granted_nor_handed_ou
     # Nothing is kept any more: the next freed slot goes to p1, the oldest in line.
     (handoff,) = store.release("g1", "api", parked_likely=True).handoffs
     assert handoff.token == "p1"
+
+
+def test_a_standby_leaves_a_slot_kept_for_a_call_on_its_way(env):
+    """Neither the hand-off that wakes standbys nor a standby's own acquire takes a slot a
+    producer keeps for a call it published as usual: the call takes it when it arrives."""
+    manager = _pool(env, limit=1)
+    store = RedisPoolStore(manager.store.client, manager.store.keys, standby_max=1)
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    published = _redis_now(store)  # a call published as usual, before s asked
+    _wait_for(lambda: _redis_now(store) > published + 0.002, what="the Redis clock to move on")
+    full = store.acquire(INSTANCE, "s", lease=30)
+    _, parked = store.park("s", pool="api", first=full.first, entry='{"info": {}}')
+    (promoted,) = [h for h in parked.handoffs if h.standby]  # the pool is full: s stands by
+    info = {"instance": INSTANCE}
+    kept = store.park_at_publish(
+        INSTANCE, "x", entry='{"info": {}}', info=info, reserve=(1, "", 30)
+    )
+    assert kept.parked
+    # The holder's slot comes free: it is kept, not handed to the standby.
+    assert store.release("holder", "api", parked_likely=True).handoffs == ()
+    standing = store.acquire(
+        INSTANCE, "s", lease=30, first=full.first, handoff=promoted.handoff_id, standby=0.01
+    )
+    assert (standing.status, standing.reason) == (AcquireStatus.FULL, "standby")
+    arrived = store.acquire(INSTANCE, "u", lease=30, published=published)
+    assert arrived.status is AcquireStatus.OK
 
 
 def test_slots_kept_for_calls_that_never_arrive_go_to_parked_tasks_when_the_reservation_lapses(

@@ -50,7 +50,7 @@
 --   rates        {p}:rates                   HASH instance -> encoded rate limit
 --   rate_state   {p}:rate_state              HASH instance -> GCRA arrival time (ms)
 --   paused       {p}:paused                  HASH instance -> paused until (ms)
---   config       {p}:pool:<name>             HASH limit, timeout (ms), uid, cleared, wait
+--   config       {p}:pool:<name>             HASH limit, timeout (ms), uid, cleared, wait, reserve
 --   holders      {p}:pool:<name>:holders     ZSET task id -> lease expiry (ms)
 --   holder       {p}:pool:<name>:holder      HASH task id -> holder JSON
 --   waiters      {p}:pool:<name>:waiters     ZSET task id -> deadline (ms)
@@ -96,6 +96,7 @@
 -- include: lib/histogram.lua
 -- include: lib/lapsed.lua
 -- include: lib/standby.lua
+-- include: lib/reserve.lua
 
 local instances, held, rates, rate_state, paused, config, holders, holder, waiters, waiter, stats,
   queue, handoffs, rate_parked, stale, abandoned, abandoned_holder, standby, standby_entry,
@@ -247,12 +248,13 @@ if handoff_id ~= '' and redis.call('ZSCORE', standby, token) then
     return reply('TIMEOUT', limit, in_use, timeout, uid, 0, 0, 'pool')
   end
   -- A free slot (the pool grew, a slot came free without a hand-off yet) goes to the oldest in
-  -- line: this standby takes it only if nobody came before it.
+  -- line: this standby takes it only if nobody came before it, and not one kept for a call
+  -- published as usual on its way (lib/reserve.lua).
   local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
   local place = redis.call('ZSCORE', standby, token)
   local oldest = redis.call('ZRANGE', standby, 0, 0)[1] == token
     and (#head == 0 or tonumber(head[2]) >= tonumber(place))
-  if in_use < limit and oldest then
+  if in_use + kept(config, stats, now) < limit and oldest then
     to_handoff(k, token, actual, now, tonumber(handoff_lease_ms))  -- claimed just below
     redis.call('DEL', wake .. token)
   elseif blocked_here then  -- it asks again after its block, nothing handed to it
