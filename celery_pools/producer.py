@@ -32,13 +32,12 @@ The slots those calls will take are kept for them while they are on their way: e
 or park this producer asks for passes how many may still be on their way (and the pool's count
 of arrived calls when it last read it, so that those that arrived meanwhile are not counted),
 and Redis keeps that many free slots, which no grant and no hand-off, a worker's included, gives
-out until they arrive or their time is up (lib/reserve.lua). Each
-such call carries when it was published, on the Redis clock as reckoned from the pool's last
-answer (:class:`PublishedAsUsual`); its worker's acquire gives it a free slot while tasks are
-parked or stand by only when it was published before all of them, so none of them passes a task
-that asked first (the time it carries is reckoned from the pool's last answer, so it is early
-by that answer's trip at most, a millisecond or so), and a burst from one producer costs one
-broker message per task. A call that finds the pool full anyway costs one more message and parks
+out until they arrive or their time is up (lib/reserve.lua). Each such call carries when it was
+published (:class:`PublishedAsUsual`: the Redis clock reckoned from the pool's last answer, so
+early by that answer's trip at most, a millisecond or so); its worker's acquire gives it a free
+slot while tasks are parked or stand by only when it was published before all of them, so none
+of them passes a task that asked first, and a burst from one producer costs one broker message
+per task. A call that finds the pool full anyway costs one more message and parks
 in its worker, at its arrival's place: it arrived after its slot stopped being kept
 (``_IN_FLIGHT_SECONDS``), another producer's reservation replaced this one's (the pool keeps
 one), or its pool's workers run an earlier version, whose acquire does not count the arrivals.

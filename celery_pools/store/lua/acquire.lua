@@ -365,15 +365,15 @@ local queued = mode == 'handoff' and redis.call('ZCARD', queue) + redis.call('ZC
 if first_ms == '' and published_ms ~= '' then
   -- A call published as usual has arrived: its producer keeps a slot for it no more.
   redis.call('HINCRBY', stats, 'as_usual_arrived', 1)
-end
-if queued > 0 and first_ms == '' and published_ms ~= '' then
-  -- Published as usual, its producer keeping a slot free for it (park.lua's reserve), before
-  -- anyone now in line asked: it is older than all of them, so a free slot is its own.
-  local place = tonumber(published_ms) * 1000
-  local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
-  local oldest = redis.call('ZRANGE', standby, 0, 0, 'WITHSCORES')
-  if (#head == 0 or place < tonumber(head[2])) and (#oldest == 0 or place < tonumber(oldest[2])) then
-    queued = 0
+  if queued > 0 then
+    -- Published before anyone now in line asked: it is older than all of them, so a free slot
+    -- (kept for it by park.lua's reserve) is its own.
+    local place = tonumber(published_ms) * 1000
+    local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
+    local oldest = redis.call('ZRANGE', standby, 0, 0, 'WITHSCORES')
+    if (#head == 0 or place < tonumber(head[2])) and (#oldest == 0 or place < tonumber(oldest[2])) then
+      queued = 0
+    end
   end
 end
 

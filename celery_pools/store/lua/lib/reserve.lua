@@ -13,20 +13,25 @@
 --   as it counts them, `arrived` the count when it last read it ("" if never: none are taken off).
 --   Returns how many slots it keeps now.
 -- kept(config, stats, now): how many slots the pool's reservation keeps now (0 if none or lapsed).
-local function reservation_left(calls, before, stats)
+local function arrivals(stats)
+  return tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')
+end
+
+-- `calls` on their way when the count of arrivals read `before` ("" or nil: none taken off), with
+-- the count `now_arrived` now.
+local function reservation_left(calls, before, now_arrived)
   local count = tonumber(calls) or 0
   before = tonumber(before)
   if count > 0 and before then
-    local arrived = tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')
-    count = count - math.max(0, arrived - before)
+    count = count - math.max(0, now_arrived - before)
   end
   return math.max(0, count)
 end
 
 local function keep(config, stats, on_way, arrived, until_ms)
-  local count = reservation_left(on_way, arrived, stats)
+  local now_arrived = arrivals(stats)
+  local count = reservation_left(on_way, arrived, now_arrived)
   if count > 0 then
-    local now_arrived = redis.call('HGET', stats, 'as_usual_arrived') or '0'
     redis.call('HSET', config, 'reserve', count .. '|' .. now_arrived .. '|' .. until_ms)
   else
     redis.call('HDEL', config, 'reserve')
@@ -44,5 +49,5 @@ local function kept(config, stats, now)
     redis.call('HDEL', config, 'reserve')
     return 0
   end
-  return reservation_left(calls, before, stats)
+  return reservation_left(calls, before, arrivals(stats))
 end
