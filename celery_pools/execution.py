@@ -1,12 +1,12 @@
 """One execution of a pooled task, and its waits inside the worker process that runs it.
 
 An execution may wait for a slot without leaving its process: blocked as a standby until a
-freed slot is handed to it (:func:`stand_by`), or sleeping out a countdown short enough to fit
-in ``pools_wait_in_process_seconds`` (:func:`waits_here`, :func:`wait_here`). Both count against
-the task's time limits, so in all an execution waits there at most a tenth of them
-(:func:`time_to_wait_here`). While it waits, its result state says so (with
-``task_track_started``, which stored ``STARTED`` before the body), and :func:`store_started`
-says ``STARTED`` again when it takes its slot.
+freed slot is handed to it, which it claims as it is woken (:func:`stand_by`), or sleeping out a
+countdown short enough to fit in ``pools_wait_in_process_seconds`` (:func:`waits_here`,
+:func:`wait_here`). Both count against the task's time limits, so in all an execution waits
+there at most a tenth of them (:func:`time_to_wait_here`). While it waits, its result state says
+so (with ``task_track_started``, which stored ``STARTED`` before the body), and
+:func:`store_started` says ``STARTED`` again when it takes its slot.
 
 ``task`` below is the :class:`~celery_pools.task.PooledTask` running the execution.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover  (older Celery: either says ignore)
 from .admission import Caller, Standby, Wait
 from .context import PoolsExtension
 from .errors import PoolBackendError, PoolFullError
+from .store import Acquisition, StandbyBlock
 from .waiting import WaitState
 
 __all__ = [
@@ -60,10 +62,12 @@ class Execution:
     waited_here: float = 0.0
 
 
-def time_to_wait_here(task: Any, ext: PoolsExtension, execution: Execution, wanted: float) -> float:
+def time_to_wait_here(
+    task: Any, ext: PoolsExtension, execution: Execution, wanted: float, after: float = 0.0
+) -> float:
     """``wanted`` seconds of waiting in the worker process, cut so that ``execution`` waits there
     at most a tenth of each of its time limits in all (they count the time: the task already
-    runs in the worker's process)."""
+    runs in the worker's process), once it has waited ``after`` seconds more."""
     hard, soft = execution.request.timelimit or (None, None)
     default_hard, default_soft = ext.default_time_limits
     limits = [
@@ -74,7 +78,8 @@ def time_to_wait_here(task: Any, ext: PoolsExtension, execution: Execution, want
         )
         if limit
     ]
-    return max(0.0, min([wanted, *(float(limit) / 10 - execution.waited_here for limit in limits)]))
+    waited = execution.waited_here + after
+    return max(0.0, min([wanted, *(float(limit) / 10 - waited for limit in limits)]))
 
 
 def waits_here(task: Any, ext: PoolsExtension, execution: Execution, countdown: float) -> bool:
@@ -102,9 +107,15 @@ def wait_here(task: Any, execution: Execution, wait: Wait) -> None:
 
 
 def stand_by(
-    task: Any, ext: PoolsExtension, execution: Execution, standby: Standby, state: WaitState
-) -> None:
-    """Block until a freed slot is handed to this standby, it is ended, or its block ends."""
+    task: Any,
+    execution: Execution,
+    standby: Standby,
+    state: WaitState,
+    ask: Callable[[StandbyBlock], Acquisition],
+) -> Acquisition | None:
+    """Block until a freed slot is handed to this standby, it is ended, or its block ends, and
+    ask again as it ends, in the same round trip (``ask`` the store with the block): so a slot
+    handed to it is claimed as it is woken. The answer; None if Redis failed (ask again)."""
     request, acq = execution.request, standby.acquisition
     if _tracked(task, request):
         # Celery stored STARTED before the body: the task still waits, and its state says so as
@@ -119,10 +130,12 @@ def stand_by(
             task.backend.store_result(request.id, None, states.PENDING, request=request)
     started = time.monotonic()
     try:
-        ext.store.block(execution.caller.token, acq.pool, standby.seconds)
+        return ask(StandbyBlock(acq.pool, standby.seconds))
     except PoolBackendError as exc:  # the next attempt finds out what Redis says
         logger.debug("celery-pools: %s stopped standing by: %s", execution.caller, exc)
-    execution.waited_here += time.monotonic() - started
+        return None
+    finally:
+        execution.waited_here += time.monotonic() - started
 
 
 def store_started(task: Any, request: Any) -> None:

@@ -48,7 +48,7 @@ from .install import install
 from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
 from .processes import being_terminated, own_start
 from .producer import PublishedAsUsual, park_at_publish, withdraw_grant
-from .store import Acquisition, Grant
+from .store import Acquisition, Grant, StandbyBlock
 from .waiting import HEADER, WaitState
 
 __all__ = ["InstanceResolver", "PooledTask"]
@@ -68,7 +68,12 @@ class _Slot:
 
 
 class _AskAgain(Exception):
-    """Internal: a standby's block ended; ask again with the same wait state."""
+    """Internal: a standby's block ended; go on, with the same wait state, from ``answer`` (what
+    the store said as the block ended; None: ask it again)."""
+
+    def __init__(self, answer: Acquisition | None) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 class _Again(Exception):
@@ -220,12 +225,15 @@ class PooledTask(Task):  # type: ignore[misc]
         state = WaitState.from_headers(request.headers)
         if not state.waited and request.eta:  # its first message: the ETA it runs with
             state = replace(state, eta=str(request.eta))
+        answer = None
         while True:
             try:
-                return self._attempt(ext, execution, state)
-            except _AskAgain:
+                return self._attempt(ext, execution, state, answer)
+            except _AskAgain as again:
+                answer = again.answer
                 continue
             except _Again as again:
+                answer = None
                 wait = again.wait
                 # Eager mode (apply(), task_always_eager) has no broker to wait in: wait here.
                 if not request.is_eager and not waits_here(self, ext, execution, wait.countdown):
@@ -233,7 +241,15 @@ class PooledTask(Task):  # type: ignore[misc]
                 wait_here(self, execution, wait)
                 state = wait.state
 
-    def _attempt(self, ext: PoolsExtension, execution: Execution, state: WaitState) -> _Slot | None:
+    def _attempt(
+        self,
+        ext: PoolsExtension,
+        execution: Execution,
+        state: WaitState,
+        answer: Acquisition | None = None,
+    ) -> _Slot | None:
+        """Ask the store for a slot (unless ``answer`` is what it said already) and carry out
+        what admission decides."""
         settings, caller = ext.settings, execution.caller
         backoff = Backoff(settings.retry_backoff_min, settings.retry_backoff_max)
         if state.fail:
@@ -246,8 +262,9 @@ class PooledTask(Task):  # type: ignore[misc]
             "started": own_start(),
             "thread": str(threading.get_ident()),
         }
-        try:
-            acq = ext.store.acquire(
+
+        def ask(block: StandbyBlock | None = None) -> Acquisition:
+            return ext.store.acquire(
                 caller.instance,
                 caller.token,
                 lease=settings.lease_seconds,
@@ -257,13 +274,19 @@ class PooledTask(Task):  # type: ignore[misc]
                 unassigned_timeout=state.timeout or DEFAULT_TIMEOUT,
                 wait=self._wait_mode(execution.request),
                 handoff=state.handoff,
-                standby=time_to_wait_here(self, ext, execution, ext.settings.standby_seconds),
+                standby=time_to_wait_here(
+                    self, ext, execution, settings.standby_seconds, block.seconds if block else 0
+                ),
                 # Only as the call first runs: a retry (Task.retry copies the request's headers)
                 # is a new request, not the call published then.
                 published=state.published
                 if state.first is None and not execution.request.retries
                 else None,
+                block=block,
             )
+
+        try:
+            acq = answer if answer is not None else ask()
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)
         ext.dispatcher.settle(acq.effects)
@@ -306,8 +329,7 @@ class PooledTask(Task):  # type: ignore[misc]
             case Park():
                 self._park(ext, execution, decision, state)
             case Standby():
-                stand_by(self, ext, execution, decision, state)
-                raise _AskAgain()
+                raise _AskAgain(stand_by(self, execution, decision, state, ask))
             case Requeued():
                 self._waiting(caller, decision.acquisition, None)
                 raise Retry(exc=decision.reason, when=None)

@@ -450,8 +450,8 @@ def test_a_call_whose_grant_answer_was_lost_is_published_as_usual_and_runs_once(
     real = store._scripts.run
     lost: list[bool] = []
 
-    def drop_the_first_grant_answer(calls):
-        replies = real(calls)
+    def drop_the_first_grant_answer(calls, **options):
+        replies = real(calls, **options)
         if not lost and calls[0][0] == "park" and replies[0][0] == "GRANTED":
             lost.append(True)
             raise redis.ConnectionError("connection lost after the script ran")

@@ -188,13 +188,15 @@ def test_prefork_standbys_keep_the_limit_and_run_every_task_once(env):
     assert env.manager().metrics("api").standbys_woken > 0
 
 
-@pytest.mark.slow
-def test_sigkill_of_a_blocked_standbys_process_hands_it_on_and_it_runs_once(env):
-    env.extra_worker_env.update(CP_STANDBY_MAX="1", CP_STANDBY_SECONDS="1.0")
+def _blocked_standby(env, block, blocker):
+    """A pool of 1 held by a task for ``blocker`` seconds, and a task blocked as its standby in
+    a prefork worker (for ``block`` seconds at most): the pool's manager, the two results and
+    the standby's record."""
+    env.extra_worker_env.update(CP_STANDBY_MAX="1", CP_STANDBY_SECONDS=str(block))
     manager = _pool(env, limit=1)
     env.worker(concurrency=3)
     app = env.app()
-    blocker = app.tasks["t.hold"].delay("blocker", 6.0)
+    holding = app.tasks["t.hold"].delay("blocker", blocker)
     wait_until(lambda: _started(env, "blocker"), 30, message="blocker never started")
     standby = app.tasks["t.hold"].delay("standby", 0.0)
     record = wait_until(
@@ -204,11 +206,43 @@ def test_sigkill_of_a_blocked_standbys_process_hands_it_on_and_it_runs_once(env)
         30,
         message="the task never stood by",
     )
+    return manager, holding, standby, record
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_blocked_standbys_process_hands_it_on_and_it_runs_once(env):
+    manager, blocker, standby, record = _blocked_standby(env, block=1.0, blocker=6.0)
     os.kill(int(record["pid"]), signal.SIGKILL)
     # Its record goes back to the FIFO (block over, 2 s grace), and the task is handed on.
     wait_until(lambda: manager.metrics("api").standbys_returned >= 1, 15)
     blocker.get(timeout=30)
     wait_until(lambda: standby.state == "SUCCESS", 60, message="the standby never ran")
+    assert [label for label, _ in env.probe().starts()].count("standby") == 1
+    assert env.probe().max_concurrency() == 1
+
+
+@pytest.mark.slow
+def test_a_standby_claims_its_slot_as_it_is_woken_before_its_process_runs_again(env):
+    """The claim waits in Redis behind the standby's block: a freed slot handed to a standby
+    whose process is stopped is claimed all the same, and the task runs once when it goes on."""
+    manager, blocker, standby, record = _blocked_standby(env, block=4.0, blocker=2.0)
+    pid = int(record["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        blocker.get(timeout=30)
+        holder = manager.store.keys.pool("api").holder
+        claimed = wait_until(
+            lambda: json.loads(manager.store.client.hget(holder, standby.id) or "{}").get(
+                "claimed"
+            ),
+            15,
+            message="the slot handed to the stopped standby was not claimed",
+        )
+        assert claimed == record["id"]
+        assert not _started(env, "standby")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert standby.get(timeout=30) == "standby"
     assert [label for label, _ in env.probe().starts()].count("standby") == 1
     assert env.probe().max_concurrency() == 1
 

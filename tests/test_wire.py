@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 import redis
@@ -16,6 +17,7 @@ _SOURCES = {
     "echo": "return {KEYS[1], ARGV[1], ARGV[2], ARGV[3], #KEYS, #ARGV}",
     "fail": "return redis.error_reply('ERR refused ' .. ARGV[1])",
     "count": "return redis.call('INCR', KEYS[1])",
+    "length": "return redis.call('LLEN', KEYS[1])",
 }
 
 
@@ -76,6 +78,36 @@ def test_a_single_connection_client_goes_through_redis_pys_pipeline(redis_server
     assert caller.run([("count", [key], []), ("count", [key], [])]) == [1, 2]
     client.script_flush()
     assert caller.call("count", [key], []) == 3
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["packed", "redis-py pipeline"])
+def test_a_batch_behind_a_block_runs_as_soon_as_its_list_is_pushed_to(redis_server, env, single):
+    """The calls wait for the block in Redis and run after its pop (they see the LIST empty);
+    the caller gets their replies alone, the popped value dropped."""
+    client = redis.Redis.from_url(
+        redis_server.url(), decode_responses=True, single_connection_client=single
+    )
+    caller = ScriptCaller(client, _SOURCES)
+    other = redis.Redis.from_url(redis_server.url(), decode_responses=True)
+    key = f"{{t}}:wake:{env.name}"
+    seen: list[object] = []
+    waiter = threading.Thread(
+        target=lambda: seen.append(caller.run([("length", [key], [])], block=(key, 20.0)))
+    )
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while not any(c.get("cmd") == "blpop" for c in other.client_list()):
+        assert time.monotonic() < deadline, "the batch never blocked"
+        time.sleep(0.01)
+    assert seen == []
+    other.rpush(key, "go", "and more")
+    waiter.join(timeout=10)  # far short of the block's 20 s
+    assert not waiter.is_alive()
+    assert seen == [[1]]  # "go" was popped first; "and more" is left
+    # Nothing pushed: the calls run when the block's time is up.
+    assert caller.run([("count", [key + ":n"], [])], block=(key + ":empty", 0.05)) == [1]
+    client.close()
+    other.close()
 
 
 def test_threads_sharing_a_caller_each_read_their_own_replies(caller, env):

@@ -22,7 +22,7 @@ from .connect import Endpoint
 from .keys import KeySpace, script_keys
 from .replies import Moved, seconds
 from .scripts import SCRIPTS, script_source
-from .wire import ScriptCall, ScriptCaller
+from .wire import Block, ScriptCall, ScriptCaller
 
 __all__ = ["StoreBase", "ms"]
 
@@ -113,13 +113,16 @@ class StoreBase:
         script = SCRIPTS[name]
         return (name, script_keys(self.keys, script.keys, pool, old_pool), script.arguments(values))
 
-    def _pipeline(self, calls: Sequence[ScriptCall], what: str) -> list[Any]:
+    def _pipeline(
+        self, calls: Sequence[ScriptCall], what: str, block: Block | None = None
+    ) -> list[Any]:
         """Run scripts in one round trip, in order; their replies, after observing the Redis
         clock each carries. After Redis lost its script cache, the calls that failed run again,
         in order; every script is safe to repeat and the reaper's next round makes up for one
-        that ran out of its original order. ``what`` says what failed, if it fails."""
+        that ran out of its original order. ``what`` says what failed, if it fails. ``block``:
+        first block on a LIST, in the same round trip (:meth:`ScriptCaller.run`)."""
         with self._backend(what):
-            replies = self._scripts.run(calls)
+            replies = self._scripts.run(calls, block=block)
         self.clock.observe(seconds(replies[-1][1]))
         return replies
 

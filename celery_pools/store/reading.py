@@ -1,8 +1,8 @@
 """The store's reads: definitions, associations, held slots, status snapshots, metrics, rates,
-and a standby's wait for its wake-up (a blocking pop of its own wake LIST).
+and the parked entries the workers must publish (ended or sent back).
 
-None of them writes but that pop; a snapshot of several keys is read in one transaction, so it
-is consistent.
+None of them writes but the pops of those entries (and putting back what could not be
+published); a snapshot of several keys is read in one transaction, so it is consistent.
 """
 
 from __future__ import annotations
@@ -130,17 +130,6 @@ class StoreReading(StoreBase):
             raise PoolNotFoundError(f"no pool named {name!r}", pool=name)
         return statuses[0]
 
-    def block(self, token: str, pool: str, seconds: float) -> str | None:
-        """Block as ``token``'s standby in ``pool`` for ``seconds`` at most (BLPOP on its wake
-        LIST): "go" when a slot was handed to it, "end" when its pool was cleared or deleted,
-        None when nothing came. Either way the task then asks again (:meth:`acquire`, with its
-        hand-off id): it claims the slot, finds its message stale, or goes back to the FIFO."""
-        key = self.keys.pool(pool).wake + token
-        with self._backend(f"wait as a standby of pool {pool!r}"):
-            # BLPOP's timeout is whole or fractional seconds; 0 would block for ever.
-            popped = self.client.blpop([key], timeout=max(0.001, seconds))
-        return None if popped is None else str(popped[1])
-
     def statuses(self, names: Iterable[str] | None = None) -> list[PoolStatus]:
         """Snapshots of the named pools (all pools by default), read in one transaction."""
         names = self.pool_names() if names is None else list(names)
@@ -236,3 +225,22 @@ class StoreReading(StoreBase):
         now = float(reply[0]) + float(reply[1]) / 1e6
         self.clock.observe(now)
         return now
+
+    # -- parked entries to publish -----------------------------------------------------------
+
+    def pop_expired(self, count: int = 100, *, sent_back: bool = False) -> list[dict[str, Any]]:
+        """Take up to ``count`` parked entries whose task must be published to fail; with
+        ``sent_back``, entries of paused instances, whose task must be published to wait."""
+        key = self.keys.sent_back if sent_back else self.keys.expired
+        with self._backend("read parked tasks to publish"):
+            raw: Any = self.client.lpop(key, count)
+        return [json.loads(item) for item in raw or []]
+
+    def return_expired(self, records: Sequence[dict[str, Any]], *, sent_back: bool = False) -> None:
+        """Put back records taken by :meth:`pop_expired` whose task could not be published."""
+        if records:
+            with self._backend("return parked tasks to publish"):
+                self.client.rpush(
+                    self.keys.sent_back if sent_back else self.keys.expired,
+                    *(json.dumps(record, separators=(",", ":")) for record in records),
+                )

@@ -24,6 +24,7 @@ __all__ = [
     "Reclaimed",
     "Release",
     "Reserve",
+    "StandbyBlock",
 ]
 
 #: The free slots a producer parking a call (or asking for a grant) keeps for the calls it
@@ -31,6 +32,15 @@ __all__ = [
 #: calls that arrived (``Parking.arrived``) when it last read it ("" if never), and for how many
 #: seconds at most (see lib/reserve.lua).
 Reserve = tuple[int, int | str, float]
+
+
+@dataclass(frozen=True)
+class StandbyBlock:
+    """A standby's block ahead of its next acquisition: on its wake LIST in ``pool``, for
+    ``seconds`` at most (what its FULL "standby" answer said)."""
+
+    pool: str
+    seconds: float
 
 
 class AcquireStatus(str, enum.Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from celery_pools.errors import PoolNotFoundError, SlotInUseError, SlotNotFoundError
@@ -28,6 +28,7 @@ from .results import (
     Parking,
     Release,
     Reserve,
+    StandbyBlock,
 )
 from .wire import ScriptCall
 
@@ -186,6 +187,7 @@ class RedisPoolStore(StoreLimits):
         handoff: str = "",
         standby: float | None = None,
         published: float | None = None,
+        block: StandbyBlock | None = None,
     ) -> Acquisition:
         """Take a slot of the pool serving ``instance`` (and a rate token) for ``token``, held
         for ``lease`` seconds unless renewed.
@@ -196,10 +198,14 @@ class RedisPoolStore(StoreLimits):
         for its rate limit. ``wait`` overrides the pool's waiting mode ("countdown", "handoff");
         ``handoff`` is the hand-off id the task's message carries, to claim a slot handed to it.
         ``standby`` is how long this execution may block as a standby (None: the store's
-        ``standby_block``); a standby answered FULL with reason "standby" then calls
-        :meth:`block`. ``published``: when it was published as usual (Redis clock; first attempt
+        ``standby_block``); a standby answered FULL with reason "standby" asks again with
+        ``block``. ``published``: when it was published as usual (Redis clock; first attempt
         only); a hand-off pool's free slot goes to it before tasks in line that asked after.
-        One script run, one round trip, unless the instance's pool changed.
+        ``block``: first block as ``token``'s standby (BLPOP on its wake LIST, for what its FULL
+        "standby" answer said) in the same round trip: Redis runs the script as the standby is
+        woken ("go": it claims the slot handed to it; "end": its message is stale) or its block
+        ends (it goes back to the FIFO), before its process runs again. One script run, one
+        round trip, unless the instance's pool changed.
         """
         values = {
             "instance": instance,
@@ -219,8 +225,16 @@ class RedisPoolStore(StoreLimits):
             "published_ms": "" if published is None else int(published * 1000),  # never later
         }
 
+        # BLPOP's timeout is whole or fractional seconds; 0 would block for ever.
+        blocks = (
+            [(self.keys.pool(block.pool).wake + token, max(0.001, block.seconds))] if block else []
+        )
+
         def attempt(believed: str) -> Acquisition | Moved:
-            reply = self._run("acquire", {**values, "believed": believed}, believed)
+            call = self._call("acquire", {**values, "believed": believed}, believed)
+            # Blocked once: after a MOVED answer it asks the right pool at once.
+            on = blocks.pop() if blocks else None
+            (reply,) = self._pipeline([call], "run acquire.lua", on)
             return replies.acquisition(reply, believed)
 
         return self._moved(instance, attempt)
@@ -479,20 +493,3 @@ class RedisPoolStore(StoreLimits):
             f"withdraw a slot granted in pool {pool!r}",
         )
         return withdrawn[0] == "WITHDRAWN", replies.effects(handed, pool)
-
-    def pop_expired(self, count: int = 100, *, sent_back: bool = False) -> list[dict[str, Any]]:
-        """Take up to ``count`` parked entries whose task must be published to fail; with
-        ``sent_back``, entries of paused instances, whose task must be published to wait."""
-        key = self.keys.sent_back if sent_back else self.keys.expired
-        with self._backend("read parked tasks to publish"):
-            raw: Any = self.client.lpop(key, count)
-        return [json.loads(item) for item in raw or []]
-
-    def return_expired(self, records: Sequence[dict[str, Any]], *, sent_back: bool = False) -> None:
-        """Put back records taken by :meth:`pop_expired` whose task could not be published."""
-        if records:
-            with self._backend("return parked tasks to publish"):
-                self.client.rpush(
-                    self.keys.sent_back if sent_back else self.keys.expired,
-                    *(_json(record) for record in records),
-                )

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-__all__ = ["ScriptCall", "ScriptCaller"]
+__all__ = ["Block", "ScriptCall", "ScriptCaller"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ _UNREPLICATED_WARNING_INTERVAL = 60.0
 
 #: One call: the script's name, its keys and its arguments.
 ScriptCall = tuple[str, Sequence[str], Sequence[Any]]
+
+#: A block ahead of a batch: the LIST's key and the seconds to block at most (> 0).
+Block = tuple[str, float]
 
 # Encoded key lists kept per caller (a process sees a few per pool and instance); a longer list
 # (a lease renewal names one key per slot held) is encoded each time.
@@ -112,15 +115,21 @@ class ScriptCaller:
         """Run one script; its reply. Redis errors are raised as redis-py raises them."""
         return self.run([(name, keys, args)])[0]
 
-    def run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def run(self, calls: Sequence[ScriptCall], *, block: Block | None = None) -> list[Any]:
         """Run ``calls`` in one round trip, in order; their replies.
+
+        With ``block`` (a LIST's key, seconds), the batch first blocks on that LIST (``BLPOP``,
+        in the same write): Redis runs the calls as soon as something is pushed to it or the
+        seconds pass, in the same pass of its event loop as the push, and the caller wakes once,
+        to their replies. What was popped is dropped: the scripts see what happened.
 
         The first error reply of a script is raised (after every reply was read). When Redis lost
         its script cache, the scripts are loaded again and the calls that failed run again, in
-        order. A connection lost mid-batch is made again and the whole batch sent again, as
-        redis-py's pipelines do: every celery-pools script is safe to repeat.
+        order (without blocking again). A connection lost mid-batch is made again and the whole
+        batch sent again, as redis-py's pipelines do: every celery-pools script is safe to
+        repeat, and a block sent again at worst waits its seconds once more.
         """
-        replies = self._exchange(calls)
+        replies = self._exchange(calls, block)
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         for reply in replies:
             if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
@@ -136,11 +145,16 @@ class ScriptCaller:
 
     # -- the wire ---------------------------------------------------------------------------
 
-    def _exchange(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def _exchange(self, calls: Sequence[ScriptCall], block: Block | None = None) -> list[Any]:
         if self._pool is None or self.client.connection is not None:
-            return self._through_client(calls)
+            return self._through_client(calls, block)
         packed = b"".join([self._pack(name, keys, args) for name, keys, args in calls]) + self._wait
         count = len(calls) + (1 if self.replicas else 0)
+        if block is not None:
+            key, seconds = block
+            blpop = (_bulk(b"BLPOP"), _bulk(self._encode(key)), _bulk(self._encode(seconds)))
+            packed = b"*3\r\n" + b"".join(blpop) + packed
+            count += 1
         pool = self._pool
         connection = _get_connection(pool)
         try:
@@ -150,7 +164,7 @@ class ScriptCaller:
             )
         finally:
             pool.release(connection)
-        return self._replicated(replies)
+        return self._replicated(replies[1:] if block is not None else replies)
 
     def _replicated(self, replies: list[Any]) -> list[Any]:
         """The scripts' replies, the ``WAIT`` reply (if any) checked and taken off."""
@@ -190,14 +204,16 @@ class ScriptCaller:
             raise
         return replies
 
-    def _through_client(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    def _through_client(self, calls: Sequence[ScriptCall], block: Block | None) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
+        if block is not None:
+            pipe.blpop([block[0]], timeout=block[1])
         for name, keys, args in calls:
             pipe.evalsha(self.shas[name], len(keys), *keys, *args)
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
-        return self._replicated(replies)
+        return self._replicated(replies[1:] if block is not None else replies)
 
     def _pack(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._heads[name], self._keys_of(keys)]
