@@ -61,6 +61,14 @@ class Execution:
     kwargs: dict[str, Any]
     waited_here: float = 0.0
 
+    def published(self, state: WaitState) -> float | None:
+        """When this call was published as usual into a pool seen ample (``state``'s stamp), as
+        it first runs; None otherwise: a retry (``Task.retry`` copies the request's headers) is
+        a new request."""
+        if state.first is None and not self.request.retries:
+            return state.published
+        return None
+
 
 def time_to_wait_here(
     task: Any, ext: PoolsExtension, execution: Execution, wanted: float, after: float = 0.0

@@ -37,10 +37,11 @@ published (:class:`PublishedAsUsual`: the Redis clock reckoned from the pool's l
 early by that answer's trip at most, a millisecond or so); its worker's acquire gives it a free
 slot while tasks are parked or stand by only when it was published before all of them, so none
 of them passes a task that asked first, and a burst from one producer costs one broker message
-per task. A call that finds the pool full anyway costs one more message and parks
-in its worker, at its arrival's place: it arrived after its slot stopped being kept
-(``_IN_FLIGHT_SECONDS``), another producer's reservation replaced this one's (the pool keeps
-one), or its pool's workers run an earlier version, whose acquire does not count the arrivals.
+per task. A call that finds the pool full anyway costs one more message and parks in its
+worker at its publication's place (its deadline from its arrival): it arrived after its slot
+stopped being kept (``_IN_FLIGHT_SECONDS``), another producer's reservation replaced this one's
+(the pool keeps one), or its pool's workers run an earlier version, whose acquire does not count
+the arrivals.
 """
 
 from __future__ import annotations

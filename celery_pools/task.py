@@ -277,11 +277,7 @@ class PooledTask(Task):  # type: ignore[misc]
                 standby=time_to_wait_here(
                     self, ext, execution, settings.standby_seconds, block.seconds if block else 0
                 ),
-                # Only as the call first runs: a retry (Task.retry copies the request's headers)
-                # is a new request, not the call published then.
-                published=state.published
-                if state.first is None and not execution.request.retries
-                else None,
+                published=execution.published(state),
                 block=block,
             )
 
@@ -389,7 +385,11 @@ class PooledTask(Task):  # type: ignore[misc]
             info={"task_name": self.name, "instance": caller.instance},
         )
         position, effects = ext.store.park(
-            caller.token, pool=acq.pool, first=acq.first, entry=entry
+            caller.token,
+            pool=acq.pool,
+            first=acq.first,
+            entry=entry,
+            place=execution.published(state),
         )
         # A slot may have come free between the two scripts; it went to the oldest parked task,
         # which may be this one: its message is published like any other hand-off.

@@ -321,6 +321,38 @@ def test_a_standby_leaves_a_slot_kept_for_a_call_on_its_way(env):
     assert arrived.status is AcquireStatus.OK
 
 
+def test_a_call_published_as_usual_that_parks_anyway_keeps_its_place_from_its_publication(
+    env, run_worker, monkeypatch
+):
+    """A call published as usual whose slot was not kept (here none is) and that finds its pool
+    full parks at its publication's place, ahead of a task parked after it was published, and
+    is handed the next freed slot; its deadline still counts from when it first asked."""
+    monkeypatch.setattr(producer, "_IN_FLIGHT_SECONDS", 0.0)  # no slot kept for it
+    manager = _pool(env, limit=4)
+    store, keys = manager.store, manager.store.keys.pool("api")
+    app = env.app()
+    # A grant to a call no worker here takes (3 slots left free: one call may go as usual) ...
+    app.tasks["t.hold"].apply_async(("granted",), queue=f"elsewhere-{env.name}")
+    usual = app.tasks["t.hold"].delay("usual")  # ... and that call
+    with redis.Redis.from_url(env.broker) as broker:
+        (raw,) = broker.lrange(env.queue, 0, -1)
+    published = json.loads(raw)["headers"]["celery_pools"]["published"]
+    for token in ("h1", "h2", "h3"):  # the pool fills up before it arrives
+        assert store.acquire(INSTANCE, token, lease=60).status is AcquireStatus.OK
+    _wait_for(lambda: _redis_now(store) > published + 0.005, what="the Redis clock to move on")
+    later = app.tasks["t.hold"].delay("later")  # parked at publication, after it
+    assert manager.status("api").waiting == 1
+    with run_worker(app, concurrency=1):
+        _wait_for(lambda: manager.status("api").waiting == 2, what="the call to park")
+        assert store.client.zrange(keys.queue, 0, -1) == [usual.id, later.id]
+        assert store.client.zscore(keys.waiters, usual.id) / 1000 > published + 30.004
+        released = store.release("h1", "api", parked_likely=True)
+        assert [handoff.token for handoff in released.handoffs] == [usual.id]
+        get_extension(app).dispatcher.settle(released.effects)  # its message goes out
+        assert usual.get(timeout=30) == "usual"
+    assert [label for label, _ in env.probe().starts()] == ["usual"]
+
+
 def test_slots_kept_for_calls_that_never_arrive_go_to_parked_tasks_when_the_reservation_lapses(
     env,
 ):

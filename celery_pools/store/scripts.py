@@ -137,6 +137,7 @@ SCRIPTS: dict[str, Script] = {
             args=(
                 "token", "first_ms", "entry_json", "instance", "pool", "wait", "grant_lease_ms",
                 "grant_info", "rate_parked_max", "reserve", "reserve_arrived", "reserve_ms",
+                "place_ms",
             ),
         ),
         Script(

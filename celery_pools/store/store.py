@@ -394,7 +394,7 @@ class RedisPoolStore(StoreLimits):
         return replies.effects(reply, pool)
 
     def _park_values(
-        self, token: str, *, first: float | None, entry: str, pool: str
+        self, token: str, *, first: float | None, entry: str, pool: str, place: float | None = None
     ) -> dict[str, Any]:
         return {
             "token": token,
@@ -409,17 +409,21 @@ class RedisPoolStore(StoreLimits):
             "reserve": 0,
             "reserve_arrived": "",
             "reserve_ms": 0,
+            "place_ms": "" if place is None else int(place * 1000),
         }
 
-    def park(self, token: str, *, pool: str, first: float, entry: str) -> tuple[int, Effects]:
+    def park(
+        self, token: str, *, pool: str, first: float, entry: str, place: float | None = None
+    ) -> tuple[int, Effects]:
         """Park ``token`` (a task a worker found waiting) in ``pool``'s hand-off FIFO with its
         serialized message ``entry`` (JSON) and, in the same round trip, hand any free slot to the
-        oldest parked task.
+        oldest parked task. Its place in line is ``first`` (when it first asked), or ``place``
+        if earlier (when it was published as usual); its deadline is from ``first``.
 
         Returns its position (1 = next, 0 if it was parked already, -1 if the pool is gone) and
         the effects to settle.
         """
-        values = self._park_values(token, first=first, entry=entry, pool=pool)
+        values = self._park_values(token, first=first, entry=entry, pool=pool, place=place)
         parked, handed = self._pipeline(
             [self._call("park", values, pool), self._handoff_call(pool)],
             f"park a task in pool {pool!r}",

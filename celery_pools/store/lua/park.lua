@@ -70,6 +70,9 @@
 --   reserve_arrived  the pool's count of calls published as usual that arrived, when the producer
 --                    last read it ("" if never): those counted since have arrived
 --   reserve_ms       how long at most the reservation holds (ms)
+--   place_ms         when a worker parks: when its place in line is, if earlier than first_ms
+--                    (ms; "" for first_ms): a call published as usual parks at its publication,
+--                    its deadline still from when it first asked
 
 -- include: lib/clock.lua
 -- include: lib/reserve.lua
@@ -77,7 +80,7 @@
 local instances, held, rates, paused, config, holders, holder, waiters, waiter, stats, queue,
   parked, handoffs, rate_parked, abandoned, standby = unpack(KEYS)
 local token, first_ms, entry_json, instance, pool, wait, grant_lease_ms, grant_info,
-  rate_parked_max, reserve, reserve_arrived, reserve_ms = unpack(ARGV)
+  rate_parked_max, reserve, reserve_arrived, reserve_ms, place_ms = unpack(ARGV)
 
 local now, now_us = redis_clock()
 local publishing = instance ~= ''
@@ -154,8 +157,9 @@ if entry_json == '' then
     tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')}
 end
 local first = tonumber(first_ms) or now
--- Its place in line (us): when it first asked. A task parked at publication asks now, so it goes
--- last, strictly after everyone already in line (two parks in one microsecond keep their order).
+-- Its place in line (us): when it first asked (or was published as usual, place_ms). A task
+-- parked at publication asks now, so it goes last, strictly after everyone already in line (two
+-- parks in one microsecond keep their order).
 local place
 if first_ms == '' then
   place = now_us
@@ -164,7 +168,7 @@ if first_ms == '' then
     place = tonumber(last[2]) + 1
   end
 else
-  place = first * 1000 + now_us % 1000
+  place = math.min(first, tonumber(place_ms) or first) * 1000 + now_us % 1000
 end
 local entry = cjson.decode(entry_json)
 local of = publishing and instance or (entry['info'] or {})['instance']
