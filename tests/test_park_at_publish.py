@@ -326,7 +326,8 @@ def test_a_call_published_as_usual_that_parks_anyway_keeps_its_place_from_its_pu
 ):
     """A call published as usual whose slot was not kept (here none is) and that finds its pool
     full parks at its publication's place, ahead of a task parked after it was published, and
-    is handed the next freed slot; its deadline still counts from when it first asked."""
+    is handed the next freed slot before it; its deadline still counts from when it first
+    asked."""
     monkeypatch.setattr(producer, "_IN_FLIGHT_SECONDS", 0.0)  # no slot kept for it
     manager = _pool(env, limit=4)
     store, keys = manager.store, manager.store.keys.pool("api")
@@ -350,7 +351,8 @@ def test_a_call_published_as_usual_that_parks_anyway_keeps_its_place_from_its_pu
         assert [handoff.token for handoff in released.handoffs] == [usual.id]
         get_extension(app).dispatcher.settle(released.effects)  # its message goes out
         assert usual.get(timeout=30) == "usual"
-    assert [label for label, _ in env.probe().starts()] == ["usual"]
+        assert later.get(timeout=30) == "later"  # handed the slot "usual" gave back
+    assert [label for label, _ in env.probe().starts()] == ["usual", "later"]
 
 
 def test_slots_kept_for_calls_that_never_arrive_go_to_parked_tasks_when_the_reservation_lapses(
