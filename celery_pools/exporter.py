@@ -7,11 +7,12 @@ Needs the optional extra: ``pip install 'celery-pools[prometheus]'``. Run it wit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import PoolError
 from .metrics import Histogram, PoolMetrics
+from .models import PoolStatus
 from .store import RedisPoolStore
 
 __all__ = ["PoolsCollector", "collect_families", "serve"]
@@ -67,6 +68,36 @@ _STANDBY_COUNTERS = (
 )
 
 
+#: The gauges read from a pool's status: name, help, and the value.
+_STATUS_GAUGES: tuple[tuple[str, str, Callable[[PoolStatus], float]], ...] = (
+    ("limit_slots", "Slots the pool has (its limit).", lambda s: s.limit),
+    ("in_use_slots", "Slots held now (abandoned ones included).", lambda s: s.in_use),
+    (
+        "abandoned_slots",
+        "Slots kept taken now after their holder ended.",
+        lambda s: len(s.abandoned),
+    ),
+    ("free_slots", "Slots free now.", lambda s: s.free),
+    (
+        "reserved_slots",
+        "Free slots kept for calls on their way to a worker (not in free).",
+        lambda s: s.reserved,
+    ),
+    ("waiting_tasks", "Tasks waiting for a slot now.", lambda s: s.waiting),
+    (
+        "standby_tasks",
+        "Waiting tasks standing by in a worker now (in waiting).",
+        lambda s: s.standbys,
+    ),
+    (
+        "oldest_wait_seconds",
+        "How long the longest-waiting task has waited.",
+        lambda s: s.oldest_wait or 0.0,
+    ),
+    ("timeout_seconds", "How long a task may wait for a slot.", lambda s: s.timeout),
+)
+
+
 def collect_families(
     all_metrics: list[PoolMetrics], suspicious_after: float = 900.0
 ) -> Iterator[Any]:
@@ -83,14 +114,7 @@ def collect_families(
     def counter(name: str, doc: str, labels: tuple[str, ...] = ("pool",)) -> Any:
         return CounterMetricFamily(f"{_NS}_{name}", doc, labels=list(labels))
 
-    limit = gauge("limit_slots", "Slots the pool has (its limit).")
-    in_use = gauge("in_use_slots", "Slots held now (abandoned ones included).")
-    abandoned = gauge("abandoned_slots", "Slots kept taken now after their holder ended.")
-    free = gauge("free_slots", "Slots free now.")
-    waiting = gauge("waiting_tasks", "Tasks waiting for a slot now.")
-    standbys = gauge("standby_tasks", "Waiting tasks standing by in a worker now (in waiting).")
-    oldest = gauge("oldest_wait_seconds", "How long the longest-waiting task has waited.")
-    timeout = gauge("timeout_seconds", "How long a task may wait for a slot.")
+    status_gauges = [(value, gauge(name, doc)) for name, doc, value in _STATUS_GAUGES]
     suspicious = gauge(
         "suspicious_holders", f"Holders that have held their slot over {suspicious_after:g} s."
     )
@@ -118,14 +142,8 @@ def collect_families(
     )
     for m in all_metrics:
         s, pool = m.status, [m.status.name]
-        limit.add_metric(pool, s.limit)
-        in_use.add_metric(pool, s.in_use)
-        abandoned.add_metric(pool, len(s.abandoned))
-        free.add_metric(pool, s.free)
-        waiting.add_metric(pool, s.waiting)
-        standbys.add_metric(pool, s.standbys)
-        oldest.add_metric(pool, s.oldest_wait or 0.0)
-        timeout.add_metric(pool, s.timeout)
+        for value, family in status_gauges:
+            family.add_metric(pool, value(s))
         suspicious.add_metric(pool, len(m.suspicious_holders(suspicious_after)))
         acquisitions.add_metric([s.name, "false"], m.acquired_immediate)
         acquisitions.add_metric([s.name, "true"], m.acquired_waited)
@@ -140,7 +158,8 @@ def collect_families(
             family.add_metric(pool, getattr(m, field))
         wait.add_metric(pool, _buckets(m.wait), m.wait.sum)
         hold.add_metric(pool, _buckets(m.hold), m.hold.sum)
-    yield from (limit, in_use, abandoned, free, waiting, standbys, oldest, timeout, suspicious)
+    yield from (family for _, family in status_gauges)
+    yield suspicious
     yield from (acquisitions, by_instance, timeouts, clears, cleared, released, reclaimed)
     yield from (family for _, family in counter_families)
     yield from (wait, hold)

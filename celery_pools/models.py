@@ -271,6 +271,12 @@ class PoolStatus(Model):
     in_use: int
     free: int
     waiting: int
+    reserved: int = Field(
+        default=0,
+        description="Free slots kept for calls a producer published as usual that are on their "
+        "way to a worker (not in free): no grant or hand-off gives them out until they arrive, "
+        "half a second at most.",
+    )
     standbys: int = Field(
         default=0,
         description="Waiters standing by: the oldest parked tasks, their message out ahead of "

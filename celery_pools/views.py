@@ -44,8 +44,9 @@ def pool(definition: Pool) -> JSON:
 
 
 def status(snapshot: PoolStatus) -> JSON:
-    """A pool's status: limit, timeout, in use, free, waiting, instances, holders, waiters,
-    abandoned slots (counted in in use), oldest wait and the Redis clock it was read at."""
+    """A pool's status: limit, timeout, in use, free, reserved (free slots kept for calls on
+    their way, not in free), waiting, instances, holders, waiters, abandoned slots (counted in
+    in use), oldest wait and the Redis clock it was read at."""
     return snapshot.model_dump(mode="json")
 
 

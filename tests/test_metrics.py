@@ -111,6 +111,7 @@ def test_exporter_serves_parseable_metrics_with_the_expected_samples(env):
     assert samples[("celery_pools_limit_slots", pool)] == 2
     assert samples[("celery_pools_in_use_slots", pool)] == 2
     assert samples[("celery_pools_free_slots", pool)] == 0
+    assert samples[("celery_pools_reserved_slots", pool)] == 0
     assert samples[("celery_pools_waiting_tasks", pool)] == 1
     assert samples[("celery_pools_acquisitions_total", (("pool", "p"), ("waited", "false")))] == 2
     assert (

@@ -279,6 +279,8 @@ def test_the_slots_kept_for_calls_on_their_way_are_neither_granted_nor_handed_ou
     parked = store.park_at_publish(INSTANCE, "p1", entry='{"info": {}}', info=info, reserve=on_way)
     assert (parked.parked, parked.position, parked.handoffs) == (True, 1, ())
     assert store.hand_off("api").handoffs == ()  # a worker's hand-off keeps them too
+    status = manager.status("api")  # what an operator sees: kept, not free
+    assert (status.in_use, status.free, status.reserved) == (1, 0, 2)
     after = _redis_now(store)
     _wait_for(lambda: _redis_now(store) > after + 0.002, what="the Redis clock to move on")
     # A call published after p1 parked must park behind it, though a kept slot is free.
@@ -290,6 +292,7 @@ def test_the_slots_kept_for_calls_on_their_way_are_neither_granted_nor_handed_ou
         assert arrived.status.value == "OK", token
     status = manager.status("api")
     assert (status.in_use, [w.task_id for w in status.waiters]) == (3, ["p1"])
+    assert (status.free, status.reserved) == (0, 0)
     # Nothing is kept any more: the next freed slot goes to p1, the oldest in line.
     (handoff,) = store.release("g1", "api", parked_likely=True).handoffs
     assert handoff.token == "p1"

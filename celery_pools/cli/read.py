@@ -88,7 +88,8 @@ def _describe(
         f"  timeout    {seconds(s.timeout)}",
         f"  wait       {wait}",
         f"  in use     {s.in_use}" + (f" ({len(s.abandoned)} abandoned)" if s.abandoned else ""),
-        f"  free       {s.free}",
+        f"  free       {s.free}"
+        + (f" ({s.reserved} more kept for calls on their way)" if s.reserved else ""),
         f"  waiting    {s.waiting}{oldest}"
         + (f" ({s.standbys} standing by)" if s.standbys else ""),
         f"  instances  {', '.join(s.instances) or '-'}",

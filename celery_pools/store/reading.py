@@ -147,11 +147,12 @@ class StoreReading(StoreBase):
                 pipe.zrange(keys.abandoned, 0, -1, withscores=True)
                 pipe.hgetall(keys.abandoned_holder)
                 pipe.zcard(keys.standby)
+                pipe.hget(keys.stats, "as_usual_arrived")
             reply = pipe.execute()
         now = self._observe_time(reply[0])
         result = []
         for index, name in enumerate(names):
-            rows = reply[1 + 9 * index : 10 + 9 * index]
+            rows = reply[1 + 10 * index : 11 + 10 * index]
             if rows[0]:
                 result.append(replies.status(name, now, rows))
         return result

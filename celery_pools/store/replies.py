@@ -229,14 +229,29 @@ def _described(token: str, raw: str | None) -> tuple[dict[str, Any], dict[str, A
     return info, common
 
 
+def _reserved(raw: str | None, arrived: int, now: float) -> int:
+    """How many free slots a pool's reservation (config field ``reserve``,
+    "calls|arrived|until ms") keeps at ``now`` (seconds), its count of arrived calls being
+    ``arrived``: as lib/reserve.lua's ``kept`` reckons it."""
+    parts = (raw or "").split("|")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return 0
+    calls, before, until_ms = (int(part) for part in parts)
+    if until_ms <= now * 1000:
+        return 0
+    return max(0, calls - max(0, arrived - before))
+
+
 def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
-    """A pool's status at ``now`` (seconds) from the nine replies read for it:
+    """A pool's status at ``now`` (seconds) from the ten replies read for it:
     ``HGETALL config``, ``SMEMBERS pool_instances``, ``ZRANGE holders`` and ``HGETALL holder``,
     ``ZRANGE waiters`` and ``HGETALL waiter``, ``ZRANGE abandoned`` and
-    ``HGETALL abandoned_holder`` (the ZSETs with their scores, in ms), ``ZCARD standby``.
-    Holders whose lease lapsed, waiters past their deadline and abandoned slots past their grace
-    are left out: the next operation frees them. Abandoned slots count as in use."""
-    config, instances, holders, holder_info, waiters, waiter_info, kept, kept_info, standbys = rows
+    ``HGETALL abandoned_holder`` (the ZSETs with their scores, in ms), ``ZCARD standby`` and
+    the stats field ``as_usual_arrived``. Holders whose lease lapsed, waiters past their
+    deadline and abandoned slots past their grace are left out: the next operation frees them.
+    Abandoned slots count as in use; slots kept for calls on their way are not free."""
+    config, instances, holders, holder_info, waiters, waiter_info, kept, kept_info = rows[:8]
+    standbys, arrived = rows[8:]
     limit = int(config["limit"])
     live_holders = []
     for token, expiry in holders:
@@ -262,12 +277,15 @@ def status(name: str, now: float, rows: Sequence[Any]) -> PoolStatus:
         key=lambda slot: slot.abandoned,
     )
     in_use = len(live_holders) + len(kept_slots)
+    free = max(0, limit - in_use)
+    reserved = min(free, _reserved(config.get("reserve"), int(arrived or 0), now))
     return PoolStatus(
         name=name,
         limit=limit,
         timeout=seconds(config["timeout"]),
         in_use=in_use,
-        free=max(0, limit - in_use),
+        free=free - reserved,
+        reserved=reserved,
         waiting=len(live_waiters),
         standbys=int(standbys),
         instances=sorted(instances),
