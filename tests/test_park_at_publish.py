@@ -358,6 +358,25 @@ def test_a_call_published_as_usual_that_parks_anyway_keeps_its_place_from_its_pu
     assert [label for label, _ in env.probe().starts()] == ["usual", "later"]
 
 
+def test_the_status_counts_a_live_reservation_less_its_arrivals_and_nothing_else(env):
+    manager = _pool(env, limit=3)
+    keys = manager.store.keys.pool("api")
+    client = manager.store.client
+    later_ms = int((_redis_now(manager.store) + 60) * 1000)
+
+    def shown(reserve: str) -> tuple[int, int]:
+        client.hset(keys.config, "reserve", reserve)
+        status = manager.status("api")
+        return status.free, status.reserved
+
+    assert shown(f"2|0|{later_ms}") == (1, 2)
+    client.hset(keys.stats, "as_usual_arrived", 1)  # one of the two arrived since
+    assert shown(f"2|0|{later_ms}") == (2, 1)
+    assert shown(f"9|1|{later_ms}") == (0, 3)  # never more than the free slots
+    assert shown("2|1|1") == (3, 0)  # lapsed
+    assert shown("two|1|x") == (3, 0)  # not a reservation
+
+
 def test_slots_kept_for_calls_that_never_arrive_go_to_parked_tasks_when_the_reservation_lapses(
     env,
 ):

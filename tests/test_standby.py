@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
+from celery_pools.store import AcquireStatus, RedisPoolStore, StandbyBlock
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -303,3 +305,90 @@ def test_a_standby_blocks_at_most_a_tenth_of_its_time_limits(env, run_worker, wh
         assert record["until"] - record["ready"] == 300  # a tenth of the soft limit (ms)
         blocker.get(timeout=30)
         assert limited.get(timeout=30) == "limited"
+
+
+def _standing(manager):
+    """A store, and task "s" standing by in pool "api" (limit 1, held by "holder"): its first
+    ask and hand-off id."""
+    store = RedisPoolStore(manager.store.client, manager.store.keys, standby_max=1)
+    assert store.acquire(INSTANCE, "holder", lease=30).status is AcquireStatus.OK
+    full = store.acquire(INSTANCE, "s", lease=30)
+    _, parked = store.park("s", pool="api", first=full.first, entry='{"info": {}}')
+    (promoted,) = [h for h in parked.handoffs if h.standby]
+    standing = store.acquire(
+        INSTANCE, "s", lease=30, first=full.first, handoff=promoted.handoff_id, standby=5
+    )
+    assert (standing.status, standing.reason) == (AcquireStatus.FULL, "standby")
+    return store, full.first, promoted.handoff_id
+
+
+def _blpops(client) -> int:
+    """BLPOP calls the server has served (its own count)."""
+    return int(client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
+
+
+def test_the_acquire_behind_a_block_claims_the_slot_handed_over_while_it_blocks(env):
+    manager = _pool(env, limit=1)
+    store, first, handoff = _standing(manager)
+    answers = []
+
+    def stand_by() -> None:
+        answers.append(
+            store.acquire(
+                INSTANCE, "s", lease=30, first=first, handoff=handoff,
+                block=StandbyBlock("api", 4.0),
+            )
+        )  # fmt: skip
+
+    blocked = threading.Thread(target=stand_by)
+    blocked.start()
+    wait_until(
+        lambda: any(c.get("cmd") == "blpop" for c in store.client.client_list()),
+        10,
+        message="the standby never blocked",
+    )
+    store.release("holder", "api", parked_likely=True)
+    blocked.join(timeout=10)  # far short of the block's 4 s
+    assert not blocked.is_alive()
+    (answer,) = answers
+    assert (answer.status, answer.reason) == (AcquireStatus.OK, "handoff")
+    assert [h.task_id for h in manager.status("api").holders] == ["s"]
+
+
+def test_the_acquire_behind_a_block_that_ends_sends_the_standby_back_to_its_place(env):
+    manager = _pool(env, limit=1)
+    store, first, handoff = _standing(manager)
+    answer = store.acquire(
+        INSTANCE, "s", lease=30, first=first, handoff=handoff, block=StandbyBlock("api", 0.05)
+    )
+    assert (answer.status, answer.reason) == (AcquireStatus.FULL, "requeued")
+    assert store.client.zrange(store.keys.pool("api").queue, 0, -1) == ["s"]
+    assert manager.status("api").standbys == 0
+
+
+def test_an_acquire_behind_a_block_answered_moved_asks_the_right_pool_without_blocking_again(
+    env,
+):
+    manager = _pool(env, limit=1)
+    store, first, handoff = _standing(manager)
+    manager.create("other", limit=1, wait="handoff")
+    manager.assign(INSTANCE, "other")  # the instance moves while its task stands by in "api"
+    before = _blpops(store.client)
+    answer = store.acquire(
+        INSTANCE, "s", lease=30, first=first, handoff=handoff, block=StandbyBlock("api", 0.05)
+    )
+    assert answer.pool == "other"
+    assert _blpops(store.client) - before == 1
+
+
+def test_a_block_redis_refuses_is_logged_and_the_acquire_behind_it_runs(env, caplog):
+    manager = _pool(env, limit=1)
+    store, first, handoff = _standing(manager)
+    wake = store.keys.pool("api").wake + "s"
+    store.client.set(wake, "not a list")  # BLPOP answers WRONGTYPE
+    with caplog.at_level("WARNING", logger="celery_pools.store.wire"):
+        answer = store.acquire(
+            INSTANCE, "s", lease=30, first=first, handoff=handoff, block=StandbyBlock("api", 4.0)
+        )
+    assert (answer.status, answer.reason) == (AcquireStatus.FULL, "requeued")
+    assert "refused to block" in caplog.text

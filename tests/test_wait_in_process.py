@@ -17,9 +17,12 @@ from celery.exceptions import TaskRevokedError
 from celery.worker import state as worker_state
 
 from celery_pools import PoolFullError, signals
+from celery_pools.admission import Caller
+from celery_pools.execution import Execution
 from celery_pools.keepers import LeaseKeeper, slots_held_here
 from celery_pools.processes import process_start
 from celery_pools.store import HolderProcess
+from celery_pools.waiting import WaitState
 from tests.support.polling import wait_until
 from tests.support.redis_server import free_port
 from tests.workerapp import INSTANCE
@@ -306,3 +309,19 @@ def test_where_an_ended_execution_ran_is_known_before_and_after_the_keeper_lets_
     keeper._let_go_order[0] = (when - 10.0, "t")
     keeper._ended()
     assert keeper.ended_processes("t") == []
+
+
+@pytest.mark.parametrize(
+    ("first", "retries", "expected"),
+    [(None, 0, 12.5), (11.0, 0, None), (None, 1, None)],
+    ids=["first run", "asked before", "a retry"],
+)
+def test_only_the_first_run_of_a_call_published_as_usual_keeps_its_publication(
+    first, retries, expected
+):
+    """A call published as usual passes tasks parked after its publication (acquire.lua) and
+    parks at its publication's place (park.lua) only as it first runs: a later attempt asked
+    already, and a retry (Task.retry copies the headers) is a new request."""
+    execution = Execution(SimpleNamespace(retries=retries), Caller("t", "id", INSTANCE), (), {})
+    state = WaitState(first=first, published=12.5)
+    assert execution.published(state) == expected

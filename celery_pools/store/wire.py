@@ -164,7 +164,22 @@ class ScriptCaller:
             )
         finally:
             pool.release(connection)
-        return self._replicated(replies[1:] if block is not None else replies)
+        return self._replicated(self._after_block(replies, block))
+
+    @staticmethod
+    def _after_block(replies: list[Any], block: Block | None) -> list[Any]:
+        """The replies after the block's (if any). A block Redis refused (an ACL without
+        ``BLPOP`` on the key, a wrong type) did not wait, and the calls ran at once: logged, as
+        nothing else says so."""
+        if block is None:
+            return replies
+        if isinstance(replies[0], Exception):
+            logger.warning(
+                "celery-pools: Redis refused to block on %s (%s); the calls behind it ran at once",
+                block[0],
+                replies[0],
+            )
+        return replies[1:]
 
     def _replicated(self, replies: list[Any]) -> list[Any]:
         """The scripts' replies, the ``WAIT`` reply (if any) checked and taken off."""
@@ -213,7 +228,7 @@ class ScriptCaller:
         if self.replicas:
             pipe.execute_command("WAIT", self.replicas, self.replica_timeout_ms)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
-        return self._replicated(replies[1:] if block is not None else replies)
+        return self._replicated(self._after_block(replies, block))
 
     def _pack(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
         parts = [b"*%d\r\n" % (3 + len(keys) + len(args)), self._heads[name], self._keys_of(keys)]

@@ -8,7 +8,7 @@ function poolRow(pool) {
   const row = el("tr", { "data-pool": pool.name },
     el("td", {}, link),
     el("td", { class: "in-use" }, bar(pool.in_use, pool.limit)),
-    cell(pool.free, true),
+    cell(pool.reserved ? `${pool.free} (+${pool.reserved} kept)` : pool.free, true),
     cell(waiting, true),
     cell(duration(pool.oldest_wait), true),
     cell(duration(pool.metrics.wait.p95), true),

@@ -66,7 +66,8 @@ function render(pool) {
   document.getElementById("name").textContent = pool.name;
   const rates = pool.rates.map(rateText).filter(Boolean);
   document.getElementById("summary").textContent =
-    `${pool.in_use} of ${pool.limit} in use, ${pool.free} free, ${pool.waiting} waiting` +
+    `${pool.in_use} of ${pool.limit} in use, ${pool.free} free` +
+    `${pool.reserved ? ` (${pool.reserved} more kept for calls on their way)` : ""}, ${pool.waiting} waiting` +
     `${pool.standbys ? ` (${pool.standbys} standing by)` : ""}; timeout ${duration(pool.timeout)}; ` +
     `waits by ${pool.wait}; instances: ${pool.instances.join(", ") || "none"}` +
     `${rates.length ? `; ${rates.join("; ")}` : ""}`;
