@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -60,6 +61,35 @@ def test_sigkill_of_the_holder_frees_its_slot_after_the_lease(env):
     # Lease 2 s; the waiter retries at most every 0.5 s; allow for scheduling.
     assert freed_after <= 2.0 + 0.5 + 2.5, freed_after
     survivor.wait_for_log(r"reclaimed a slot of pool 'api' from task t\.hold", timeout=10)
+
+
+def test_a_lease_lapsed_while_its_worker_was_frozen_is_taken_and_left_to_its_new_holder(env):
+    """A worker whose main process is frozen (SIGSTOP) cannot renew its running task's lease:
+    the lease lapses and a task on another worker takes the slot (the API then sees both calls:
+    the lease bounds how long a holder that cannot be reached keeps its slot). When the frozen
+    worker runs again and its task ends, neither its renewals nor its release take the slot
+    back or free it: the next task waits for the new holder."""
+    env.lease_seconds = 2.0
+    manager = _pool(env, limit=1)
+    app = env.app()
+    frozen = env.worker(concurrency=1, queues=f"{env.queue}-frozen")
+    first = app.tasks["t.hold"].apply_async(("first", 5.0), queue=f"{env.queue}-frozen")
+    wait_until(lambda: _started(env, "first"), 30, message="first never started")
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        env.worker(concurrency=2)
+        second = app.tasks["t.hold"].delay("second", 4.0)
+        wait_until(lambda: _started(env, "second"), 30, message="the lapsed slot was never taken")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert first.get(timeout=30) == "first"
+    assert [h.task_id for h in manager.status("api").holders] == [second.id]
+    third = app.tasks["t.hold"].delay("third", 0)
+    assert second.get(timeout=30) == "second"
+    assert third.get(timeout=30) == "third"
+    ends = {label: at for kind, label, at, _ in env.probe().events() if kind == "end"}
+    assert dict(env.probe().starts())["third"] >= ends["second"]
+    assert manager.status("api").in_use == 0
 
 
 def test_a_long_task_keeps_its_slot_past_the_lease(env):
