@@ -227,8 +227,9 @@ def test_show_json_carries_wait_rates_and_metrics_of_a_scripted_workload(env):
     shown = json.loads(result.stdout)
     # The status keys are all still there, with three more.
     assert set(shown) == {
-        "name", "limit", "timeout", "in_use", "free", "waiting", "standbys", "instances",
-        "holders", "waiters", "abandoned", "oldest_wait", "now", "wait", "rates", "metrics",
+        "name", "limit", "timeout", "in_use", "free", "reserved", "waiting", "standbys",
+        "instances", "holders", "waiters", "abandoned", "oldest_wait", "now", "wait", "rates",
+        "metrics",
     }  # fmt: skip
     assert (shown["name"], shown["limit"], shown["in_use"], shown["wait"]) == (
         "api",
