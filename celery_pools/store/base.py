@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from .replies import Moved, seconds
 from .scripts import SCRIPTS, script_source
 from .wire import Block, ScriptCall, ScriptCaller
 
-__all__ = ["StoreBase", "ms"]
+__all__ = ["StoreBase", "compact_json", "ms"]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ _MAX_MOVED_ROUNDS = 5
 def ms(value: float) -> int:
     """Seconds as whole milliseconds, as the scripts take them."""
     return round(value * 1000)
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as JSON without spaces, as the store writes records for the scripts."""
+    return json.dumps(value, separators=(",", ":"))
 
 
 class StoreBase:

@@ -19,7 +19,7 @@ from celery_pools.models import Pool, PoolStatus
 from celery_pools.ratelimit import InstanceRate, RateLimit
 
 from . import replies
-from .base import StoreBase
+from .base import StoreBase, compact_json
 from .results import HolderProcess
 
 __all__ = ["StoreReading"]
@@ -243,5 +243,5 @@ class StoreReading(StoreBase):
             with self._backend("return parked tasks to publish"):
                 self.client.rpush(
                     self.keys.sent_back if sent_back else self.keys.expired,
-                    *(json.dumps(record, separators=(",", ":")) for record in records),
+                    *(compact_json(record) for record in records),
                 )

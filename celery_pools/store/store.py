@@ -13,7 +13,7 @@ from celery_pools.metrics import BUCKET_BOUNDS_ARG
 from celery_pools.models import DEFAULT_TIMEOUT, Pool
 
 from . import replies
-from .base import ms
+from .base import compact_json, ms
 from .connect import connect
 from .keys import KeySpace
 from .limits import StoreLimits
@@ -43,10 +43,6 @@ STALE_HANDOFF_SECONDS = 24 * 3600.0
 #: instance's other tasks wait by countdown and park in their place (their first request) as
 #: room comes.
 RATE_PARKED_MAX = 10
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 class RedisPoolStore(StoreLimits):
@@ -213,7 +209,7 @@ class RedisPoolStore(StoreLimits):
             "lease_ms": ms(lease),
             "first_ms": "" if first is None else ms(first),
             "waited_uid": waited_uid,
-            "info": _json(info or {}),
+            "info": compact_json(info or {}),
             "bounds": BUCKET_BOUNDS_ARG,
             "unassigned_timeout_ms": ms(unassigned_timeout),
             "wait": wait,
@@ -454,7 +450,7 @@ class RedisPoolStore(StoreLimits):
         """
         if not self._pool_of.get(instance):
             self._pool_of.pop(instance, None)
-        holder = _json(info or {"instance": instance})
+        holder = compact_json(info or {"instance": instance})
         # The hand-off pipelined with each attempt runs even when the park is answered MOVED:
         # what every one of them handed out or reclaimed is this call's to settle.
         settled: list[Effects] = []

@@ -153,8 +153,7 @@ if entry_json == '' then
   redis.call('HSET', holder, token, cjson.encode(granted))
   redis.call('HSET', held, token, pool)
   return {'GRANTED', now, id, cfg[3], timeout,
-    limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned),
-    tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')}
+    limit - redis.call('ZCARD', holders) - redis.call('ZCARD', abandoned), arrivals(stats)}
 end
 local first = tonumber(first_ms) or now
 -- Its place in line (us): when it first asked (or was published as usual, place_ms). A task

@@ -13,6 +13,7 @@
 --   as it counts them, `arrived` the count when it last read it ("" if never: none are taken off).
 --   Returns how many slots it keeps now.
 -- kept(config, stats, now): how many slots the pool's reservation keeps now (0 if none or lapsed).
+-- arrivals(stats): the pool's count of calls published as usual that reached a worker.
 local function arrivals(stats)
   return tonumber(redis.call('HGET', stats, 'as_usual_arrived') or '0')
 end
