@@ -15,6 +15,7 @@ from kombu.exceptions import EncodeError, OperationalError
 from celery_pools import PooledTask, PoolTimeoutError, get_extension, producer, signals
 from celery_pools.producer import publisher_for
 from celery_pools.store import AcquireStatus, RedisPoolStore
+from tests.support.redis_server import commands_served
 from tests.workerapp import INSTANCE
 
 
@@ -536,7 +537,7 @@ def _scripts_run(env) -> int:
     """EVALSHA calls the pools' Redis server has served (its own count, not the pool code's)."""
     client = redis.Redis.from_url(env.pools_url)
     try:
-        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        return commands_served(client, "evalsha")
     finally:
         client.close()
 

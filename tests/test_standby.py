@@ -14,6 +14,7 @@ import pytest
 from celery_pools import PoolClearedError, PoolDeletedError, PoolTimeoutError
 from celery_pools.store import AcquireStatus, RedisPoolStore, StandbyBlock
 from tests.support.polling import wait_until
+from tests.support.redis_server import commands_served
 from tests.workerapp import INSTANCE
 
 
@@ -322,11 +323,6 @@ def _standing(manager):
     return store, full.first, promoted.handoff_id
 
 
-def _blpops(client) -> int:
-    """BLPOP calls the server has served (its own count)."""
-    return int(client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
-
-
 def test_the_acquire_behind_a_block_claims_the_slot_handed_over_while_it_blocks(env):
     manager = _pool(env, limit=1)
     store, first, handoff = _standing(manager)
@@ -373,12 +369,12 @@ def test_an_acquire_behind_a_block_answered_moved_asks_the_right_pool_without_bl
     store, first, handoff = _standing(manager)
     manager.create("other", limit=1, wait="handoff")
     manager.assign(INSTANCE, "other")  # the instance moves while its task stands by in "api"
-    before = _blpops(store.client)
+    before = commands_served(store.client, "blpop")
     answer = store.acquire(
         INSTANCE, "s", lease=30, first=first, handoff=handoff, block=StandbyBlock("api", 0.05)
     )
     assert answer.pool == "other"
-    assert _blpops(store.client) - before == 1
+    assert commands_served(store.client, "blpop") - before == 1
 
 
 def test_a_block_redis_refuses_is_logged_and_the_acquire_behind_it_runs(env, caplog):

@@ -30,6 +30,19 @@ def _started(env, label):
     return label in {name for name, _ in env.probe().starts()}
 
 
+def _held_alone(env, label, seconds):
+    """A pool of 1 (2 s leases) held by task ``label`` for ``seconds`` on a worker of one
+    process that consumes a queue of its own (it cannot prefetch the other tasks' messages),
+    once its body started: the pool's manager, the app, that worker and the task's result."""
+    env.lease_seconds = 2.0
+    manager = _pool(env, limit=1)
+    app = env.app()
+    worker = env.worker(concurrency=1, queues=f"{env.queue}-{label}")
+    result = app.tasks["t.hold"].apply_async((label, seconds), queue=f"{env.queue}-{label}")
+    wait_until(lambda: _started(env, label), 30, message=f"{label} never started")
+    return manager, app, worker, result
+
+
 def test_three_prefork_workers_never_exceed_the_limit(env):
     _pool(env, limit=3)
     for _ in range(3):
@@ -43,13 +56,7 @@ def test_three_prefork_workers_never_exceed_the_limit(env):
 
 
 def test_sigkill_of_the_holder_frees_its_slot_after_the_lease(env):
-    env.lease_seconds = 2.0
-    manager = _pool(env, limit=1)
-    app = env.app()
-    # Separate queues, so the busy doomed worker cannot prefetch the waiter's message.
-    doomed = env.worker(concurrency=1, queues=f"{env.queue}-doomed")
-    app.tasks["t.hold"].apply_async(("doomed", 60), queue=f"{env.queue}-doomed")
-    wait_until(lambda: _started(env, "doomed"), 30, message="doomed task never started")
+    manager, app, doomed, _ = _held_alone(env, "doomed", 60)
     survivor = env.worker(concurrency=2)
     waiter = app.tasks["t.hold"].delay("waiter", 0)
     wait_until(lambda: waiter.state == "RETRY", 30, message="waiter never waited")
@@ -69,12 +76,7 @@ def test_a_lease_lapsed_while_its_worker_was_frozen_is_taken_and_left_to_its_new
     the lease bounds how long a holder that cannot be reached keeps its slot). When the frozen
     worker runs again and its task ends, neither its renewals nor its release take the slot
     back or free it: the next task waits for the new holder."""
-    env.lease_seconds = 2.0
-    manager = _pool(env, limit=1)
-    app = env.app()
-    frozen = env.worker(concurrency=1, queues=f"{env.queue}-frozen")
-    first = app.tasks["t.hold"].apply_async(("first", 5.0), queue=f"{env.queue}-frozen")
-    wait_until(lambda: _started(env, "first"), 30, message="first never started")
+    manager, app, frozen, first = _held_alone(env, "first", 5.0)
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
         env.worker(concurrency=2)
@@ -251,12 +253,7 @@ def test_warm_shutdown_lets_the_task_finish_and_release(env):
 def test_a_warm_shutdown_keeps_the_slots_of_the_tasks_it_waits_for(env):
     """A worker told to stop lets its running tasks finish, and their slots stay theirs until
     then (their leases renewed): no task of another worker starts beside them."""
-    env.lease_seconds = 2.0
-    manager = _pool(env, limit=1)
-    app = env.app()
-    stopping = env.worker(concurrency=1, queues=f"{env.queue}-stopping")
-    long_task = app.tasks["t.hold"].apply_async(("long", 6.0), queue=f"{env.queue}-stopping")
-    wait_until(lambda: _started(env, "long"), 30, message="long task never started")
+    manager, app, stopping, long_task = _held_alone(env, "long", 6.0)
     env.worker(concurrency=2)
     other = app.tasks["t.hold"].delay("other", 0)
     wait_until(lambda: manager.status("api").waiting == 1, 30, message="other never waited")

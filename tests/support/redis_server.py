@@ -38,6 +38,13 @@ def find_redis_server_binary() -> str:
     return find_redis_server()
 
 
+def commands_served(client: redis.Redis, command: str) -> int:
+    """How many ``command`` calls (lower case, "evalsha") the server of ``client`` has served:
+    its own count (``INFO commandstats``), not the pool code's."""
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+    return int(stats.get("calls", 0))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that was free a moment ago.
 
