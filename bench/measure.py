@@ -21,6 +21,7 @@ __all__ = [
     "concurrency_timeline",
     "count_inversions",
     "grant_inversions",
+    "grant_to_start",
     "handoff_latencies",
     "milliseconds",
     "order_inversions",
@@ -98,13 +99,19 @@ class Handoffs:
 
     ``initial`` starts took a slot no task had held (the pool filling up); ``skewed`` starts were
     recorded a little before the release that freed their slot (the two records race), and count
-    as a latency of 0.
+    as a latency of 0. ``released[i]`` is when the release that ``latencies[i]`` follows was
+    recorded.
     """
 
     latencies: list[float]
+    released: list[float]
     initial: int
     skewed: int
     unpaired_releases: int
+
+    def since(self, moment: float) -> list[float]:
+        """The latencies that follow a release recorded at ``moment`` or later."""
+        return [lat for lat, at in zip(self.latencies, self.released, strict=True) if at >= moment]
 
 
 def handoff_latencies(releases: Iterable[float], starts: Iterable[float], limit: int) -> Handoffs:
@@ -117,6 +124,7 @@ def handoff_latencies(releases: Iterable[float], starts: Iterable[float], limit:
     timeline = sorted([(t, 0) for t in releases] + [(t, 1) for t in starts])
     pending: list[float] = []
     latencies: list[float] = []
+    released: list[float] = []
     initial = skewed = owed = 0
     for at, kind in timeline:
         if kind == 0:
@@ -124,15 +132,18 @@ def handoff_latencies(releases: Iterable[float], starts: Iterable[float], limit:
                 owed -= 1
                 skewed += 1
                 latencies.append(0.0)
+                released.append(at)
             else:
                 pending.append(at)
         elif pending:
-            latencies.append(at - pending.pop())
+            release = pending.pop()
+            latencies.append(at - release)
+            released.append(release)
         elif initial < limit:
             initial += 1
         else:
             owed += 1
-    return Handoffs(latencies, initial, skewed, len(pending))
+    return Handoffs(latencies, released, initial, skewed, len(pending))
 
 
 def count_inversions(values: Sequence[float]) -> int:
@@ -182,6 +193,24 @@ def grant_inversions(acquisitions: Iterable[Acquired]) -> tuple[int, int]:
         (a.first_ask, a.granted) for a in acquisitions if a.waited > 0 and a.granted is not None
     )
     return count_inversions([granted for _, granted in waiters]), len(waiters)
+
+
+def grant_to_start(
+    acquisitions: Iterable[Acquired], events: Iterable[Event]
+) -> list[tuple[float, float]]:
+    """``(granted, seconds from grant to body start)`` for each task that waited and whose slot the
+    pool handed or granted it at a known time: the hand-off as the pool made it, with no pairing
+    of starts to releases and no race with the releasing process's own record (a woken standby
+    often starts before its releaser records the release). The grant is on the pools' Redis
+    clock to the millisecond, the start on the records' Redis clock to the microsecond; both
+    read this host's clock, so a latency is good to about a millisecond and may read a little
+    below zero."""
+    starts = {e.task_id: e.at for e in events if e.kind == "s"}
+    return sorted(
+        (a.granted, starts[a.task_id] - a.granted)
+        for a in acquisitions
+        if a.waited > 0 and a.granted is not None and a.task_id in starts
+    )
 
 
 def concurrency_timeline(events: Sequence[Event]) -> list[tuple[float, int]]:

@@ -13,6 +13,7 @@ from typing import Any
 from celery_pools import PoolManager
 
 __all__ = [
+    "HANDOFF_MODE",
     "UNPOOLED",
     "UNPOOLED_SCENARIOS",
     "ModeUnavailableError",
@@ -25,6 +26,8 @@ __all__ = [
 
 #: The mode every celery-pools has: waiting by countdown retries.
 CORE_MODE = "countdown"
+#: Hand-off waiting: a freed slot goes to the oldest parked task, granted ahead of its claim.
+HANDOFF_MODE = "handoff"
 #: Countdown waiting on workers whose ``worker_eta_task_limit`` is their prefetch count.
 ETA_LIMITED_MODE = "countdown-eta"
 #: Hand-off waiting with standbys (``pools_standby_max`` on the workers).

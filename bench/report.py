@@ -128,6 +128,10 @@ ROWS: tuple[Row, ...] = (
     Row("saturation", "hand-off latency p50 (ms)", _field("handoff_p50_ms", ".1f"), "<= 1"),
     Row("saturation", "hand-off latency p99 (ms)", _field("handoff_p99_ms", ".1f"), "<= 10"),
     Row("saturation", "body end to next start p50 / p99 (ms)", _p50_p99("gap")),
+    Row("saturation", "  after publication: hand-off p50 / p99 (ms)", _p50_p99("steady_handoff")),
+    Row("saturation", "  after publication: end to next start (ms)", _p50_p99("steady_gap")),
+    Row("saturation", "hand-off grant to start p50 / p99 (ms)", _p50_p99("grant_to_start")),
+    Row("saturation", "  after publication (ms)", _p50_p99("steady_grant_to_start")),
     Row("saturation", "broker messages per task", _field("messages_per_task"), "<= 1"),
     Row(
         "saturation",

@@ -20,6 +20,7 @@ from bench.measure import (
     api_timeline,
     concurrency_timeline,
     grant_inversions,
+    grant_to_start,
     handoff_latencies,
     milliseconds,
     order_inversions,
@@ -27,7 +28,7 @@ from bench.measure import (
     utilisation,
     utilisation_between,
 )
-from bench.modes import UNPOOLED
+from bench.modes import HANDOFF_MODE, UNPOOLED, pool_mode
 from bench.recorder import Recorder
 from bench.system import command_calls, server_cpu, used_memory
 
@@ -195,7 +196,8 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     starts = [e.at for e in events if e.kind == "s"]
     # After the burst: from the end of publication (the producer then stops taking a core of
     # its own) to the last start (after it no work waits, and idle slots are the tail).
-    steady = utilisation_between(events, limit, published + publish_s, max(starts, default=0.0))
+    published_all = published + publish_s
+    steady = utilisation_between(events, limit, published_all, max(starts, default=0.0))
     ends = [e.at for e in events if e.kind == "e"]
     # A plain task's slot is given back as its body ends (the reference).
     releases = ends if bench.mode == UNPOOLED else [r.at for r in recorder.releases()]
@@ -203,11 +205,20 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
     # What the external system sees of a hand-off: a body's end to the next body's start, the
     # release and everything around it included (a woken standby often starts before the
     # releasing process records its release, which then counts 0 above).
-    gaps = handoff_latencies(ends, starts, limit).latencies
+    gap_pairs = handoff_latencies(ends, starts, limit)
+    gaps = gap_pairs.latencies
+    # The same two after publication: the first wave of hand-offs comes while the producer
+    # still publishes the burst on the same two cores, and its tail is the run's p99.
+    steady_latencies, steady_gaps = handoffs.since(published_all), gap_pairs.since(published_all)
     acquisitions = recorder.acquisitions()
     inversions, waiters = order_inversions(acquisitions, events)
     waiter_pairs = waiters * (waiters - 1) // 2
     by_grant, granted = grant_inversions(acquisitions)
+    # Only a hand-off pool grants a slot ahead of its claim: a countdown waiter's grant is its
+    # own acquisition, a moment before its start.
+    handed = grant_to_start(acquisitions, events) if pool_mode(bench.mode) == HANDOFF_MODE else []
+    handed_after = [lat for at, lat in handed if at >= published_all]
+    handed_all = [lat for _, lat in handed]
     granted_pairs = granted * (granted - 1) // 2
     latencies = handoffs.latencies
     return {
@@ -234,6 +245,14 @@ def run_saturation(bench: Bench) -> dict[str, Any]:
         "gap_p50_ms": milliseconds(percentile(gaps, 0.50)),
         "gap_p99_ms": milliseconds(percentile(gaps, 0.99)),
         "gap_mean_ms": milliseconds(statistics.fmean(gaps) if gaps else None),
+        "steady_handoff_p50_ms": milliseconds(percentile(steady_latencies, 0.50)),
+        "steady_handoff_p99_ms": milliseconds(percentile(steady_latencies, 0.99)),
+        "grant_to_start_p50_ms": milliseconds(percentile(handed_all, 0.50)),
+        "grant_to_start_p99_ms": milliseconds(percentile(handed_all, 0.99)),
+        "steady_grant_to_start_p50_ms": milliseconds(percentile(handed_after, 0.50)),
+        "steady_grant_to_start_p99_ms": milliseconds(percentile(handed_after, 0.99)),
+        "steady_gap_p50_ms": milliseconds(percentile(steady_gaps, 0.50)),
+        "steady_gap_p99_ms": milliseconds(percentile(steady_gaps, 0.99)),
         "handoffs": len(latencies),
         "handoffs_initial": handoffs.initial,
         "handoffs_skewed": handoffs.skewed,

@@ -15,9 +15,15 @@ from typing import Any
 import pytest
 
 from bench.config import BenchConfig
-from bench.measure import utilisation_between
+from bench.measure import (
+    grant_inversions,
+    grant_to_start,
+    handoff_latencies,
+    order_inversions,
+    utilisation_between,
+)
 from bench.peers.scenario import cases
-from bench.recorder import Event
+from bench.recorder import Acquired, Event
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +50,10 @@ def _check_available(scenario: str, result: dict[str, Any]) -> None:
         assert steady is None or 0 <= steady <= 1
         assert result["handoff_p50_ms"] is not None
         assert result["handoff_p50_ms"] <= result["handoff_p99_ms"]
+        for prefix in ("steady_handoff", "steady_gap", "grant_to_start"):
+            p50, p99 = result[f"{prefix}_p50_ms"], result[f"{prefix}_p99_ms"]
+            assert (p50 is None) == (p99 is None)
+            assert p50 is None or p50 <= p99
         assert result["order_inversions"] >= 0
         assert max(n for _, n in result["timeline"]) <= result["limit"]
     if scenario == "calls":
@@ -127,8 +137,6 @@ def test_utilisation_between_counts_only_the_bodies_running_time_inside_the_wind
 def test_order_inversions_use_when_the_pool_says_each_task_first_asked() -> None:
     """The order of asking is the pool's own record of it; the stamp of the acquisition record,
     taken a little after the slot was, only stands in for it when the pool does not say."""
-    from bench.measure import order_inversions
-    from bench.recorder import Acquired, Event
 
     def start(task_id: str, at: float) -> Event:
         return Event("s", task_id, at, 1)
@@ -149,9 +157,6 @@ def test_grant_inversions_order_waiters_by_the_pools_grant_not_by_their_claim() 
     """Grant order is the pool's: a task handed its slot first counts first even when its claim
     (and its record) came later; tasks that did not wait, or whose grant is unknown, are left
     out."""
-    from bench.measure import grant_inversions
-    from bench.recorder import Acquired
-
     acquisitions = [
         # a asked first and was granted first, though its claim came 40 ms after b's.
         Acquired("a", 10.050, 0.550, first=9.500, granted=10.001),
@@ -166,6 +171,46 @@ def test_grant_inversions_order_waiters_by_the_pools_grant_not_by_their_claim() 
     # A tie, two slots given by one release to a and b, is no inversion.
     tie = [Acquired("a", 10.0, 0.5, 9.5, 10.001), Acquired("b", 10.0, 0.5, 9.501, 10.001)]
     assert grant_inversions(tie) == (0, 2)
+
+
+def test_grant_to_start_measures_each_handed_slot_from_its_grant_to_its_body() -> None:
+    """A slot handed to a waiter counts from the pool's grant to that task's own start, whatever
+    the releasing process recorded; tasks that did not wait, whose grant is unknown or whose body
+    never started are left out."""
+    events = [
+        Event("s", "standby", 10.0015, 1),
+        Event("s", "parked", 10.0300, 2),
+        Event("s", "ample", 10.0500, 3),
+        Event("s", "unknown", 10.0600, 4),
+    ]
+    acquisitions = [
+        Acquired("parked", 10.2, 0.4, first=9.6, granted=10.004),
+        Acquired("standby", 10.1, 0.3, first=9.7, granted=10.001),
+        Acquired("ample", 10.3, 0.0, first=10.05, granted=10.05),
+        Acquired("unknown", 10.4, 0.2, first=9.86),
+        Acquired("never", 10.5, 0.2, first=9.9, granted=10.0),
+    ]
+    handed = grant_to_start(acquisitions, events)
+    assert [at for at, _ in handed] == [10.001, 10.004]
+    assert [lat for _, lat in handed] == pytest.approx([0.0005, 0.026])
+
+
+def test_handoff_latencies_pair_each_start_with_the_latest_release_and_say_when_it_came() -> None:
+    """Each latency comes with the release it follows, so the figures after a moment (the end of
+    publication) leave out the hand-offs of the burst; a start recorded before its release
+    (skewed) counts 0 at that release, and starts that fill the pool pair with nothing."""
+    releases = [1.00, 1.02, 2.00, 3.00]
+    starts = [0.10, 0.20, 1.05, 1.06, 2.04, 2.99]
+    handoffs = handoff_latencies(releases, starts, limit=2)
+    assert handoffs.initial == 2
+    # 1.05 takes the latest release (1.02), 1.06 the one left (1.00); 2.04 follows 2.00; 2.99
+    # came before any release of its own, which 3.00 then pays with 0.
+    assert handoffs.latencies == pytest.approx([0.03, 0.06, 0.04, 0.0])
+    assert handoffs.released == [1.02, 1.00, 2.00, 3.00]
+    assert handoffs.skewed == 1
+    assert handoffs.unpaired_releases == 0
+    assert handoffs.since(1.5) == pytest.approx([0.04, 0.0])
+    assert handoffs.since(1.01) == pytest.approx([0.03, 0.04, 0.0])
 
 
 @pytest.mark.slow
