@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every check and the whole test suite: lint, format, types, tests. Installs what it needs.
+# Run every check and the whole test suite: lint, format, types, tests (and part of them against
+# the oldest releases supported, scripts/test_oldest.sh). Installs what it needs.
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k timeout # pytest arguments are passed on
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
@@ -32,4 +33,8 @@ fi
 echo "== ruff"; ruff check celery_pools tests examples bench
 echo "== ruff format"; ruff format --check celery_pools tests examples bench
 echo "== mypy (strict)"; mypy
-echo "== pytest"; exec python -m pytest "$@"
+echo "== pytest"; python -m pytest "$@"
+# The whole suite also runs its version-sensitive part against the oldest releases supported.
+if [ "$#" -eq 0 ]; then
+  echo "== pytest, oldest supported releases"; bash "$ROOT/scripts/test_oldest.sh"
+fi

