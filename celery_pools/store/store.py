@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -254,7 +253,7 @@ class RedisPoolStore(StoreLimits):
         in the same round trip; otherwise a second round trip runs it only when tasks are
         parked, so the countdown path stays at one.
         """
-        named = json.dumps(dict(execution)) if execution else ""
+        named = compact_json(dict(execution)) if execution else ""
         values = {"token": token, "pool": pool, "bounds": BUCKET_BOUNDS_ARG, "execution": named}
         calls = [self._call("release", values, pool)]
         if parked_likely:
