@@ -58,10 +58,14 @@ def _pool(env, limit, wait):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wait", ["countdown", "handoff"])
+@pytest.mark.parametrize("wait", ["countdown", "handoff", "standby"])
 def test_prefork_workers_keep_the_limit_with_rabbitmq_as_the_broker(rabbit_env, wait):
+    """``standby``: a hand-off pool whose workers keep standbys, their messages published ahead
+    of need through AMQP."""
     env = rabbit_env
-    manager = _pool(env, limit=2, wait=wait)
+    if wait == "standby":
+        env.extra_worker_env.update(CP_STANDBY_MAX="2")
+    manager = _pool(env, limit=2, wait="countdown" if wait == "countdown" else "handoff")
     for _ in range(2):
         env.worker(concurrency=3)
     app = env.app()
@@ -70,7 +74,10 @@ def test_prefork_workers_keep_the_limit_with_rabbitmq_as_the_broker(rabbit_env, 
     probe = env.probe()
     assert probe.count() == 20
     assert probe.max_concurrency() == 2
-    assert manager.status("api").in_use == 0
+    status = manager.status("api")
+    assert (status.in_use, status.waiting, status.standbys) == (0, 0, 0)
+    if wait == "standby":
+        assert manager.metrics("api").standbys_woken > 0
     _delete_queue(app, env.queue)
 
 
