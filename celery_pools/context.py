@@ -11,9 +11,10 @@ import logging
 import threading
 from typing import Any
 
+from .declared import Declared
 from .handoff import Dispatcher
 from .settings import PoolsSettings
-from .store import RedisPoolStore
+from .store import Acquisition, RedisPoolStore
 
 __all__ = ["POOLED_MARKER", "PoolsExtension", "get_extension", "is_pooled"]
 
@@ -42,6 +43,8 @@ class PoolsExtension:
         self._store: RedisPoolStore | None = None
         self._dispatcher: Dispatcher | None = None
         self._warned_unassigned: set[str] = set()
+        #: Whether this process declared ``pools_declare`` (:mod:`celery_pools.declared`).
+        self.declared = Declared()
         self._time_limits: tuple[float | None, float | None] | None = None
         self._lock = threading.Lock()
 
@@ -102,6 +105,16 @@ class PoolsExtension:
             self._store = None
             self._dispatcher = None
             self._time_limits = None
+
+    def declare_pools(self) -> list[str]:
+        """Create the pools of ``pools_declare`` that do not exist and assign their unassigned
+        instances (existing pools and associations are never changed); the pools created."""
+        return self.declared.declare(self.store, self.settings.declare)
+
+    def declared_now(self, answer: Acquisition, instance: str) -> bool:
+        """Whether a task of ``instance`` must ask again: ``answer`` found it with no pool, and
+        this process had not declared ``pools_declare``, which it just did."""
+        return self.declared.ask_again(answer, instance, self.store, self.settings.declare)
 
     def warn_unassigned_once(self, instance: str, task_name: str) -> None:
         """Log, once per process and instance, that a pooled task runs without a limit."""

@@ -21,18 +21,7 @@ from celery.utils import uuid
 from celery.utils.dispatch import Signal
 
 from . import admission, signals
-from .admission import (
-    Backoff,
-    Caller,
-    Fail,
-    Park,
-    Requeued,
-    Run,
-    Stale,
-    Standby,
-    Unassigned,
-    Wait,
-)
+from .admission import Backoff, Caller, Fail, Park, Requeued, Run, Stale, Standby, Unassigned, Wait
 from .context import PoolsExtension, get_extension
 from .errors import PoolBackendError, PoolConfigError
 from .execution import (
@@ -283,6 +272,8 @@ class PooledTask(Task):  # type: ignore[misc]
 
         try:
             acq = answer if answer is not None else ask()
+            if ext.declared_now(acq, caller.instance):  # Redis was down as its worker started
+                acq = ask()
         except PoolBackendError as exc:
             self._backend_down(ext, caller, state, exc, backoff)
         ext.dispatcher.settle(acq.effects)

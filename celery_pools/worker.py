@@ -1,8 +1,9 @@
 """What celery-pools runs in a worker's main process, and in its pool processes as they start.
 
 - :class:`PoolsWorkerStep`, a bootstep: refuses to start a worker with no Redis for pool state,
-  warns when Redis may evict pool keys, creates the pools declared in ``pools_declare`` that are
-  missing, and starts the worker's lease keeper and hand-off reaper (:mod:`.keepers`) and the
+  warns when Redis may evict pool keys, declares the pools of ``pools_declare`` before the
+  pool processes fork (:mod:`.declared`: as soon as Redis is back, if it is unreachable then),
+  and starts the worker's lease keeper and hand-off reaper (:mod:`.keepers`) and the
   thread that settles the slots of tasks ending in the main process (:mod:`.endings`: a hard
   time limit, ``revoke(terminate=True)``, a child process killed, a revoke before the start).
   In a warm shutdown the lease keeper and that thread go on until the worker has waited for its
@@ -30,7 +31,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from .context import get_extension, is_pooled
+from .context import PoolsExtension, get_extension, is_pooled
+from .declared import DeclareUntilDone
 from .endings import EndingsThread
 from .errors import PoolBackendError
 from .keepers import HandoffReaper, LeaseKeeper
@@ -69,6 +71,10 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             worker_before_create_process.connect(
                 _before_fork, weak=False, dispatch_uid="celery_pools.before_fork"
             )
+        # Redis checked and the declared pools declared before the pool processes fork, so that
+        # they are born knowing it done (or, if Redis is unreachable, declare on their own).
+        self._check_redis(ext)
+        self.declarer: DeclareUntilDone | None = None
         self.keeper: LeaseKeeper | None = None
         self.reaper: HandoffReaper | None = None
         self.endings: EndingsThread | None = None
@@ -86,9 +92,8 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
             target=connect_ahead, args=(self.app,), name="celery-pools-connect", daemon=True
         ).start()
 
-    def start(self, worker: Any) -> None:
-        """Check Redis, create declared pools, start renewing leases."""
-        ext = get_extension(worker.app)
+    @staticmethod
+    def _check_redis(ext: PoolsExtension) -> None:
         try:
             ext.store.ping()  # the Redis clock's offset, before any countdown arrives
             policy = ext.store.maxmemory_policy()
@@ -99,13 +104,21 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
                     ext.store.url,
                     policy,
                 )
-            declare_pools(worker.app)
+            ext.declare_pools()
         except PoolBackendError as exc:
             logger.warning(
                 "celery-pools: Redis for pool state is unreachable at start-up (%s); pooled "
-                "tasks wait until it is back",
+                "tasks wait until it is back, and the pools of pools_declare are declared then",
                 exc,
             )
+
+    def start(self, worker: Any) -> None:
+        """Start declaring the declared pools if that is still to do, renewing leases, settling
+        endings and reaping hand-offs."""
+        ext = get_extension(worker.app)
+        if not ext.declared.done:
+            self.declarer = DeclareUntilDone(ext.declare_pools)
+            self.declarer.start()
         self.keeper = LeaseKeeper(worker.app)
         task_received.connect(self._received, weak=False, dispatch_uid=f"celery_pools.{id(self)}")
         self.keeper.start()
@@ -150,7 +163,7 @@ class PoolsWorkerStep(bootsteps.StartStopStep):  # type: ignore[misc]
         worker_process_init.disconnect(dispatch_uid=f"celery_pools.child.{id(self)}")
 
     def _stop_threads(self, *, settle_for: float) -> None:
-        for thread in (self.reaper, self.keeper, self.endings):
+        for thread in (self.declarer, self.reaper, self.keeper, self.endings):
             if thread is not None:
                 thread.stop()
         if self.endings is not None and self.endings.is_alive() and settle_for:
@@ -201,18 +214,10 @@ def _countdown_on_this_clock(request: Any, redis_offset: float | None) -> None:
 
 
 def declare_pools(app: Any) -> list[str]:
-    """Create the pools of ``pools_declare`` that do not exist and assign their unassigned
-    instances. Existing pools and associations are never changed. Returns the pools created."""
-    ext = get_extension(app)
-    store = ext.store
-    created = []
-    for name, spec in ext.settings.declare.items():
-        if store.create_pool(spec.pool(name)):
-            created.append(name)
-            logger.info("celery-pools: created declared pool %r (limit %d)", name, spec.limit)
-        for instance in spec.instances:
-            store.assign(instance, name, if_unassigned=True)
-    return created
+    """Create the pools of ``app``'s ``pools_declare`` that do not exist and assign their
+    unassigned instances. Existing pools and associations are never changed. Returns the pools
+    created."""
+    return get_extension(app).declare_pools()
 
 
 class _ForkFreeze:

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"models", "ratelimit", "metrics", "waiting", "signals", "background", "local_redis"},
     {"settings"},
     {"store"},
-    {"handoff"},
+    {"handoff", "declared"},
     {"context"},
     {"manager", "portable", "advisor", "exporter", "views", "dashboard"},
     {"producer", "keepers", "endings", "worker", "admin_tasks", "control"},

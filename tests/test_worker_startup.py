@@ -4,12 +4,15 @@ opened ahead."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from celery_pools import PoolConfigError, PoolsSettings
+from celery_pools.context import get_extension
+from celery_pools.store import AcquireStatus, Acquisition
 from tests.support.polling import wait_until
 from tests.workerapp import INSTANCE
 
@@ -30,6 +33,60 @@ def test_declared_pools_are_created_when_missing_and_never_reverted(env, run_wor
     with run_worker(env.app(pools_declare=declare), concurrency=1):
         assert manager.get("api").limit == 7
         assert manager.pool_of(INSTANCE) == "other"
+
+
+@pytest.mark.slow
+def test_pools_declared_while_redis_was_down_are_declared_when_it_is_back(
+    private_redis, private_env
+):
+    """A worker started while the pools' Redis is unreachable declares its pools as soon as it
+    is back (an empty Redis: nothing kept), before any task of a declared instance runs: never
+    more at once than the declared limit, counted by the probe."""
+    env = private_env
+    env.extra_worker_env["CP_POOLS_DECLARE"] = json.dumps(
+        {"api": {"limit": 1, "timeout": 120, "instances": [INSTANCE]}}
+    )
+    private_redis.kill()
+    worker = env.worker(concurrency=4)
+    assert "unreachable at start-up" in worker.log_text()
+    app = env.app()
+    results = [app.tasks["t.hold"].delay(f"t{i}", 0.3) for i in range(6)]
+    private_redis.restart()
+    assert [r.get(timeout=120) for r in results] == [f"t{i}" for i in range(6)]
+    probe = env.probe()
+    assert probe.count() == 6
+    assert probe.max_concurrency() == 1
+    manager = env.manager()
+    assert manager.get("api").limit == 1
+    assert manager.pool_of(INSTANCE) == "api"
+    wait_until(
+        lambda: "the pools of pools_declare are declared" in worker.log_text(),
+        10,
+        message="the worker's main process never declared its pools",
+    )
+
+
+def test_a_process_that_could_not_declare_declares_before_a_declared_instance_runs_unlimited(env):
+    """``Declared.ask_again``: an answer that finds a declared instance with no pool, in a
+    process that has not declared ``pools_declare``, declares them (once) and asks again; any
+    other answer, instance or process that declared them goes on as it was."""
+    declare = {"api": {"limit": 2, "instances": [INSTANCE]}}
+    ext = get_extension(env.app(pools_declare=declare))
+    unassigned = Acquisition(status=AcquireStatus.UNASSIGNED, now=0.0)
+    full = Acquisition(status=AcquireStatus.FULL, now=0.0)
+    manager = env.manager()
+    assert not ext.declared.done
+    assert not ext.declared_now(full, INSTANCE)
+    assert not ext.declared_now(unassigned, "other-instance")
+    assert manager.list() == []  # neither declared anything
+    assert ext.declared_now(unassigned, INSTANCE)
+    assert ext.declared.done
+    assert manager.get("api").limit == 2
+    assert manager.pool_of(INSTANCE) == "api"
+    # Once declared, a pool deleted at run time stays deleted.
+    manager.delete("api")
+    assert not ext.declared_now(unassigned, INSTANCE)
+    assert manager.list() == []
 
 
 def test_a_bad_declared_wait_mode_is_refused_naming_the_setting(env):

@@ -315,6 +315,8 @@ def _optional_conf(env: Any) -> dict[str, Any]:
         conf["pools_redis_transport_options"] = json.loads(env["CP_POOLS_TRANSPORT_OPTIONS"])
     if "CP_WAIT_REPLICAS" in env:
         conf["pools_redis_wait_replicas"] = int(env["CP_WAIT_REPLICAS"])
+    if "CP_POOLS_DECLARE" in env:
+        conf["pools_declare"] = json.loads(env["CP_POOLS_DECLARE"])
     return conf
 
 
