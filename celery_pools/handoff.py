@@ -118,6 +118,7 @@ class Dispatcher:
             signals.slot_handoff.send(
                 sender=self.app,
                 pool=handoff.pool,
+                instance=(handoff.entry.get("info") or {}).get("instance", ""),
                 task_id=handoff.token,
                 handoff_id=handoff.handoff_id,
             )

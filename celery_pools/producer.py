@@ -336,6 +336,7 @@ def park_at_publish(
         signals.slot_handoff.send(
             sender=app,
             pool=parking.pool,
+            instance=instance,
             task_id=task_id,
             handoff_id=parking.granted.handoff,
         )

@@ -42,7 +42,9 @@ slot_timeout = Signal(name="slot_timeout", providing_args={"pool", "instance", "
 
 #: A freed slot was handed to a parked task, whose message is about to be published (hand-off
 #: mode). ``sender`` is the app; ``handoff_id`` identifies this hand-off.
-slot_handoff = Signal(name="slot_handoff", providing_args={"pool", "task_id", "handoff_id"})
+slot_handoff = Signal(
+    name="slot_handoff", providing_args={"pool", "instance", "task_id", "handoff_id"}
+)
 
 #: A slot was given back. ``held``: seconds it was held (None if unknown).
 slot_released = Signal(name="slot_released", providing_args={"pool", "instance", "task_id", "held"})

@@ -44,7 +44,12 @@ def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications
     manager = _pool(env, limit=2)
     app = env.app()
     handed: list[str] = []
-    record = lambda handoff_id="", **_: handed.append(handoff_id)  # noqa: E731
+    instances: set[str] = set()
+
+    def record(handoff_id: str = "", instance: str = "", **_: object) -> None:
+        handed.append(handoff_id)
+        instances.add(instance)
+
     signals.slot_handoff.connect(record, weak=False)
     results = [app.tasks["t.hold"].delay(f"b{i}", 0.05) for i in range(12)]
     # No worker yet: the two tasks handed a slot are in the broker, the other ten in Redis.
@@ -56,6 +61,8 @@ def test_a_burst_costs_one_broker_message_per_task(env, run_worker, publications
         assert [r.get(timeout=30) for r in results] == [f"b{i}" for i in range(12)]
     signals.slot_handoff.disconnect(record)
     assert publications.count("t.hold") == 12
+    # Granted at publication (the producer) or handed on (a worker): each names its instance.
+    assert instances == {INSTANCE}
     # Slots went out oldest first: a hand-off id is "<task id>.<the pool's hand-off count>".
     by_grant = sorted(handed, key=lambda handoff_id: int(handoff_id.rsplit(".", 1)[1]))
     assert [handoff_id.rsplit(".", 1)[0] for handoff_id in by_grant] == [r.id for r in results]
