@@ -320,7 +320,7 @@ def report_abandoned(task_name: str, pool: str, slot: AbandonedSlot) -> None:
     logger.warning(
         "celery-pools: %s[%s] ended without releasing its slot (%s) on host %s, pid %s: its call "
         "may still be in flight, so its slot of pool %r stays taken until %s (for %g s; "
-        "'celery pools release %s' frees it now)",
+        "'celery -A <app> pools release %s' frees it now)",
         task_name,
         slot.task_id,
         slot.why,

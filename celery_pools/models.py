@@ -245,7 +245,7 @@ class AbandonedSlot(_Taken):
     """A slot whose holder ended without releasing it: its process was killed, it passed a hard
     time limit or was revoked with ``terminate=True``. The call it made may still be in flight, so
     the slot stays taken until ``until`` (the grace, ``pools_abandoned_grace_seconds``), or until
-    an operator frees it (``celery pools release TASK_ID``)."""
+    an operator frees it (``celery -A proj pools release TASK_ID``)."""
 
     abandoned: float = Field(description="When its holder ended (Unix seconds, Redis clock).")
     until: float = Field(description="When the slot comes free (Unix seconds, Redis clock).")

@@ -667,3 +667,22 @@ def test_the_pools_command_is_installed_as_a_celery_subcommand():
         check=True,
     )
     assert any(line.split()[:1] == ["pools"] for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("command", [["release", "5f1c"], ["list"]])
+def test_without_an_app_a_command_says_how_to_name_one(command):
+    """``celery pools ...`` without ``-A`` (as a hurried operator types it) would run for
+    Celery's default app, whose Redis is not the project's: a usage error says what to run."""
+    environ = {key: value for key, value in os.environ.items() if key != "APP"}
+    run = subprocess.run(
+        [sys.executable, "-m", "celery", "pools", *command],
+        env={**environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "no Celery app: run it as 'celery -A proj pools ...'" in run.stderr

@@ -49,10 +49,12 @@ def pools(ctx: click.Context) -> None:
 
 
 def app_of(ctx: click.Context) -> Any:
-    """The Celery app the command runs for (``celery -A proj``)."""
-    obj = ctx.find_root().obj
-    app = getattr(obj, "app", None)
-    if app is None:
+    """The Celery app the command runs for (``celery -A proj``). Without ``-A`` (or ``APP``)
+    ``celery`` hands over its default app, which knows none of the project's settings: a usage
+    error says so rather than a complaint about that app's Redis."""
+    root = ctx.find_root()
+    app = getattr(root.obj, "app", None)
+    if app is None or (root.command.name == "celery" and root.params.get("app") is None):
         raise click.UsageError("no Celery app: run it as 'celery -A proj pools ...'")
     return app
 

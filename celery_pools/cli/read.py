@@ -151,7 +151,8 @@ def _describe_abandoned(s: PoolStatus) -> list[str]:
     headers = ["TASK ID", "TASK", "WORKER", "PID", "ENDED BY", "ABANDONED", "FREE IN"]
     return [
         f"Abandoned ({len(s.abandoned)}): holders that ended without releasing; each slot stays "
-        "taken while its call may be in flight ('celery pools release TASK_ID' frees one now)",
+        "taken while its call may be in flight ('celery -A <app> pools release TASK_ID' frees "
+        "one now)",
         indent(table(headers, rows)),
     ]
 
