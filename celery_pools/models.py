@@ -132,7 +132,9 @@ def _config_error(exc: ValidationError, where: str | None) -> PoolConfigError:
         return PoolConfigError.invalid(field, None, f"{first['loc'][-1]} is required")
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, PoolConfigError):
-        return PoolConfigError.invalid(field, cause.value, cause.allowed) if where else cause
+        # Our own check's error; inside a value (or a document: pools.b.limit) it names where.
+        nested = where or len(first["loc"]) > 1
+        return PoolConfigError.invalid(field, cause.value, cause.allowed) if nested else cause
     return PoolConfigError.invalid(field or "value", first.get("input"), first["msg"])
 
 

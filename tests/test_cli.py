@@ -578,7 +578,7 @@ def test_import_reports_what_it_creates_changes_and_leaves_alone_and_dry_run_wri
             '"b": {"limit": 1, "instances": ["x"]}}}',
             "an instance belongs to at most one pool",
         ),
-        ("limit.json", '{"version": 1, "pools": {"a": {"limit": 0}}}', "invalid limit 0"),
+        ("limit.json", '{"version": 1, "pools": {"a": {"limit": 0}}}', "invalid pools.a.limit 0"),
         ("version.json", '{"version": 2, "pools": {}}', "version"),
         ("extra.yaml", "version: 1\npools: {a: {limit: 1, size: 3}}\n", "size"),
         ("name.yaml", "version: 1\npools: {'bad name': {limit: 1}}\n", "invalid pool name"),

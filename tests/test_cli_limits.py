@@ -666,12 +666,21 @@ def test_import_changes_and_prunes_waits_and_rate_limits_and_reads_old_documents
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"version": 1, "rate_limits": {"x": {"rate": "60/x"}}}', "invalid rate limit '60/x'"),
-        ('{"version": 1, "rate_limits": {"x": "60/m/2"}}', "invalid rate limit '60/m/2'"),
-        ('{"version": 1, "rate_limits": {"x": {"rate": "6/m", "burst": -1}}}', "invalid burst"),
+        (
+            '{"version": 1, "rate_limits": {"x": {"rate": "60/x"}}}',
+            "invalid rate_limits.x.rate '60/x'",
+        ),
+        ('{"version": 1, "rate_limits": {"x": "60/m/2"}}', "invalid rate_limits.x.rate '60/m/2'"),
+        (
+            '{"version": 1, "rate_limits": {"x": {"rate": "6/m", "burst": -1}}}',
+            "invalid rate_limits.x.burst -1",
+        ),
         ('{"version": 1, "rate_limits": {"x": {"rate": "6/m", "every": 2}}}', "every"),
         ('{"version": 1, "rate_limits": {"bad name": "6/m"}}', "invalid rate_limits instance"),
-        ('{"version": 1, "pools": {"a": {"limit": 1, "wait": "sometimes"}}}', "invalid wait"),
+        (
+            '{"version": 1, "pools": {"a": {"limit": 1, "wait": "sometimes"}}}',
+            "invalid pools.a.wait 'sometimes'",
+        ),
     ],
 )
 def test_import_rejects_bad_waits_and_rate_limits_and_writes_nothing(env, tmp_path, text, message):
