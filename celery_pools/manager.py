@@ -15,7 +15,6 @@ without a restart::
 from __future__ import annotations
 
 import builtins
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +28,7 @@ from .models import (
     PoolStatus,
     check_instance_name,
     check_limit,
+    check_pause_seconds,
     check_pool_name,
     check_timeout,
     check_wait,
@@ -257,14 +257,7 @@ class PoolManager:
         """Pause an instance for every worker (e.g. after HTTP 429 ``Retry-After``); no task of
         it starts until the pause ends. Returns when it ends (Unix seconds, Redis clock)."""
         check_instance_name(instance, "instance")
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not math.isfinite(seconds)
-            or seconds < 0
-        ):
-            raise PoolConfigError.invalid("pause seconds", seconds, "a number of seconds >= 0")
-        return self.store.pause(instance, seconds)
+        return self.store.pause(instance, check_pause_seconds(seconds))
 
     def resume(self, instance: str) -> None:
         """Lift an instance's pause."""

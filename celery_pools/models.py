@@ -36,6 +36,7 @@ __all__ = [
     "Waiter",
     "check_instance_name",
     "check_limit",
+    "check_pause_seconds",
     "check_pool_name",
     "check_timeout",
     "check_wait",
@@ -111,6 +112,18 @@ def check_timeout(value: object, field: str = "timeout") -> float:
         raise PoolConfigError.invalid(
             field, value, f"a timeout is a number of seconds from 0 to {MAX_TIMEOUT:g}"
         )
+    return float(value)
+
+
+def check_pause_seconds(value: object) -> float:
+    """Return ``value`` as float seconds if it is a valid pause of an instance, else raise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise PoolConfigError.invalid("pause seconds", value, "a number of seconds >= 0")
     return float(value)
 
 

@@ -154,12 +154,6 @@ class PoolsSettings(Model):
         for key in conf:
             if isinstance(key, str) and key.startswith(SETTING_PREFIX) and key not in known:
                 logger.warning("celery-pools: unknown setting %r is ignored", key)
-        if values.get("retry_backoff_min", 0.25) > values.get("retry_backoff_max", 2.0):
-            raise PoolConfigError.invalid(
-                "pools_retry_backoff_min",
-                values.get("retry_backoff_min"),
-                "must not be larger than pools_retry_backoff_max",
-            )
         _check_secrets(values)
         try:
             settings = cls.parse(values)
@@ -169,6 +163,17 @@ class PoolsSettings(Model):
                     SETTING_PREFIX + exc.field, exc.value, exc.allowed
                 ) from None
             raise
+        low, high = settings.retry_backoff_min, settings.retry_backoff_max
+        if low > high:
+            # Blames the one that was set, when only one was.
+            field = (
+                "retry_backoff_max" if "retry_backoff_min" not in values else "retry_backoff_min"
+            )
+            raise PoolConfigError.invalid(
+                SETTING_PREFIX + field,
+                getattr(settings, field),
+                f"pools_retry_backoff_min ({low:g} s) at most pools_retry_backoff_max ({high:g} s)",
+            )
         if settings.standby_max and settings.standby_seconds > settings.redis_socket_timeout - 0.5:
             raise PoolConfigError.invalid(
                 "pools_standby_seconds",

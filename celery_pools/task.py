@@ -34,7 +34,7 @@ from .execution import (
 )
 from .handoff import outside_tasks
 from .install import install
-from .models import DEFAULT_TIMEOUT, check_instance_name, check_wait
+from .models import DEFAULT_TIMEOUT, check_instance_name, check_pause_seconds, check_wait
 from .processes import being_terminated, own_start
 from .producer import PublishedAsUsual, park_at_publish, withdraw_grant
 from .store import Acquisition, Grant, StandbyBlock
@@ -452,8 +452,7 @@ class PooledTask(Task):  # type: ignore[misc]
             instance = self.resolve_connector_instance(
                 tuple(request.args or ()), dict(request.kwargs or {})
             )
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-            raise PoolConfigError.invalid("pause seconds", seconds, "a number of seconds >= 0")
+        seconds = check_pause_seconds(seconds)
         return get_extension(self.app).store.pause(check_instance_name(instance), seconds)
 
     def _leave(self, slot: _Slot) -> None:

@@ -147,6 +147,11 @@ def test_settings_without_any_redis_name_the_setting_to_set():
             "pools_declare['p'].instances",
         ),
         ({"pools_retry_backoff_min": 9, "pools_retry_backoff_max": 1}, "pools_retry_backoff_min"),
+        ({"pools_retry_backoff_max": 0.1}, "pools_retry_backoff_max"),  # below the default min
+        (
+            {"pools_retry_backoff_min": "9", "pools_retry_backoff_max": "1"},
+            "pools_retry_backoff_min",
+        ),
         ({"pools_freeze_gc": "sometimes"}, "pools_freeze_gc"),
         ({"pools_abandoned_grace_seconds": -1}, "pools_abandoned_grace_seconds"),
         ({"pools_wait_in_process_seconds": -0.5}, "pools_wait_in_process_seconds"),
@@ -157,6 +162,20 @@ def test_bad_settings_name_the_setting(conf, field):
     with pytest.raises(PoolConfigError) as caught:
         PoolsSettings.from_app(_app(**conf))
     assert caught.value.field == field, str(caught.value)
+
+
+def test_backoff_bounds_out_of_order_are_refused_with_both_values():
+    with pytest.raises(PoolConfigError) as caught:
+        PoolsSettings.from_app(_app(pools_retry_backoff_max=0.1))
+    assert str(caught.value) == (
+        "invalid pools_retry_backoff_max 0.1: pools_retry_backoff_min (0.25 s) at most "
+        "pools_retry_backoff_max (0.1 s)"
+    )
+    # Settings read from the environment are strings: compared as the numbers they are.
+    settings = PoolsSettings.from_app(
+        _app(pools_retry_backoff_min="0.5", pools_retry_backoff_max="3")
+    )
+    assert (settings.retry_backoff_min, settings.retry_backoff_max) == (0.5, 3.0)
 
 
 def test_keys_share_one_hash_tag_and_pools_cannot_collide():

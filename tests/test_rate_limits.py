@@ -41,6 +41,22 @@ def test_bad_burst_is_refused():
         parse_rate("60/m", burst=-1)
 
 
+@pytest.mark.parametrize("seconds", [-5, float("inf"), float("nan"), "30", True])
+def test_a_bad_pause_is_refused_by_the_manager_and_the_task_alike_and_nothing_is_written(
+    env, seconds
+):
+    manager = env.manager()
+    task = env.app().tasks["t.backoff"]
+    with pytest.raises(PoolConfigError) as by_manager:
+        manager.pause(INSTANCE, seconds)
+    with pytest.raises(PoolConfigError) as by_task:
+        task.pause_instance(seconds, instance=INSTANCE)
+    for caught in (by_manager, by_task):
+        assert caught.value.field == "pause seconds"
+        assert str(caught.value).startswith(f"invalid pause seconds {seconds!r}: a number of")
+    assert manager.rates([INSTANCE])[0].paused_for == 0
+
+
 def _setup(env, *, limit=100, timeout=30.0, rate="10/s", burst=0):
     pools = env.manager()
     pools.create("api", limit=limit, timeout=timeout)
