@@ -6,11 +6,12 @@ talks to the pools' Redis directly (no worker needs to be running):
 - read (:mod:`.read`): ``list``, ``show NAME`` (with rate limits, metrics and suspicious holders),
   ``watch [NAME]``;
 - write (:mod:`.write`): ``create``, ``update`` (limit, timeout, waiting mode), ``delete``,
-  ``assign``, ``unassign``, ``clear``;
+  ``assign``, ``unassign``, ``clear``, ``release TASK_ID`` (an abandoned slot);
 - rate limits (:mod:`.rates`): ``rate INSTANCE RATE``, ``unrate INSTANCE``,
   ``pause INSTANCE SECONDS``, ``resume INSTANCE``;
 - pools as code (:mod:`.code`): ``export FILE``, ``import FILE``;
-- operations (:mod:`.ops`): ``advise NAME`` (sizing), ``exporter --port N`` (Prometheus);
+- operations (:mod:`.ops`): ``advise NAME`` (sizing), ``exporter --port N`` (Prometheus),
+  ``acl USER`` (a Redis ACL for workers);
 - the web dashboard (:mod:`.dashboard`): ``dashboard [--port N] [--addr A]``.
 
 ``--json`` prints the shapes of :mod:`celery_pools.views`, which the management tasks return.
