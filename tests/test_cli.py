@@ -673,7 +673,11 @@ def test_the_pools_command_is_installed_as_a_celery_subcommand():
 def test_without_an_app_a_command_says_how_to_name_one(command):
     """``celery pools ...`` without ``-A`` (as a hurried operator types it) would run for
     Celery's default app, whose Redis is not the project's: a usage error says what to run."""
-    environ = {key: value for key, value in os.environ.items() if key != "APP"}
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "APP" and not key.startswith("CELERY_")
+    }
     run = subprocess.run(
         [sys.executable, "-m", "celery", "pools", *command],
         env={**environ, "PYTHONPATH": str(REPO_ROOT)},
@@ -686,3 +690,31 @@ def test_without_an_app_a_command_says_how_to_name_one(command):
     )
     assert run.returncode == 2, run.stdout + run.stderr
     assert "no Celery app: run it as 'celery -A proj pools ...'" in run.stderr
+
+
+def test_without_an_app_the_default_app_configured_by_b_still_runs(env):
+    """``celery -b redis://... pools list`` configures Celery's default app, whose pools live in
+    that Redis under the default key prefix: the command runs for it."""
+    manager = PoolManager.from_url(env.pools_url)  # the default prefix, as the default app's
+    name = f"via-b-{os.getpid()}-{time.monotonic_ns()}"
+    manager.create(name, limit=3)
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "APP" and not key.startswith("CELERY_")
+    }
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "celery", "-b", env.pools_url, "pools", "list"],
+            env={**environ, "PYTHONPATH": str(REPO_ROOT)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        manager.delete(name)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert name in run.stdout

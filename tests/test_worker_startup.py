@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,21 @@ def test_a_process_that_could_not_declare_declares_before_a_declared_instance_ru
     manager.delete("api")
     assert not ext.declared_now(unassigned, INSTANCE)
     assert manager.list() == []
+
+
+def test_a_process_forked_before_its_parent_declared_sees_it_declared(env):
+    """A prefork child forked while Redis was down learns that its worker declared the pools
+    once Redis is back (and so never declares them again, a deleted one included)."""
+    ext = get_extension(env.app(pools_declare={"api": {"limit": 2, "instances": [INSTANCE]}}))
+    pid = os.fork()
+    if pid == 0:  # the child: waits to see its parent's declaration, at most 10 s
+        deadline = time.monotonic() + 10
+        while not ext.declared.done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os._exit(0 if ext.declared.done else 1)
+    assert ext.declare_pools() == ["api"]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_bad_declared_wait_mode_is_refused_naming_the_setting(env):

@@ -50,13 +50,23 @@ def pools(ctx: click.Context) -> None:
 
 def app_of(ctx: click.Context) -> Any:
     """The Celery app the command runs for (``celery -A proj``). Without ``-A`` (or ``APP``)
-    ``celery`` hands over its default app, which knows none of the project's settings: a usage
-    error says so rather than a complaint about that app's Redis."""
+    ``celery`` hands over its default app, configured only by ``--config``, ``-b`` or a
+    ``celeryconfig`` module: if that names no Redis for pools, a usage error says how to name
+    the app rather than a complaint about the default app's broker."""
     root = ctx.find_root()
     app = getattr(root.obj, "app", None)
-    if app is None or (root.command.name == "celery" and root.params.get("app") is None):
+    unnamed = root.command.name == "celery" and root.params.get("app") is None
+    if app is None or (unnamed and not _names_a_redis(app)):
         raise click.UsageError("no Celery app: run it as 'celery -A proj pools ...'")
     return app
+
+
+def _names_a_redis(app: Any) -> bool:
+    try:
+        get_extension(app).redis_url  # noqa: B018  (raises when the app names no Redis)
+    except PoolError:
+        return False
+    return True
 
 
 def manager_of(ctx: click.Context) -> PoolManager:
