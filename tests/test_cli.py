@@ -669,17 +669,16 @@ def test_the_pools_command_is_installed_as_a_celery_subcommand():
     assert any(line.split()[:1] == ["pools"] for line in result.stdout.splitlines())
 
 
-@pytest.mark.parametrize("command", [["release", "5f1c"], ["list"]])
-def test_without_an_app_a_command_says_how_to_name_one(command):
-    """``celery pools ...`` without ``-A`` (as a hurried operator types it) would run for
-    Celery's default app, whose Redis is not the project's: a usage error says what to run."""
+def _celery_without_app(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``celery ARGS`` as a real subprocess with no app named (no ``-A``, no ``APP``, no
+    ``CELERY_*`` settings in its environment)."""
     environ = {
         key: value
         for key, value in os.environ.items()
         if key != "APP" and not key.startswith("CELERY_")
     }
-    run = subprocess.run(
-        [sys.executable, "-m", "celery", "pools", *command],
+    return subprocess.run(
+        [sys.executable, "-m", "celery", *args],
         env={**environ, "PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,
         capture_output=True,
@@ -688,6 +687,13 @@ def test_without_an_app_a_command_says_how_to_name_one(command):
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize("command", [["release", "5f1c"], ["list"]])
+def test_without_an_app_a_command_says_how_to_name_one(command):
+    """``celery pools ...`` without ``-A`` (as a hurried operator types it) would run for
+    Celery's default app, whose Redis is not the project's: a usage error says what to run."""
+    run = _celery_without_app("pools", *command)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "no Celery app: run it as 'celery -A proj pools ...'" in run.stderr
 
@@ -698,22 +704,8 @@ def test_without_an_app_the_default_app_configured_by_b_still_runs(env):
     manager = PoolManager.from_url(env.pools_url)  # the default prefix, as the default app's
     name = f"via-b-{os.getpid()}-{time.monotonic_ns()}"
     manager.create(name, limit=3)
-    environ = {
-        key: value
-        for key, value in os.environ.items()
-        if key != "APP" and not key.startswith("CELERY_")
-    }
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "celery", "-b", env.pools_url, "pools", "list"],
-            env={**environ, "PYTHONPATH": str(REPO_ROOT)},
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-            check=False,
-        )
+        run = _celery_without_app("-b", env.pools_url, "pools", "list")
     finally:
         manager.delete(name)
     assert run.returncode == 0, run.stdout + run.stderr
