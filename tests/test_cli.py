@@ -44,11 +44,11 @@ def _environ(env: Any) -> dict[str, str]:
     return {**os.environ, **env.worker_env(), "PYTHONPATH": str(REPO_ROOT)}
 
 
-def _celery(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``celery -A tests.workerapp ARGS`` as a real subprocess."""
+def _run(command: list[str], environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` from the repository with ``environ``, no input, its output captured."""
     return subprocess.run(
-        _command(*args),
-        env=_environ(env),
+        command,
+        env=environ,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -56,6 +56,11 @@ def _celery(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def _celery(env: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``celery -A tests.workerapp ARGS`` as a real subprocess."""
+    return _run(_command(*args), _environ(env))
 
 
 def _spawn(env: Any, *args: str) -> subprocess.Popen[str]:
@@ -677,16 +682,7 @@ def _celery_without_app(*args: str) -> subprocess.CompletedProcess[str]:
         for key, value in os.environ.items()
         if key != "APP" and not key.startswith("CELERY_")
     }
-    return subprocess.run(
-        [sys.executable, "-m", "celery", *args],
-        env={**environ, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    return _run([sys.executable, "-m", "celery", *args], {**environ, "PYTHONPATH": str(REPO_ROOT)})
 
 
 @pytest.mark.parametrize("command", [["release", "5f1c"], ["list"]])

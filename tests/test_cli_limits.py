@@ -18,7 +18,7 @@ from celery_pools.local_redis import free_port
 from celery_pools.store import AcquireStatus
 from tests.support.polling import wait_until
 from tests.support.worker_process import REPO_ROOT
-from tests.test_cli import _cli, _command, _environ
+from tests.test_cli import _cli, _command, _environ, _run
 from tests.workerapp import INSTANCE, create_app
 
 
@@ -490,16 +490,7 @@ def test_exporter_without_prometheus_client_says_how_to_install_it(env, tmp_path
     )
     environ = _environ(env)
     environ["PYTHONPATH"] = f"{tmp_path}:{environ['PYTHONPATH']}"
-    result = subprocess.run(
-        _command("pools", "exporter", "--port", str(free_port())),
-        env=environ,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
+    result = _run(_command("pools", "exporter", "--port", str(free_port())), environ)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stdout == ""
     assert result.stderr.strip() == (
